@@ -1,0 +1,131 @@
+// Every numeric loop of the engine, as forward/backward pairs of plain functions (llm.c style).
+// Argument order: outputs, then inputs and weights, then sizes. Backward mirrors forward with d-prefixes.
+// Anything a backward needs from its forward (rstd, lse) is an explicit output of the forward.
+//
+// Shape letters: M rows (= B*T tokens), B batch, T sequence, C hidden, NH query heads, NKV key/value
+// heads, HD head dim, I intermediate, V vocab, N/K a GEMM's output/input width. All buffers row-major.
+//
+// Scalar type S of activations and trainable parameters: float (the engine) or double (the
+// finite-difference gradient checks). Frozen big weights (linear layers, embedding) may instead be
+// stored bf16 (--bf16) and are then multiplied through oneDNN's bf16 matmul with fp32 accumulation.
+//
+// Accumulation rule: functions whose comment says "(+=)" add into their output; all others overwrite.
+//
+// This header is the backend seam: kernels/cpu/ implements it today; a kernels/cuda/ backend would
+// implement the same functions over device pointers.
+#pragma once
+#include <cstdint>
+#include <memory>
+
+#include "core/tensor.h"
+
+namespace zerolora::kernels {
+
+// ---------------------------------------------------------------------------------------------
+// GEMM
+
+// C[M,N] = alpha * op(A) * op(B) + beta * C, row-major with leading dimensions (as cblas_?gemm
+// RowMajor). float goes to oneDNN (dnnl_sgemm); double is a plain threaded loop (tests only).
+template <typename S>
+void gemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, S alpha, const S* A, int64_t lda,
+          const S* B, int64_t ldb, S beta, S* C, int64_t ldc);
+
+// A frozen weight W [N, K] in nn.Linear layout (y = x W^T), stored F32, F64 or BF16, with an
+// optional bias [N] (F32 or F64, same as the activations). Prepared once at load; read-only after.
+struct FrozenWeight {
+  core::Tensor weight;  // [N, K]
+  core::Tensor bias;    // [N] or undefined (numel 0)
+  int64_t N = 0, K = 0;
+  bool has_bias() const { return bias.numel() > 0; }
+  static FrozenWeight make(core::Tensor weight, core::Tensor bias = {});
+};
+
+// out[M,N] = inp[M,K] W^T (+ bias). S must match a F32/F64 weight; a BF16 weight needs S = float
+// (inp is rounded to bf16, products accumulate in fp32).
+template <typename S>
+void linear_forward(S* out, const S* inp, const FrozenWeight& w, int64_t M);
+
+// dinp[M,K] (+)= dout[M,N] W     (the activation gradient through a frozen weight; no weight grad)
+template <typename S>
+void linear_backward_input(S* dinp, const S* dout, const FrozenWeight& w, int64_t M);
+
+// ---------------------------------------------------------------------------------------------
+// Embedding: out[M,C] = table[ids[m], :]. table [V,C] is F32/F64/BF16. Ids outside [0,V) throw
+// core::Error naming the id. (Frozen: no backward.)
+template <typename S>
+void embedding_forward(S* out, const int32_t* ids, const core::Tensor& table, int64_t M);
+
+// ---------------------------------------------------------------------------------------------
+// RMSNorm (HF LlamaRMSNorm): out = inp * rstd * weight, rstd = 1/sqrt(mean(inp^2) + eps), per row.
+// inp [M,C], weight [C], rstd [M] (output, for backward).
+template <typename S>
+void rmsnorm_forward(S* out, S* rstd, const S* inp, const S* weight, int64_t M, int64_t C, double eps);
+
+// dinp (+)= d/dinp; weight is frozen, so no weight gradient.
+template <typename S>
+void rmsnorm_backward(S* dinp, const S* dout, const S* inp, const S* weight, const S* rstd, int64_t M,
+                      int64_t C);
+
+// ---------------------------------------------------------------------------------------------
+// RoPE in HF "rotate_half" layout: within each head of HD, element i pairs with i + HD/2:
+//   x'[i]      = x[i] cos - x[i+HD/2] sin,   x'[i+HD/2] = x[i+HD/2] cos + x[i] sin
+// with angle = positions[m] * inv_freq[i] (i < HD/2). x is [M, H, HD], rotated in place.
+// cos_sin is a table [max_pos, HD/2, 2] (cos, sin) built by rope_table().
+template <typename S>
+void rope_table(S* cos_sin, const double* inv_freq, int64_t max_pos, int64_t HD);
+template <typename S>
+void rope_forward(S* x, const S* cos_sin, const int32_t* positions, int64_t M, int64_t H, int64_t HD);
+// The transpose of the rotation (rotation by -angle), in place on the gradient.
+template <typename S>
+void rope_backward(S* dx, const S* cos_sin, const int32_t* positions, int64_t M, int64_t H, int64_t HD);
+
+// ---------------------------------------------------------------------------------------------
+// Causal grouped-query attention, flash style: never materialises a T x T matrix; keeps the
+// log-sum-exp per (query, head) for the backward.
+//   q [B,T,NH,HD], k/v [B,T,NKV,HD], out [B,T,NH,HD], lse [B,NH,T]; query head h reads kv head
+//   h / (NH/NKV); scale 1/sqrt(HD).
+//   lengths [B] (nullable = all T): right padding; query rows t >= lengths[b] get out = 0, lse = 0.
+//   kv_begin [B*T] (nullable = 0): query t of row b attends keys s with kv_begin[b*T+t] <= s <= t
+//   (packing: the first position of the query's own sample).
+struct AttentionShape {
+  int64_t B, T, NH, NKV, HD;
+};
+template <typename S>
+void attention_forward(S* out, S* lse, const S* q, const S* k, const S* v, const AttentionShape& shape,
+                       const int32_t* lengths, const int32_t* kv_begin);
+
+// dq, dk, dv are overwritten (=). Padded query rows contribute nothing.
+template <typename S>
+void attention_backward(S* dq, S* dk, S* dv, const S* dout, const S* q, const S* k, const S* v,
+                        const S* out, const S* lse, const AttentionShape& shape, const int32_t* lengths,
+                        const int32_t* kv_begin);
+
+// ---------------------------------------------------------------------------------------------
+// SwiGLU: out = silu(gate) * up, silu(x) = x / (1 + exp(-x)). All [n].
+template <typename S>
+void swiglu_forward(S* out, const S* gate, const S* up, int64_t n);
+template <typename S>
+void swiglu_backward(S* dgate, S* dup, const S* dout, const S* gate, const S* up, int64_t n);
+
+// ---------------------------------------------------------------------------------------------
+// Cross-entropy over one chunk of rows, in place: logits [M,V] become d(loss)/d(logits) * grad_scale,
+// where loss = sum over rows with targets[m] != -100 of -log softmax(logits[m])[targets[m]].
+// Rows with target -100 get a zero gradient row. Returns the summed loss (double) of the chunk;
+// *count receives the number of non-ignored rows. A target outside [0,V) (other than -100) throws.
+// If grad_scale == 0 the logits are left untouched (evaluation).
+template <typename S>
+double cross_entropy_forward_backward(S* logits, const int32_t* targets, int64_t M, int64_t V, double grad_scale,
+                                      int64_t* count);
+
+// ---------------------------------------------------------------------------------------------
+// AdamW exactly as torch.optim.AdamW (decoupled weight decay, bias correction), one step over a
+// flat fp32 buffer. step is 1-based (the value after incrementing).
+//   p -= lr * wd * p;  m = b1 m + (1-b1) g;  v = b2 v + (1-b2) g^2;
+//   p -= lr / (1 - b1^step) * m / (sqrt(v) / sqrt(1 - b2^step) + eps)
+void adamw_step(float* param, const float* grad, float* m, float* v, int64_t n, double lr, double beta1,
+                double beta2, double eps, double weight_decay, int64_t step);
+
+// sum of squares (in double) of a flat buffer, for global-norm clipping
+double sum_squares(const float* x, int64_t n);
+
+}  // namespace zerolora::kernels
