@@ -1,10 +1,51 @@
 // zerolora command line: thin; each subcommand parses flags and calls the library.
 #include <cstdio>
+#include <cstring>
 #include <exception>
+#include <string>
 
+#include "cli/commands.h"
 #include "core/error.h"
 
+namespace {
+
+struct Command {
+  const char* name;
+  int (*run)(int, char**);
+  const char* help;
+};
+
+const Command kCommands[] = {
+    {"init-model", zerolora::cli::cmd_init_model, "write a random model folder in HF format (--preset, --out)"},
+    {"inspect", zerolora::cli::cmd_inspect, "describe a model folder: architecture, parameters, memory estimate"},
+    {"forward", zerolora::cli::cmd_forward, "run the model on token ids; print loss and next-token argmax"},
+};
+
+void usage(FILE* out) {
+  std::fprintf(out, "usage: zerolora <command> [flags]   (zerolora <command> --help for its flags)\n\ncommands:\n");
+  for (const auto& c : kCommands) std::fprintf(out, "  %-12s %s\n", c.name, c.help);
+}
+
+}  // namespace
+
 int main(int argc, char** argv) {
-  std::fprintf(stderr, "usage: zerolora <command> ...\n");
+  if (argc < 2 || !std::strcmp(argv[1], "--help") || !std::strcmp(argv[1], "-h") || !std::strcmp(argv[1], "help")) {
+    usage(argc < 2 ? stderr : stdout);
+    return argc < 2 ? 2 : 0;
+  }
+  for (const auto& c : kCommands) {
+    if (std::strcmp(argv[1], c.name) != 0) continue;
+    try {
+      return c.run(argc - 1, argv + 1);
+    } catch (const zerolora::core::Error& e) {
+      std::fprintf(stderr, "error: %s\n", e.what());
+      return 1;
+    } catch (const std::exception& e) {
+      std::fprintf(stderr, "internal error: %s\n", e.what());
+      return 3;
+    }
+  }
+  std::fprintf(stderr, "error: unknown command '%s'\n", argv[1]);
+  usage(stderr);
   return 2;
 }

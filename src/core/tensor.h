@@ -53,7 +53,7 @@ class Tensor {
   void check_type(DType want) const;
   void check_16() const;
   DType dtype_ = DType::F32;
-  Shape shape_;
+  Shape shape_ = {0};  // a default (undefined) tensor holds no elements
   void* data_ = nullptr;
   std::shared_ptr<void> storage_;
 };

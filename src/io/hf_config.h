@@ -1,8 +1,11 @@
 // Hugging Face config.json for LlamaForCausalLM, MistralForCausalLM and Qwen2ForCausalLM.
 #pragma once
+#include <cstdint>
 #include <string>
+#include <utility>
 #include <vector>
 
+#include "core/tensor.h"
 #include "nlohmann/json_fwd.hpp"
 
 namespace zerolora::io {
@@ -12,6 +15,7 @@ struct RopeScaling {
   double factor = 1.0;
   double low_freq_factor = 1.0, high_freq_factor = 4.0;
   int64_t original_max_position_embeddings = 8192;
+  bool operator==(const RopeScaling&) const = default;
 };
 
 struct HfConfig {
@@ -30,12 +34,13 @@ struct HfConfig {
   double rope_theta = 10000.0;
   RopeScaling rope_scaling;
   bool tie_word_embeddings = false;
-  bool attention_bias = false;  // q/k/v/o biases (Qwen2: q/k/v only — see qkv_bias_only)
+  bool attention_bias = false;  // q/k/v/o biases (Llama only; Qwen2 uses qkv_bias)
   bool qkv_bias = false;        // true for Qwen2 (q,k,v have biases, o does not)
-  int64_t bos_token_id = 1;
-  std::vector<int64_t> eos_token_ids = {2};
+  int64_t bos_token_id = 1;               // -1: none (null in config.json)
+  std::vector<int64_t> eos_token_ids = {2};  // empty: none
   std::string torch_dtype = "float32";  // "float32" | "float16" | "bfloat16"
   int64_t sliding_window = 0;           // Mistral/Qwen2: 0 or >= sequence lengths used (checked at use)
+  bool operator==(const HfConfig&) const = default;
 };
 
 // Parses and validates; every refusal is a core::Error naming the file and field and the fix
@@ -44,5 +49,10 @@ struct HfConfig {
 HfConfig load_hf_config(const std::string& config_json_path);
 HfConfig parse_hf_config(const nlohmann::json& j, const std::string& path_for_errors);
 nlohmann::json hf_config_to_json(const HfConfig& c);  // writes a config.json HF can load
+
+// Every weight of a model with this config, HF names and PyTorch [out, in] shapes, in state_dict
+// (module) order: embed_tokens; per layer q/k/v/o (+ biases), gate/up/down, the two
+// norms; model.norm; lm_head unless tied. The list TensorStore::load checks a folder against.
+std::vector<std::pair<std::string, core::Shape>> hf_weight_shapes(const HfConfig& c);
 
 }  // namespace zerolora::io

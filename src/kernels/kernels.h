@@ -30,14 +30,26 @@ template <typename S>
 void gemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, S alpha, const S* A, int64_t lda,
           const S* B, int64_t ldb, S beta, S* C, int64_t ldc);
 
+// A backend's private copy of a frozen weight in the blocked layout its matmul prefers (see prepack).
+struct PackedWeight;
+
 // A frozen weight W [N, K] in nn.Linear layout (y = x W^T), stored F32, F64 or BF16, with an
 // optional bias [N] (F32 or F64, same as the activations). Prepared once at load; read-only after.
 struct FrozenWeight {
   core::Tensor weight;  // [N, K]
   core::Tensor bias;    // [N] or undefined (numel 0)
   int64_t N = 0, K = 0;
+  std::shared_ptr<const PackedWeight> packed;  // set by prepack(); null = plain layout only
   bool has_bias() const { return bias.numel() > 0; }
+  // Throws core::Error unless weight is 2-D F32/F64/BF16 and bias is empty or [N] (F64 for an F64
+  // weight, F32 otherwise).
   static FrozenWeight make(core::Tensor weight, core::Tensor bias = {});
+  // Optional, once at load (F32/BF16 weights): reorders a copy of the weight into the blocked layout
+  // oneDNN's matmul picks for M ~ m_hint rows on this CPU; linear_forward then multiplies with it
+  // (any M). The plain weight stays (linear_backward_input and the tensor itself use it), so this
+  // costs one more copy of the weight. Returns false and changes nothing where the CPU's best
+  // kernel takes the plain layout anyway (e.g. AVX2-only CPUs) or has no bf16 matmul.
+  bool prepack(int64_t m_hint = 2048);
 };
 
 // out[M,N] = inp[M,K] W^T (+ bias). S must match a F32/F64 weight; a BF16 weight needs S = float
@@ -45,7 +57,7 @@ struct FrozenWeight {
 template <typename S>
 void linear_forward(S* out, const S* inp, const FrozenWeight& w, int64_t M);
 
-// dinp[M,K] (+)= dout[M,N] W     (the activation gradient through a frozen weight; no weight grad)
+// dinp[M,K] += dout[M,N] W     (+=; the activation gradient through a frozen weight; no weight grad)
 template <typename S>
 void linear_backward_input(S* dinp, const S* dout, const FrozenWeight& w, int64_t M);
 
@@ -61,7 +73,7 @@ void embedding_forward(S* out, const int32_t* ids, const core::Tensor& table, in
 template <typename S>
 void rmsnorm_forward(S* out, S* rstd, const S* inp, const S* weight, int64_t M, int64_t C, double eps);
 
-// dinp (+)= d/dinp; weight is frozen, so no weight gradient.
+// dinp += d/dinp (+=); weight is frozen, so no weight gradient.
 template <typename S>
 void rmsnorm_backward(S* dinp, const S* dout, const S* inp, const S* weight, const S* rstd, int64_t M,
                       int64_t C);

@@ -1,0 +1,11 @@
+// Subcommands of the zerolora binary. Each takes argv with argv[0] = the subcommand name and returns
+// the process exit code; errors a user can fix are thrown as core::Error and printed by main.
+#pragma once
+
+namespace zerolora::cli {
+
+int cmd_init_model(int argc, char** argv);
+int cmd_inspect(int argc, char** argv);
+int cmd_forward(int argc, char** argv);
+
+}  // namespace zerolora::cli

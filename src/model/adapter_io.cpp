@@ -1,0 +1,130 @@
+#include "model/adapter_io.h"
+
+#include <filesystem>
+#include <fstream>
+#include <set>
+#include <unistd.h>
+
+#include "core/error.h"
+#include "io/safetensors.h"
+
+namespace zerolora::model {
+
+namespace fs = std::filesystem;
+
+nlohmann::json peft_adapter_config(const LoraConfig& lora, const std::string& base_model_name_or_path) {
+  nlohmann::json j;  // nlohmann::json objects keep keys sorted, as PEFT's sort_keys=True
+  j["alpha_pattern"] = nlohmann::json::object();
+  j["auto_mapping"] = nullptr;
+  j["base_model_name_or_path"] = base_model_name_or_path;
+  j["bias"] = lora.bias;
+  j["fan_in_fan_out"] = false;
+  j["inference_mode"] = true;
+  j["init_lora_weights"] = true;
+  j["layers_pattern"] = nullptr;
+  j["layers_to_transform"] = nullptr;
+  j["lora_alpha"] = lora.alpha;
+  j["lora_dropout"] = lora.dropout;
+  j["modules_to_save"] = nullptr;
+  j["peft_type"] = "LORA";
+  j["r"] = lora.r;
+  j["rank_pattern"] = nlohmann::json::object();
+  j["revision"] = nullptr;
+  j["target_modules"] = lora.target_modules;
+  j["task_type"] = "CAUSAL_LM";
+  if (lora.use_rslora) j["use_rslora"] = true;
+  // lora_alpha is an int in PEFT's dataclass; keep integral values integral in the file
+  if (lora.alpha == double(int64_t(lora.alpha))) j["lora_alpha"] = int64_t(lora.alpha);
+  return j;
+}
+
+static void write_text_atomic(const fs::path& path, const std::string& text) {
+  const fs::path tmp = path.string() + ".tmp";
+  {
+    std::ofstream f(tmp, std::ios::binary | std::ios::trunc);
+    f << text;
+    f.flush();
+    core::check(bool(f), tmp.string(), "could not write", "check free disk space and permissions");
+  }
+  FILE* fp = std::fopen(tmp.c_str(), "rb");
+  if (fp) {
+    fsync(fileno(fp));
+    std::fclose(fp);
+  }
+  fs::rename(tmp, path);
+}
+
+void save_peft_adapter(const std::string& dir, const LoraLayout& layout, const float* params,
+                       const std::string& base_model_name_or_path, core::DType dtype) {
+  fs::create_directories(dir);
+  std::vector<std::pair<std::string, core::Tensor>> tensors;
+  for (const auto& s : layout.slots()) {
+    core::Tensor a = core::Tensor::borrow(core::DType::F32, {s.r, s.in}, const_cast<float*>(params + s.a_offset), {});
+    core::Tensor b = core::Tensor::borrow(core::DType::F32, {s.out, s.r}, const_cast<float*>(params + s.b_offset), {});
+    tensors.push_back({s.peft_prefix() + ".lora_A.weight", a.to(dtype)});
+    tensors.push_back({s.peft_prefix() + ".lora_B.weight", b.to(dtype)});
+  }
+  io::write_safetensors((fs::path(dir) / "adapter_model.safetensors").string(), tensors);
+  write_text_atomic(fs::path(dir) / "adapter_config.json",
+                    peft_adapter_config(layout.config(), base_model_name_or_path).dump(2) + "\n");
+}
+
+LoraConfig read_peft_adapter_config(const std::string& dir) {
+  const fs::path path = fs::path(dir) / "adapter_config.json";
+  std::ifstream f(path);
+  core::check(bool(f), path.string(), "not found", "point --lora_weight_path at a PEFT adapter folder");
+  nlohmann::json j;
+  try {
+    j = nlohmann::json::parse(f);
+  } catch (const std::exception& e) {
+    throw core::Error(path.string(), std::string("is not valid JSON: ") + e.what());
+  }
+  core::check(j.is_object(), path.string(), "is not a JSON object");
+  core::check(j.value("peft_type", "") == "LORA", path.string() + ":peft_type",
+              "is not \"LORA\"", "only LoRA adapters are supported");
+  LoraConfig c;
+  try {
+    c.r = j.at("r").get<int64_t>();
+    c.alpha = j.value("lora_alpha", 8.0);
+    c.dropout = j.value("lora_dropout", 0.0);
+    c.use_rslora = j.value("use_rslora", false);
+    c.bias = j.value("bias", std::string("none"));
+    const auto& t = j.at("target_modules");
+    core::check(t.is_array(), path.string() + ":target_modules", "is not a list of module names",
+                "regex / all-linear target_modules are not supported; list the module names");
+    c.target_modules = t.get<std::vector<std::string>>();
+  } catch (const nlohmann::json::exception& e) {
+    throw core::Error(path.string(), std::string("bad or missing field: ") + e.what());
+  }
+  return c;
+}
+
+void load_peft_adapter(const std::string& dir, const LoraLayout& layout, float* params) {
+  const std::string path = (fs::path(dir) / "adapter_model.safetensors").string();
+  core::check(fs::exists(path), path, "not found",
+              "the adapter folder needs adapter_model.safetensors (adapter_model.bin is not supported)");
+  io::TensorStore store = io::TensorStore::open_file(path);
+  std::set<std::string> used;
+  for (const auto& s : layout.slots()) {
+    for (int which = 0; which < 2; ++which) {
+      // PEFT saves without the adapter name; some tools keep ".default": accept both
+      std::string name = s.peft_prefix() + (which == 0 ? ".lora_A.weight" : ".lora_B.weight");
+      if (!store.has(name)) {
+        std::string alt = s.peft_prefix() + (which == 0 ? ".lora_A.default.weight" : ".lora_B.default.weight");
+        core::check(store.has(alt), path, "missing tensor " + name,
+                    "the adapter does not match --lora_target_modules / the model's layers");
+        name = alt;
+      }
+      core::Shape shape = which == 0 ? core::Shape{s.r, s.in} : core::Shape{s.out, s.r};
+      core::Tensor t = store.load(name, core::DType::F32, shape);
+      std::copy(t.data<float>(), t.data<float>() + t.numel(), params + (which == 0 ? s.a_offset : s.b_offset));
+      used.insert(name);
+    }
+  }
+  for (const auto& name : store.names())
+    if (!used.count(name))
+      throw core::Error(path, "tensor " + name + " has no place in this LoRA layout",
+                        "train with the adapter's target_modules (see its adapter_config.json)");
+}
+
+}  // namespace zerolora::model

@@ -1,0 +1,31 @@
+// PEFT adapter folders: adapter_config.json + adapter_model.safetensors (deepspeed-peft-spec §4.1).
+// Keys: base_model.model.<module>.lora_A.weight [r, in] and .lora_B.weight [out, r].
+// (This lives in model rather than io because the names come from the model's module tree.)
+#pragma once
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "model/lora.h"
+
+namespace zerolora::model {
+
+// adapter_config.json content as PEFT writes it (sorted keys, inference_mode true). Only long-standing
+// keys are written so older PEFT versions load it too (use_rslora only when true).
+nlohmann::json peft_adapter_config(const LoraConfig& lora, const std::string& base_model_name_or_path);
+
+// Writes both files into dir (created if needed), each atomically (temp file + fsync + rename).
+// dtype: F32 (default, as PEFT up-casts adapters), BF16 or F16.
+void save_peft_adapter(const std::string& dir, const LoraLayout& layout, const float* params,
+                       const std::string& base_model_name_or_path, core::DType dtype = core::DType::F32);
+
+// Reads the LoRA settings of an adapter folder (r, lora_alpha, lora_dropout, target_modules, use_rslora,
+// bias); throws core::Error on a missing/invalid adapter_config.json or a non-LORA peft_type.
+LoraConfig read_peft_adapter_config(const std::string& dir);
+
+// Loads adapter tensors into params (layout.numel() floats). Every slot of the layout must be present
+// with the right shape; extra LoRA tensors (a target the layout lacks) are an error naming them.
+void load_peft_adapter(const std::string& dir, const LoraLayout& layout, float* params);
+
+}  // namespace zerolora::model

@@ -1,0 +1,321 @@
+#include "model/llama.h"
+
+#include <algorithm>
+#include <cstring>
+
+#include "core/error.h"
+#include "model/lora_linear.h"
+#include "model/rope.h"
+
+namespace zerolora::model {
+
+// Shapes: M = B*T rows, C hidden, Q = NH*HD, KV = NKV*HD, I intermediate, V vocab.
+template <typename S>
+struct LlamaModel<S>::Arena {
+  struct Layer {
+    S *xn1, *rstd1, *q, *k, *v, *att, *lse, *xmid, *xn2, *rstd2, *gate, *up, *act;
+    S* u[7];  // LoRA intermediates per projection [M, r] (null when not adapted)
+  };
+  int64_t B = 0, T = 0, M = 0;
+  std::vector<S> memory;
+  std::vector<S*> resid;          // L+1 block inputs/outputs [M, C]
+  std::vector<Layer> layers;      // L sets (1 with gradient checkpointing)
+  S *xf, *rstdf, *u_lm;           // final norm output, its rstd, lm_head LoRA intermediate
+  S *tmp, *dres, *dxn, *datt, *dq, *dk, *dv, *dact, *dgate, *dup;  // scratch
+  S *lora_h, *lora_du, *logits;   // LoRA scratch, one chunk of logits
+  std::vector<int32_t> positions, lengths, targets;
+};
+
+template <typename S>
+LlamaModel<S>::LlamaModel(const LlamaWeights& weights, const LoraLayout* lora, TrainOptions options)
+    : w_(weights), lora_(lora), opt_(options), a_(std::make_unique<Arena>()) {
+  core::check(core::dtype_of<S>() == weights.compute, "model",
+              "weights were prepared for another compute dtype");
+  inv_freq_ = rope_inv_freq(weights.config);
+}
+
+template <typename S>
+LlamaModel<S>::~LlamaModel() = default;
+
+template <typename S>
+int64_t LlamaModel<S>::activation_bytes() const {
+  return int64_t(a_->memory.size() * sizeof(S));
+}
+
+// The arena's buffers and their sizes, as (pointer to set, element count) pairs; shared by the
+// allocation and the estimate so the two cannot drift apart.
+template <typename S>
+struct LlamaModel<S>::ArenaPlan {
+  std::vector<std::pair<S**, int64_t>> items;
+  int64_t total() const {
+    int64_t n = 0;
+    for (const auto& it : items) n += (it.second + 15) / 16 * 16;  // 64-byte aligned f32 buffers
+    return n;
+  }
+};
+
+template <typename S>
+void LlamaModel<S>::ensure_arena(int64_t B, int64_t T) {
+  Arena& a = *a_;
+  if (a.B == B && a.T == T) return;
+  ArenaPlan plan;
+  plan_arena(a, plan.items, w_.config, lora_, opt_, B, T);
+  a.memory.assign(size_t(plan.total()), S(0));
+  a.memory.shrink_to_fit();
+  int64_t off = 0;
+  for (auto& [ptr, n] : plan.items) {
+    *ptr = a.memory.data() + off;
+    off += (n + 15) / 16 * 16;
+  }
+  const int64_t M = B * T;
+  a.B = B;
+  a.T = T;
+  a.M = M;
+  a.positions.resize(M);
+  for (int64_t b = 0; b < B; ++b)
+    for (int64_t t = 0; t < T; ++t) a.positions[b * T + t] = int32_t(t);
+  a.lengths.assign(B, int32_t(T));
+  a.targets.resize(M);
+}
+
+template <typename S>
+int64_t LlamaModel<S>::estimate_activation_bytes(const io::HfConfig& config, const LoraLayout* lora,
+                                                 const TrainOptions& options, int64_t B, int64_t T) {
+  Arena a;
+  ArenaPlan plan;
+  plan_arena(a, plan.items, config, lora, options, B, T);
+  return plan.total() * int64_t(sizeof(S));
+}
+
+template <typename S>
+void LlamaModel<S>::plan_arena(Arena& a, std::vector<std::pair<S**, int64_t>>& plan, const io::HfConfig& c,
+                               const LoraLayout* lora, const TrainOptions& opt, int64_t B, int64_t T) {
+  const int64_t M = B * T, C = c.hidden_size, Q = c.num_attention_heads * c.head_dim;
+  const int64_t KV = c.num_key_value_heads * c.head_dim, I = c.intermediate_size, V = c.vocab_size;
+  const int64_t L = c.num_hidden_layers, NH = c.num_attention_heads;
+  const int64_t r = lora ? lora->config().r : 0;
+  const int64_t chunk = std::min<int64_t>(opt.loss_chunk_rows, M);
+  int64_t max_in = 0;
+  if (lora)
+    for (const auto& s : lora->slots()) max_in = std::max(max_in, s.in);
+  a.resid.assign(L + 1, nullptr);
+  for (auto& p : a.resid) plan.push_back({&p, M * C});
+  a.layers.assign(opt.gradient_checkpointing ? 1 : L, {});
+  for (size_t li = 0; li < a.layers.size(); ++li) {
+    auto& s = a.layers[li];
+    plan.insert(plan.end(), {{&s.xn1, M * C}, {&s.rstd1, M}, {&s.q, M * Q}, {&s.k, M * KV}, {&s.v, M * KV},
+                             {&s.att, M * Q}, {&s.lse, B * NH * T}, {&s.xmid, M * C}, {&s.xn2, M * C},
+                             {&s.rstd2, M}, {&s.gate, M * I}, {&s.up, M * I}, {&s.act, M * I}});
+    for (int p = 0; p < 7; ++p) {
+      s.u[p] = nullptr;
+      // with checkpointing the single set serves every layer: size it for any adapted projection
+      bool adapted = false;
+      if (lora) {
+        if (opt.gradient_checkpointing) {
+          for (int l = 0; l < L; ++l) adapted = adapted || lora->find(l, Proj(p));
+        } else {
+          adapted = lora->find(int(li), Proj(p)) != nullptr;
+        }
+      }
+      if (adapted) plan.push_back({&s.u[p], M * r});
+    }
+  }
+  a.u_lm = nullptr;
+  plan.insert(plan.end(), {{&a.xf, M * C}, {&a.rstdf, M}});
+  if (lora && lora->find(-1, Proj::LmHead)) plan.push_back({&a.u_lm, M * r});
+  plan.insert(plan.end(), {{&a.tmp, M * C}, {&a.dres, M * C}, {&a.dxn, M * C}, {&a.datt, M * Q},
+                           {&a.dq, M * Q}, {&a.dk, M * KV}, {&a.dv, M * KV}, {&a.dact, M * I},
+                           {&a.dgate, M * I}, {&a.dup, M * I}, {&a.lora_h, M * max_in}, {&a.lora_du, M * r},
+                           {&a.logits, chunk * V}});
+}
+
+template <typename S>
+void LlamaModel<S>::ensure_rope(const ModelInput& in) {
+  const int32_t* pos = in.positions ? in.positions : a_->positions.data();
+  int64_t max_pos = 0;
+  for (int64_t m = 0; m < in.B * in.T; ++m) {
+    core::check(pos[m] >= 0, "model input", "negative position " + std::to_string(pos[m]));
+    max_pos = std::max<int64_t>(max_pos, pos[m]);
+  }
+  if (max_pos < rope_positions_) return;
+  const int64_t HD = w_.config.head_dim;
+  const int64_t n = std::max<int64_t>({max_pos + 1, w_.config.max_position_embeddings, 2 * rope_positions_});
+  rope_.resize(size_t(n * HD));
+  kernels::rope_table<S>(rope_.data(), inv_freq_.data(), n, HD);
+  rope_positions_ = n;
+}
+
+template <typename S>
+void LlamaModel<S>::forward_layer(int l, const ModelInput& in, const S* params, bool training, uint64_t seed) {
+  Arena& a = *a_;
+  const auto& c = w_.config;
+  const LayerWeights& W = w_.layers[l];
+  auto& s = a.layers[opt_.gradient_checkpointing ? 0 : l];
+  const int64_t M = a.M, C = c.hidden_size, NH = c.num_attention_heads, NKV = c.num_key_value_heads;
+  const int64_t HD = c.head_dim, I = c.intermediate_size;
+  const int32_t* pos = in.positions ? in.positions : a.positions.data();
+  const int32_t* lengths = in.lengths ? in.lengths : a.lengths.data();
+  const S* x = a.resid[l];
+  LoraScratch<S> scratch{a.lora_h, a.lora_du};
+  auto branch = [&](Proj p) {
+    LoraBranch br;
+    if (lora_) br.slot = lora_->find(l, p);
+    if (br.slot) {
+      br.slot_index = int(br.slot - lora_->slots().data());
+      br.scale = lora_->scale();
+      br.dropout = training ? lora_->config().dropout : 0.0;
+      br.dropout_seed = seed;
+    }
+    return br;
+  };
+
+  kernels::rmsnorm_forward<S>(s.xn1, s.rstd1, x, W.input_norm.data<S>(), M, C, c.rms_norm_eps);
+  lora_linear_forward<S>(s.q, s.u[0], s.xn1, W.proj[0], branch(Proj::Q), params, scratch, M);
+  lora_linear_forward<S>(s.k, s.u[1], s.xn1, W.proj[1], branch(Proj::K), params, scratch, M);
+  lora_linear_forward<S>(s.v, s.u[2], s.xn1, W.proj[2], branch(Proj::V), params, scratch, M);
+  kernels::rope_forward<S>(s.q, rope_.data(), pos, M, NH, HD);
+  kernels::rope_forward<S>(s.k, rope_.data(), pos, M, NKV, HD);
+  kernels::AttentionShape shape{a.B, a.T, NH, NKV, HD};
+  kernels::attention_forward<S>(s.att, s.lse, s.q, s.k, s.v, shape, lengths, in.kv_begin);
+  lora_linear_forward<S>(a.tmp, s.u[3], s.att, W.proj[3], branch(Proj::O), params, scratch, M);
+  for (int64_t i = 0; i < M * C; ++i) s.xmid[i] = x[i] + a.tmp[i];
+  kernels::rmsnorm_forward<S>(s.xn2, s.rstd2, s.xmid, W.post_norm.data<S>(), M, C, c.rms_norm_eps);
+  lora_linear_forward<S>(s.gate, s.u[4], s.xn2, W.proj[4], branch(Proj::Gate), params, scratch, M);
+  lora_linear_forward<S>(s.up, s.u[5], s.xn2, W.proj[5], branch(Proj::Up), params, scratch, M);
+  kernels::swiglu_forward<S>(s.act, s.gate, s.up, M * I);
+  lora_linear_forward<S>(a.tmp, s.u[6], s.act, W.proj[6], branch(Proj::Down), params, scratch, M);
+  S* out = a.resid[l + 1];
+  for (int64_t i = 0; i < M * C; ++i) out[i] = s.xmid[i] + a.tmp[i];
+}
+
+template <typename S>
+void LlamaModel<S>::backward_layer(int l, const ModelInput& in, const S* params, S* grads, uint64_t seed) {
+  Arena& a = *a_;
+  const auto& c = w_.config;
+  const LayerWeights& W = w_.layers[l];
+  auto& s = a.layers[opt_.gradient_checkpointing ? 0 : l];
+  const int64_t M = a.M, C = c.hidden_size, NH = c.num_attention_heads, NKV = c.num_key_value_heads;
+  const int64_t HD = c.head_dim, I = c.intermediate_size, Q = NH * HD;
+  const int32_t* pos = in.positions ? in.positions : a.positions.data();
+  const int32_t* lengths = in.lengths ? in.lengths : a.lengths.data();
+  const S* x = a.resid[l];
+  LoraScratch<S> scratch{a.lora_h, a.lora_du};
+  auto branch = [&](Proj p) {
+    LoraBranch br;
+    if (lora_) br.slot = lora_->find(l, p);
+    if (br.slot) {
+      br.slot_index = int(br.slot - lora_->slots().data());
+      br.scale = lora_->scale();
+      br.dropout = lora_->config().dropout;
+      br.dropout_seed = seed;
+    }
+    return br;
+  };
+  // a.dres holds d loss / d resid[l+1]; on return it holds d loss / d resid[l].
+  std::fill(a.dact, a.dact + M * I, S(0));
+  lora_linear_backward<S>(a.dact, grads, a.dres, s.act, s.u[6], W.proj[6], branch(Proj::Down), params, scratch, M);
+  kernels::swiglu_backward<S>(a.dgate, a.dup, a.dact, s.gate, s.up, M * I);
+  std::fill(a.dxn, a.dxn + M * C, S(0));
+  lora_linear_backward<S>(a.dxn, grads, a.dgate, s.xn2, s.u[4], W.proj[4], branch(Proj::Gate), params, scratch, M);
+  lora_linear_backward<S>(a.dxn, grads, a.dup, s.xn2, s.u[5], W.proj[5], branch(Proj::Up), params, scratch, M);
+  kernels::rmsnorm_backward<S>(a.dres, a.dxn, s.xmid, W.post_norm.data<S>(), s.rstd2, M, C);  // residual: +=
+
+  std::fill(a.datt, a.datt + M * Q, S(0));
+  lora_linear_backward<S>(a.datt, grads, a.dres, s.att, s.u[3], W.proj[3], branch(Proj::O), params, scratch, M);
+  kernels::AttentionShape shape{a.B, a.T, NH, NKV, HD};
+  kernels::attention_backward<S>(a.dq, a.dk, a.dv, a.datt, s.q, s.k, s.v, s.att, s.lse, shape, lengths,
+                                 in.kv_begin);
+  kernels::rope_backward<S>(a.dq, rope_.data(), pos, M, NH, HD);
+  kernels::rope_backward<S>(a.dk, rope_.data(), pos, M, NKV, HD);
+  std::fill(a.dxn, a.dxn + M * C, S(0));
+  lora_linear_backward<S>(a.dxn, grads, a.dq, s.xn1, s.u[0], W.proj[0], branch(Proj::Q), params, scratch, M);
+  lora_linear_backward<S>(a.dxn, grads, a.dk, s.xn1, s.u[1], W.proj[1], branch(Proj::K), params, scratch, M);
+  lora_linear_backward<S>(a.dxn, grads, a.dv, s.xn1, s.u[2], W.proj[2], branch(Proj::V), params, scratch, M);
+  kernels::rmsnorm_backward<S>(a.dres, a.dxn, x, W.input_norm.data<S>(), s.rstd1, M, C);
+}
+
+template <typename S>
+void LlamaModel<S>::forward_layers(const ModelInput& in, const S* params, bool training, uint64_t seed) {
+  core::check(in.B > 0 && in.T > 0 && in.input_ids, "model input", "empty batch");
+  ensure_arena(in.B, in.T);
+  ensure_rope(in);
+  Arena& a = *a_;
+  if (in.lengths)
+    for (int64_t b = 0; b < in.B; ++b)
+      core::check(in.lengths[b] >= 0 && in.lengths[b] <= in.T, "model input",
+                  "row " + std::to_string(b) + " length " + std::to_string(in.lengths[b]) + " outside [0, T]");
+  kernels::embedding_forward<S>(a.resid[0], in.input_ids, w_.embed, a.M);
+  for (int l = 0; l < w_.config.num_hidden_layers; ++l) forward_layer(l, in, params, training, seed);
+  kernels::rmsnorm_forward<S>(a.xf, a.rstdf, a.resid.back(), w_.final_norm.data<S>(), a.M, w_.config.hidden_size,
+                              w_.config.rms_norm_eps);
+}
+
+template <typename S>
+void LlamaModel<S>::forward_logits(const ModelInput& in, const S* params, S* logits) {
+  forward_layers(in, params, false, 0);
+  Arena& a = *a_;
+  LoraBranch br;
+  if (lora_ && params) {
+    br.slot = lora_->find(-1, Proj::LmHead);
+    if (br.slot) br.slot_index = int(br.slot - lora_->slots().data()), br.scale = lora_->scale();
+  }
+  lora_linear_forward<S>(logits, a.u_lm, a.xf, w_.lm_head, br, params, {a.lora_h, a.lora_du}, a.M);
+}
+
+template <typename S>
+LossResult LlamaModel<S>::forward_backward(const ModelInput& in, const S* params, S* grads, double grad_scale,
+                                           uint64_t dropout_seed) {
+  core::check(in.labels != nullptr, "model input", "labels are required for a loss");
+  const bool training = grads != nullptr;
+  forward_layers(in, params, training, dropout_seed);
+  Arena& a = *a_;
+  const auto& c = w_.config;
+  const int64_t M = a.M, T = a.T, C = c.hidden_size, V = c.vocab_size;
+  // causal shift: position t is scored against labels[t+1]; the last position of a row has no target
+  for (int64_t m = 0; m < M; ++m) a.targets[m] = (m % T + 1 < T) ? in.labels[m + 1] : -100;
+
+  LoraBranch br;
+  if (lora_) br.slot = lora_->find(-1, Proj::LmHead);
+  if (br.slot) {
+    br.slot_index = int(br.slot - lora_->slots().data());
+    br.scale = lora_->scale();
+    br.dropout = training ? lora_->config().dropout : 0.0;
+    br.dropout_seed = dropout_seed;
+  }
+  LossResult result;
+  if (training) std::fill(a.dxn, a.dxn + M * C, S(0));
+  for (int64_t r0 = 0; r0 < M; r0 += opt_.loss_chunk_rows) {
+    const int64_t rows = std::min(opt_.loss_chunk_rows, M - r0);
+    // rows whose targets are all ignored contribute nothing: skip their lm_head work
+    bool any = false;
+    for (int64_t m = r0; m < r0 + rows && !any; ++m) any = a.targets[m] != -100;
+    if (!any) continue;
+    // The LoRA branch sees row indices relative to the chunk; shift the dropout seed per chunk so masks
+    // stay distinct across chunks (and identical between this forward and its backward).
+    LoraBranch cbr = br;
+    cbr.dropout_seed = dropout_seed + uint64_t(r0) * 0x9e3779b97f4a7c15ull;
+    S* u = a.u_lm ? a.u_lm + r0 * lora_->config().r : nullptr;
+    lora_linear_forward<S>(a.logits, u, a.xf + r0 * C, w_.lm_head, cbr, params, {a.lora_h, a.lora_du}, rows);
+    int64_t count = 0;
+    result.loss_sum += kernels::cross_entropy_forward_backward<S>(a.logits, a.targets.data() + r0, rows, V,
+                                                                  training ? grad_scale : 0.0, &count);
+    result.tokens += count;
+    if (training)
+      lora_linear_backward<S>(a.dxn + r0 * C, grads, a.logits, a.xf + r0 * C, u, w_.lm_head, cbr, params,
+                              {a.lora_h, a.lora_du}, rows);
+  }
+  if (!training) return result;
+
+  std::fill(a.dres, a.dres + M * C, S(0));
+  kernels::rmsnorm_backward<S>(a.dres, a.dxn, a.resid.back(), w_.final_norm.data<S>(), a.rstdf, M, C);
+  for (int l = c.num_hidden_layers - 1; l >= 0; --l) {
+    if (opt_.gradient_checkpointing) forward_layer(l, in, params, true, dropout_seed);  // recompute
+    backward_layer(l, in, params, grads, dropout_seed);
+  }
+  return result;
+}
+
+template class LlamaModel<float>;
+template class LlamaModel<double>;
+
+}  // namespace zerolora::model

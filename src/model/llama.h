@@ -1,0 +1,85 @@
+// The LLaMA-family causal LM with LoRA: explicit forward and backward per block (DESIGN decision 1).
+// Only LoRA A/B get weight gradients; frozen weights pass activation gradients only.
+//
+//   x0 = embed(ids)
+//   per layer:  h = x + o_proj(attn(rope(q_proj(n1)), rope(k_proj(n1)), v_proj(n1))),  n1 = rmsnorm(x)
+//               x' = h + down(silu(gate(n2)) * up(n2)),                              n2 = rmsnorm(h)
+//   loss = sum over targets of cross_entropy(lm_head(rmsnorm(x_L)))   (chunked: logits never all kept)
+//
+// Activations live in one arena sized for the largest micro-batch seen (no allocation in the step loop
+// once warm). With gradient checkpointing only each block's input is kept; a block's forward is
+// recomputed in its backward.
+#pragma once
+#include <cstdint>
+#include <memory>
+#include <vector>
+
+#include "model/lora.h"
+#include "model/weights.h"
+
+namespace zerolora::model {
+
+// One micro-batch. Right padding; labels are HF's (aligned with input_ids, -100 ignored); the model
+// applies the causal shift (position t is scored against labels[t+1]).
+struct ModelInput {
+  int64_t B = 0, T = 0;
+  const int32_t* input_ids = nullptr;  // [B*T]
+  const int32_t* positions = nullptr;  // [B*T]; null: 0..T-1 in every row
+  const int32_t* lengths = nullptr;    // [B]; null: all T
+  const int32_t* kv_begin = nullptr;   // [B*T]; null: 0 (packing: start of the token's own sample)
+  const int32_t* labels = nullptr;     // [B*T]; null: no loss
+};
+
+struct LossResult {
+  double loss_sum = 0;  // summed token NLL
+  int64_t tokens = 0;   // targets counted
+};
+
+struct TrainOptions {
+  bool gradient_checkpointing = false;
+  int64_t loss_chunk_rows = 256;  // rows of lm_head + cross-entropy per chunk
+};
+
+template <typename S>
+class LlamaModel {
+ public:
+  // weights must outlive the model; lora may be null (base model only).
+  LlamaModel(const LlamaWeights& weights, const LoraLayout* lora, TrainOptions options = {});
+  ~LlamaModel();
+
+  // Logits for every position, [B*T, V]. params: the flat LoRA buffer (null = no adapter).
+  void forward_logits(const ModelInput& in, const S* params, S* logits);
+
+  // Loss (and, with grads != null, gradients of grad_scale * loss_sum added into grads).
+  // dropout_seed selects the LoRA dropout masks (dropout only when grads != null and p > 0).
+  LossResult forward_backward(const ModelInput& in, const S* params, S* grads, double grad_scale,
+                              uint64_t dropout_seed);
+
+  // Bytes held by the activation arena right now.
+  int64_t activation_bytes() const;
+  // Bytes the arena will take for a B x T micro-batch (without allocating it).
+  static int64_t estimate_activation_bytes(const io::HfConfig& config, const LoraLayout* lora,
+                                           const TrainOptions& options, int64_t B, int64_t T);
+  const LlamaWeights& weights() const { return w_; }
+
+ private:
+  struct Arena;
+  struct ArenaPlan;
+  static void plan_arena(Arena& a, std::vector<std::pair<S**, int64_t>>& plan, const io::HfConfig& c,
+                         const LoraLayout* lora, const TrainOptions& opt, int64_t B, int64_t T);
+  void forward_layers(const ModelInput& in, const S* params, bool training, uint64_t seed);
+  void forward_layer(int l, const ModelInput& in, const S* params, bool training, uint64_t seed);
+  void backward_layer(int l, const ModelInput& in, const S* params, S* grads, uint64_t seed);
+  void ensure_arena(int64_t B, int64_t T);
+  void ensure_rope(const ModelInput& in);
+
+  const LlamaWeights& w_;
+  const LoraLayout* lora_;
+  TrainOptions opt_;
+  std::unique_ptr<Arena> a_;
+  std::vector<S> rope_;  // [max_pos, HD/2, 2]
+  int64_t rope_positions_ = 0;
+  std::vector<double> inv_freq_;
+};
+
+}  // namespace zerolora::model

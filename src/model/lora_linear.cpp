@@ -1,0 +1,99 @@
+#include "model/lora_linear.h"
+
+#include <cstring>
+
+namespace zerolora::model {
+
+namespace {
+
+inline uint64_t splitmix64(uint64_t x) {
+  x += 0x9e3779b97f4a7c15ull;
+  x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
+  x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
+  return x ^ (x >> 31);
+}
+
+// h = drop(x): copies x with dropped elements zeroed and kept ones scaled by 1/(1-p)
+template <typename S>
+void apply_dropout(S* h, const S* x, const LoraBranch& lora, int64_t M, int64_t in) {
+  const double p = lora.dropout;
+#pragma omp parallel for schedule(static)
+  for (int64_t m = 0; m < M; ++m)
+    for (int64_t i = 0; i < in; ++i)
+      h[m * in + i] = x[m * in + i] * S(dropout_multiplier(lora.dropout_seed, lora.slot_index, m, i, in, p));
+}
+
+}  // namespace
+
+double dropout_multiplier(uint64_t seed, int slot_index, int64_t m, int64_t i, int64_t in, double p) {
+  if (p <= 0) return 1.0;
+  uint64_t h = splitmix64(seed ^ splitmix64(uint64_t(slot_index) * 0x100000001b3ull + uint64_t(m * in + i)));
+  double u = double(h >> 11) * (1.0 / 9007199254740992.0);  // [0, 1)
+  return u < p ? 0.0 : 1.0 / (1.0 - p);
+}
+
+template <typename S>
+void lora_linear_forward(S* out, S* u, const S* x, const kernels::FrozenWeight& w, const LoraBranch& lora,
+                         const S* params, LoraScratch<S> scratch, int64_t M) {
+  kernels::linear_forward<S>(out, x, w, M);
+  if (!lora.slot) return;
+  const LoraSlot& s = *lora.slot;
+  const S* A = params + s.a_offset;  // [r, in]
+  const S* B = params + s.b_offset;  // [out, r]
+  const S* h = x;
+  if (lora.dropout > 0) {
+    apply_dropout(scratch.h, x, lora, M, s.in);
+    h = scratch.h;
+  }
+  kernels::gemm<S>(false, true, M, s.r, s.in, S(1), h, s.in, A, s.in, S(0), u, s.r);
+  kernels::gemm<S>(false, true, M, s.out, s.r, S(lora.scale), u, s.r, B, s.r, S(1), out, s.out);
+}
+
+template <typename S>
+void lora_linear_backward(S* dx, S* grads, const S* dout, const S* x, const S* u, const kernels::FrozenWeight& w,
+                          const LoraBranch& lora, const S* params, LoraScratch<S> scratch, int64_t M) {
+  kernels::linear_backward_input<S>(dx, dout, w, M);
+  if (!lora.slot) return;
+  const LoraSlot& s = *lora.slot;
+  const S* A = params + s.a_offset;
+  const S* B = params + s.b_offset;
+  const S sc = S(lora.scale);
+  // du = scale * dout B   [M, r]
+  kernels::gemm<S>(false, false, M, s.r, s.out, sc, dout, s.out, B, s.r, S(0), scratch.du, s.r);
+  if (grads) {
+    // dB += scale * dout^T u   [out, r]
+    kernels::gemm<S>(true, false, s.out, s.r, M, sc, dout, s.out, u, s.r, S(1), grads + s.b_offset, s.r);
+    // dA += du^T drop(x)   [r, in]
+    const S* h = x;
+    if (lora.dropout > 0) {
+      apply_dropout(scratch.h, x, lora, M, s.in);
+      h = scratch.h;
+    }
+    kernels::gemm<S>(true, false, s.r, s.in, M, S(1), scratch.du, s.r, h, s.in, S(1), grads + s.a_offset, s.in);
+  }
+  if (lora.dropout > 0) {
+    // dx += (du A) * mask / (1 - p)
+    kernels::gemm<S>(false, false, M, s.in, s.r, S(1), scratch.du, s.r, A, s.in, S(0), scratch.h, s.in);
+    const double p = lora.dropout;
+#pragma omp parallel for schedule(static)
+    for (int64_t m = 0; m < M; ++m)
+      for (int64_t i = 0; i < s.in; ++i)
+        dx[m * s.in + i] +=
+            scratch.h[m * s.in + i] * S(dropout_multiplier(lora.dropout_seed, lora.slot_index, m, i, s.in, p));
+  } else {
+    kernels::gemm<S>(false, false, M, s.in, s.r, S(1), scratch.du, s.r, A, s.in, S(1), dx, s.in);
+  }
+}
+
+template void lora_linear_forward<float>(float*, float*, const float*, const kernels::FrozenWeight&,
+                                         const LoraBranch&, const float*, LoraScratch<float>, int64_t);
+template void lora_linear_forward<double>(double*, double*, const double*, const kernels::FrozenWeight&,
+                                          const LoraBranch&, const double*, LoraScratch<double>, int64_t);
+template void lora_linear_backward<float>(float*, float*, const float*, const float*, const float*,
+                                          const kernels::FrozenWeight&, const LoraBranch&, const float*,
+                                          LoraScratch<float>, int64_t);
+template void lora_linear_backward<double>(double*, double*, const double*, const double*, const double*,
+                                           const kernels::FrozenWeight&, const LoraBranch&, const double*,
+                                           LoraScratch<double>, int64_t);
+
+}  // namespace zerolora::model

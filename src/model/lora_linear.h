@@ -1,0 +1,43 @@
+// A frozen linear layer with an optional LoRA branch (the one choke point every projection goes
+// through, as llama.cpp's build_lora_mm):
+//   out = x W^T (+ b) + scale * (drop(x) A^T) B^T
+// Dropout is counter-based: the keep/drop decision for element (row m, column i) of slot s is a hash of
+// (seed, s, m, i), so a recomputation (gradient checkpointing) or the backward pass sees the same mask
+// without storing it.
+#pragma once
+#include <cstdint>
+
+#include "kernels/kernels.h"
+#include "model/lora.h"
+
+namespace zerolora::model {
+
+struct LoraBranch {
+  const LoraSlot* slot = nullptr;  // null: plain frozen linear
+  int slot_index = 0;              // for the dropout hash
+  double scale = 1;
+  double dropout = 0;              // 0 when not training
+  uint64_t dropout_seed = 0;
+};
+
+// Per-call scratch: h [M, in] (dropped input) and du [M, r]; sized by the caller's arena.
+template <typename S>
+struct LoraScratch {
+  S* h = nullptr;
+  S* du = nullptr;
+};
+
+// out [M,N] = x W^T + b + LoRA; u [M,r] (output, saved for backward) = drop(x) A^T.
+template <typename S>
+void lora_linear_forward(S* out, S* u, const S* x, const kernels::FrozenWeight& w, const LoraBranch& lora,
+                         const S* params, LoraScratch<S> scratch, int64_t M);
+
+// dx [M,K] (+=) through W and the LoRA branch; dA, dB (+=) into grads (when non-null).
+template <typename S>
+void lora_linear_backward(S* dx, S* grads, const S* dout, const S* x, const S* u, const kernels::FrozenWeight& w,
+                          const LoraBranch& lora, const S* params, LoraScratch<S> scratch, int64_t M);
+
+// keep-probability mask value for dropout element (m, i) of a slot: 0 (dropped) or 1/(1-p)
+double dropout_multiplier(uint64_t seed, int slot_index, int64_t m, int64_t i, int64_t in, double p);
+
+}  // namespace zerolora::model

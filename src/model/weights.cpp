@@ -1,0 +1,127 @@
+#include "model/weights.h"
+
+#include <filesystem>
+#include <set>
+
+#include "core/error.h"
+#include "io/safetensors.h"
+
+namespace zerolora::model {
+
+namespace {
+
+bool has_bias(const io::HfConfig& c, Proj p) {
+  if (c.attention_bias) return p == Proj::Q || p == Proj::K || p == Proj::V || p == Proj::O;
+  if (c.qkv_bias) return p == Proj::Q || p == Proj::K || p == Proj::V;
+  return false;
+}
+
+std::string layer_tensor(int l, Proj p, const char* what) {
+  const bool attn = p == Proj::Q || p == Proj::K || p == Proj::V || p == Proj::O;
+  return "model.layers." + std::to_string(l) + (attn ? ".self_attn." : ".mlp.") + proj_name(p) + "." + what;
+}
+
+core::Shape proj_weight_shape(const io::HfConfig& c, Proj p) {
+  const int64_t H = c.hidden_size, I = c.intermediate_size;
+  const int64_t q = c.num_attention_heads * c.head_dim, kv = c.num_key_value_heads * c.head_dim;
+  switch (p) {
+    case Proj::Q: return {q, H};
+    case Proj::K: return {kv, H};
+    case Proj::V: return {kv, H};
+    case Proj::O: return {H, q};
+    case Proj::Gate: return {I, H};
+    case Proj::Up: return {I, H};
+    case Proj::Down: return {H, I};
+    default: return {};
+  }
+}
+
+}  // namespace
+
+std::vector<std::pair<std::string, core::Shape>> llama_tensor_shapes(const io::HfConfig& c) {
+  std::vector<std::pair<std::string, core::Shape>> out;
+  out.push_back({"model.embed_tokens.weight", {c.vocab_size, c.hidden_size}});
+  for (int l = 0; l < c.num_hidden_layers; ++l) {
+    out.push_back({"model.layers." + std::to_string(l) + ".input_layernorm.weight", {c.hidden_size}});
+    for (int p = 0; p < 7; ++p) {
+      core::Shape ws = proj_weight_shape(c, Proj(p));
+      out.push_back({layer_tensor(l, Proj(p), "weight"), ws});
+      if (has_bias(c, Proj(p))) out.push_back({layer_tensor(l, Proj(p), "bias"), {ws[0]}});
+    }
+    out.push_back({"model.layers." + std::to_string(l) + ".post_attention_layernorm.weight", {c.hidden_size}});
+  }
+  out.push_back({"model.norm.weight", {c.hidden_size}});
+  if (!c.tie_word_embeddings) out.push_back({"lm_head.weight", {c.vocab_size, c.hidden_size}});
+  return out;
+}
+
+int64_t LlamaWeights::parameter_count() const {
+  int64_t n = 0;
+  for (const auto& [name, shape] : llama_tensor_shapes(config)) n += core::shape_numel(shape);
+  return n;
+}
+
+int64_t LlamaWeights::frozen_bytes() const {
+  int64_t n = int64_t(embed.nbytes()) + int64_t(final_norm.nbytes());
+  for (const auto& l : layers) {
+    n += int64_t(l.input_norm.nbytes() + l.post_norm.nbytes());
+    for (const auto& w : l.proj) n += int64_t(w.weight.nbytes() + w.bias.nbytes());
+  }
+  if (!config.tie_word_embeddings) n += int64_t(lm_head.weight.nbytes());
+  return n;
+}
+
+LlamaWeights load_llama_weights(const std::string& model_dir, core::DType compute, core::DType storage) {
+  const std::string config_path = (std::filesystem::path(model_dir) / "config.json").string();
+  io::HfConfig c = io::load_hf_config(config_path);
+  io::TensorStore store = io::TensorStore::open_model_dir(model_dir);
+
+  // Refuse tensors we would otherwise silently ignore: they mean a model feature we do not implement.
+  std::set<std::string> expected;
+  for (const auto& [name, shape] : llama_tensor_shapes(c)) expected.insert(name);
+  for (const auto& name : store.names()) {
+    if (expected.count(name)) continue;
+    if (name.find("rotary_emb.inv_freq") != std::string::npos) continue;  // old checkpoints' buffers
+    if (name == "lm_head.weight" && c.tie_word_embeddings) continue;      // tied: HF ignores it too
+    throw core::Error(store.info(name).file, "unexpected tensor '" + name + "' for " + c.architecture,
+                      "this tensor belongs to a feature zerolora does not support; check config.json matches "
+                      "the weights");
+  }
+  return build_llama_weights(c, compute, storage,
+                             [&](const std::string& name, core::DType dtype, const core::Shape& shape) {
+                               return store.load(name, dtype, shape);
+                             });
+}
+
+LlamaWeights build_llama_weights(const io::HfConfig& c, core::DType compute, core::DType storage,
+                                 const TensorSource& source) {
+  core::check(compute == core::DType::F32 || compute == core::DType::F64, "model", "compute dtype must be F32/F64");
+  core::check(storage == compute || (storage == core::DType::BF16 && compute == core::DType::F32), "model",
+              "unsupported storage/compute dtype pair");
+  LlamaWeights w;
+  w.config = c;
+  w.compute = compute;
+  w.storage = storage;
+  w.embed = source("model.embed_tokens.weight", storage, {c.vocab_size, c.hidden_size});
+  w.layers.resize(c.num_hidden_layers);
+  for (int l = 0; l < c.num_hidden_layers; ++l) {
+    LayerWeights& L = w.layers[l];
+    const std::string p = "model.layers." + std::to_string(l);
+    L.input_norm = source(p + ".input_layernorm.weight", compute, {c.hidden_size});
+    L.post_norm = source(p + ".post_attention_layernorm.weight", compute, {c.hidden_size});
+    for (int j = 0; j < 7; ++j) {
+      core::Shape ws = proj_weight_shape(c, Proj(j));
+      core::Tensor weight = source(layer_tensor(l, Proj(j), "weight"), storage, ws);
+      core::Tensor bias;
+      if (has_bias(c, Proj(j))) bias = source(layer_tensor(l, Proj(j), "bias"), compute, {ws[0]});
+      L.proj[j] = kernels::FrozenWeight::make(std::move(weight), std::move(bias));
+    }
+  }
+  w.final_norm = source("model.norm.weight", compute, {c.hidden_size});
+  w.lm_head = c.tie_word_embeddings
+                  ? kernels::FrozenWeight::make(w.embed)
+                  : kernels::FrozenWeight::make(source("lm_head.weight", storage, {c.vocab_size, c.hidden_size}));
+  return w;
+}
+
+}  // namespace zerolora::model

@@ -1,0 +1,43 @@
+// The frozen base model: LlamaForCausalLM / MistralForCausalLM / Qwen2ForCausalLM weights, loaded once
+// from an HF folder and converted to the layout and dtype the kernels run fastest on (DESIGN decision 2).
+#pragma once
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "io/hf_config.h"
+#include "kernels/kernels.h"
+#include "model/lora.h"
+
+namespace zerolora::model {
+
+struct LayerWeights {
+  core::Tensor input_norm, post_norm;  // [C], compute dtype
+  kernels::FrozenWeight proj[7];       // indexed by Proj: q k v o gate up down
+};
+
+struct LlamaWeights {
+  io::HfConfig config;
+  core::DType compute = core::DType::F32;  // activations: F32 (engine) or F64 (gradient checks)
+  core::DType storage = core::DType::F32;  // big frozen matrices: F32, F64 or BF16
+  core::Tensor embed;                      // [V, C], storage dtype
+  std::vector<LayerWeights> layers;
+  core::Tensor final_norm;                 // [C], compute dtype
+  kernels::FrozenWeight lm_head;           // [V, C]; shares embed's memory when tied
+  int64_t parameter_count() const;         // as HF counts it (tied embedding once)
+  int64_t frozen_bytes() const;            // resident bytes of all frozen tensors
+};
+
+// compute must be F32 or F64; storage F32/F64 (= compute) or BF16 (with compute F32).
+LlamaWeights load_llama_weights(const std::string& model_dir, core::DType compute, core::DType storage);
+
+// Where build_llama_weights gets each tensor: (HF name, wanted dtype, expected shape) -> tensor.
+using TensorSource = std::function<core::Tensor(const std::string&, core::DType, const core::Shape&)>;
+LlamaWeights build_llama_weights(const io::HfConfig& config, core::DType compute, core::DType storage,
+                                 const TensorSource& source);
+
+// HF tensor names of a model (in file order), with their shapes — shared by the loader, the random
+// model writer and merge.
+std::vector<std::pair<std::string, core::Shape>> llama_tensor_shapes(const io::HfConfig& c);
+
+}  // namespace zerolora::model

@@ -1,0 +1,79 @@
+#include "mpi_test_support.h"
+
+#include <cstdlib>
+#include <filesystem>
+#include <memory>
+
+#include "core/runtime.h"
+#include "test_util.h"
+
+namespace zerolora::test {
+
+namespace {
+
+constexpr const char* kWorkerEnv = "ZEROLORA_DIST_TEST_WORKER";
+
+std::unique_ptr<dist::Comm>& worker_comm_slot() {
+  static std::unique_ptr<dist::Comm> comm;
+  return comm;
+}
+
+// Finalises MPI before main() returns rather than from a static destructor.
+class WorkerCommEnvironment : public ::testing::Environment {
+ public:
+  void TearDown() override { worker_comm_slot().reset(); }
+};
+[[maybe_unused]] ::testing::Environment* const kEnvironment =
+    ::testing::AddGlobalTestEnvironment(new WorkerCommEnvironment);
+
+// The flags every launch uses, in one place:
+//  --oversubscribe: CI has 2 cores and we run up to 4 ranks;
+//  --bind-to none: binding oversubscribed ranks to cores only slows them down;
+//  btl_vader_single_copy_mechanism none: containers often forbid the cross-process reads (CMA) that
+//    OpenMPI's shared-memory transport uses for large messages;
+//  OMPI_ALLOW_RUN_AS_ROOT*: CI runs as root, which mpirun refuses by default.
+std::string mpirun_command(int ranks) {
+  return "OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 mpirun --oversubscribe "
+         "--bind-to none --mca btl_vader_single_copy_mechanism none -np " +
+         std::to_string(ranks);
+}
+
+}  // namespace
+
+bool in_mpi_worker() {
+  const char* value = std::getenv(kWorkerEnv);
+  return value && std::string(value) == "1";
+}
+
+dist::Comm& worker_comm() {
+  auto& comm = worker_comm_slot();
+  if (!comm) comm = dist::make_comm();
+  return *comm;
+}
+
+MpiRun run_mpi_workers(int ranks, const std::string& gtest_filter, const std::vector<std::string>& env,
+                       int timeout_s) {
+  // /proc/self/exe must be resolved here: inside the shell it would name the shell.
+  std::string self = std::filesystem::read_symlink("/proc/self/exe").string();
+  std::string exports = " -x " + std::string(kWorkerEnv) + "=1";
+  for (const auto& pair : env) exports += " -x " + pair;
+  // TERM first so mpirun can take its ranks down with it; KILL if it does not go.
+  std::string command = "timeout -k 10 " + std::to_string(timeout_s) + " " + mpirun_command(ranks) +
+                        exports + " " + self + " --gtest_color=no --gtest_filter='" + gtest_filter +
+                        "'";
+  MpiRun run;
+  core::Timer timer;
+  run.exit_code = run_command(command, &run.output);
+  run.seconds = timer.seconds();
+  return run;
+}
+
+int count_passed_ranks(const std::string& output) {
+  int count = 0;
+  for (size_t at = output.find("[  PASSED  ]"); at != std::string::npos;
+       at = output.find("[  PASSED  ]", at + 1))
+    ++count;
+  return count;
+}
+
+}  // namespace zerolora::test

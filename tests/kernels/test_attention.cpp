@@ -1,0 +1,242 @@
+// Flash attention vs a naive full T x T softmax; gradient checks of the backward (GQA, right
+// padding, packing across key/query tiles); float vs double; argument validation.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <limits>
+
+#include "check.h"
+#include "core/error.h"
+#include "kernels/kernels.h"
+
+using namespace zerolora;
+using namespace zerolora::kernels;
+using namespace zerolora::kernels::test;
+
+namespace {
+
+struct Case {
+  AttentionShape s;
+  std::vector<int32_t> lengths;   // empty = all T
+  std::vector<int32_t> kv_begin;  // empty = 0
+  Vec q, k, v;
+  const int32_t* len_ptr() const { return lengths.empty() ? nullptr : lengths.data(); }
+  const int32_t* kvb_ptr() const { return kv_begin.empty() ? nullptr : kv_begin.data(); }
+  int64_t len(int64_t b) const { return lengths.empty() ? s.T : lengths[b]; }
+  int64_t lo(int64_t b, int64_t t) const { return kv_begin.empty() ? 0 : kv_begin[b * s.T + t]; }
+  size_t nq() const { return size_t(s.B * s.T * s.NH * s.HD); }
+  size_t nkv() const { return size_t(s.B * s.T * s.NKV * s.HD); }
+};
+
+Case make_case(AttentionShape s, std::vector<int32_t> lengths, std::vector<int32_t> kv_begin, uint64_t seed) {
+  Case c{s, std::move(lengths), std::move(kv_begin), {}, {}, {}};
+  c.q = float_exact(randn(c.nq(), seed, 1.0));
+  c.k = float_exact(randn(c.nkv(), seed + 1, 1.0));
+  c.v = float_exact(randn(c.nkv(), seed + 2, 1.0));
+  return c;
+}
+
+// kv_begin for rows packed with samples of the given lengths (then padding keeps the last value)
+std::vector<int32_t> packed_begin(int64_t T, std::vector<int64_t> sample_lengths) {
+  std::vector<int32_t> kvb;
+  int32_t start = 0;
+  for (int64_t n : sample_lengths) {
+    for (int64_t i = 0; i < n; ++i) kvb.push_back(start);
+    start += int32_t(n);
+  }
+  while (int64_t(kvb.size()) < T) kvb.push_back(start);
+  return kvb;
+}
+
+// The definition: full score row, masked, softmax, weighted sum. Query head h reads kv head h/(NH/NKV).
+void naive(const Case& c, Vec& out, Vec& lse) {
+  const auto& s = c.s;
+  const int64_t group = s.NH / s.NKV;
+  out.assign(c.nq(), 0.0);
+  lse.assign(size_t(s.B * s.NH * s.T), 0.0);
+  const double scale = 1 / std::sqrt(double(s.HD));
+  for (int64_t b = 0; b < s.B; ++b)
+    for (int64_t h = 0; h < s.NH; ++h)
+      for (int64_t t = 0; t < c.len(b); ++t) {
+        Vec sc(size_t(s.T), -std::numeric_limits<double>::infinity());
+        double mx = -std::numeric_limits<double>::infinity();
+        for (int64_t j = c.lo(b, t); j <= t; ++j) {
+          double d = 0;
+          for (int64_t i = 0; i < s.HD; ++i)
+            d += c.q[((b * s.T + t) * s.NH + h) * s.HD + i] * c.k[((b * s.T + j) * s.NKV + h / group) * s.HD + i];
+          sc[j] = d * scale;
+          mx = std::max(mx, sc[j]);
+        }
+        double sum = 0;
+        for (int64_t j = 0; j < s.T; ++j) sum += std::exp(sc[j] - mx);
+        for (int64_t j = 0; j < s.T; ++j) {
+          double p = std::exp(sc[j] - mx) / sum;
+          for (int64_t i = 0; i < s.HD; ++i)
+            out[((b * s.T + t) * s.NH + h) * s.HD + i] += p * c.v[((b * s.T + j) * s.NKV + h / group) * s.HD + i];
+        }
+        lse[(b * s.NH + h) * s.T + t] = mx + std::log(sum);
+      }
+}
+
+template <typename S>
+void run_forward(const Case& c, std::vector<S>& out, std::vector<S>& lse) {
+  std::vector<S> q(c.q.begin(), c.q.end()), k(c.k.begin(), c.k.end()), v(c.v.begin(), c.v.end());
+  out.assign(c.nq(), S(NAN));  // every entry must be written
+  lse.assign(size_t(c.s.B * c.s.NH * c.s.T), S(NAN));
+  attention_forward<S>(out.data(), lse.data(), q.data(), k.data(), v.data(), c.s, c.len_ptr(), c.kvb_ptr());
+}
+
+template <typename S>
+void run_backward(const Case& c, const Vec& R, std::vector<S>& dq, std::vector<S>& dk, std::vector<S>& dv) {
+  std::vector<S> q(c.q.begin(), c.q.end()), k(c.k.begin(), c.k.end()), v(c.v.begin(), c.v.end());
+  std::vector<S> out, lse, dout(R.begin(), R.end());
+  run_forward<S>(c, out, lse);
+  dq.assign(c.nq(), S(NAN));  // overwritten (=), padded rows included
+  dk.assign(c.nkv(), S(NAN));
+  dv.assign(c.nkv(), S(NAN));
+  attention_backward<S>(dq.data(), dk.data(), dv.data(), dout.data(), q.data(), k.data(), v.data(), out.data(),
+                        lse.data(), c.s, c.len_ptr(), c.kvb_ptr());
+}
+
+void expect_forward_matches_naive(const Case& c) {
+  Vec want_out, want_lse, out, lse;
+  naive(c, want_out, want_lse);
+  run_forward<double>(c, out, lse);
+  EXPECT_LT(rel_err(out, want_out), 1e-13);
+  EXPECT_LT(rel_err(lse, want_lse), 1e-13);
+  std::vector<float> outf, lsef;
+  run_forward<float>(c, outf, lsef);
+  EXPECT_LT(rel_err(outf, want_out), kFloatTol);
+  EXPECT_LT(rel_err(lsef, want_lse), kFloatTol);
+}
+
+// L = sum(out * R); central differences over `budget` random coordinates of each of q, k, v.
+void expect_gradients(Case c, size_t budget, uint64_t seed) {
+  Vec R = randn(c.nq(), seed);
+  Vec dq, dk, dv;
+  run_backward<double>(c, R, dq, dk, dv);
+  auto loss = [&] {
+    Vec out, lse;
+    run_forward<double>(c, out, lse);
+    return dot(out, R);
+  };
+  auto iq = some_indices(c.q.size(), budget, seed + 1), ik = some_indices(c.k.size(), budget, seed + 2),
+       iv = some_indices(c.v.size(), budget, seed + 3);
+  EXPECT_LT(rel_err(masked(dq, iq), numeric_grad(c.q, loss, 1e-6, iq)), kGradTol) << "dq";
+  EXPECT_LT(rel_err(masked(dk, ik), numeric_grad(c.k, loss, 1e-6, ik)), kGradTol) << "dk";
+  EXPECT_LT(rel_err(masked(dv, iv), numeric_grad(c.v, loss, 1e-6, iv)), kGradTol) << "dv";
+  // the gradients are not trivially zero
+  EXPECT_GT(rel_err(dq, Vec(dq.size(), 0.0)), 0.0);
+}
+
+}  // namespace
+
+TEST(Attention, ForwardMatchesNaiveSingleHead) {
+  expect_forward_matches_naive(make_case({1, 5, 1, 1, 8}, {}, {}, 1));
+}
+
+TEST(Attention, ForwardMatchesNaiveGqaPaddingPacking) {
+  // T = 150 spans 5 query tiles and 3 key tiles; row 0 holds three packed samples, row 1 is padded
+  const int64_t T = 150;
+  auto kvb0 = packed_begin(T, {70, 45, 35});
+  auto kvb1 = packed_begin(T, {100});
+  std::vector<int32_t> kvb = kvb0;
+  kvb.insert(kvb.end(), kvb1.begin(), kvb1.end());
+  expect_forward_matches_naive(make_case({2, T, 4, 2, 16}, {150, 100}, kvb, 2));
+  expect_forward_matches_naive(make_case({2, T, 6, 3, 8}, {}, {}, 3));
+  expect_forward_matches_naive(make_case({3, 37, 4, 1, 128}, {37, 1, 20}, {}, 4));
+}
+
+TEST(Attention, PaddedRowsAreZero) {
+  Case c = make_case({2, 40, 2, 1, 8}, {40, 13}, {}, 5);
+  std::vector<float> out, lse, dq, dk, dv;
+  run_forward<float>(c, out, lse);
+  for (int64_t t = 13; t < 40; ++t)
+    for (int64_t h = 0; h < 2; ++h) {
+      EXPECT_EQ(lse[(1 * 2 + h) * 40 + t], 0.0f);
+      for (int64_t i = 0; i < 8; ++i) EXPECT_EQ(out[((40 + t) * 2 + h) * 8 + i], 0.0f);
+    }
+  run_backward<float>(c, randn(c.nq(), 6), dq, dk, dv);
+  for (int64_t t = 13; t < 40; ++t)
+    for (int64_t i = 0; i < 8; ++i) {
+      EXPECT_EQ(dk[(40 + t) * 8 + i], 0.0f);
+      EXPECT_EQ(dv[(40 + t) * 8 + i], 0.0f);
+      for (int64_t h = 0; h < 2; ++h) EXPECT_EQ(dq[((40 + t) * 2 + h) * 8 + i], 0.0f);
+    }
+}
+
+// Two samples packed into one row give exactly what they give in rows of their own.
+TEST(Attention, PackedRowEqualsSeparateRows) {
+  const int64_t T = 12, NH = 2, HD = 8, n1 = 7, n2 = 5;
+  Case packed = make_case({1, T, NH, 1, HD}, {}, packed_begin(T, {n1, n2}), 7);
+  Case split = make_case({2, T, NH, 1, HD}, {int32_t(n1), int32_t(n2)}, {}, 8);
+  // copy the packed row's tokens into the two rows (row 1 holds sample 2 at positions 0..n2-1)
+  auto place = [&](Vec& dst, const Vec& src, int64_t heads) {
+    dst.assign(size_t(2 * T * heads * HD), 0.0);
+    for (int64_t t = 0; t < T; ++t)
+      for (int64_t i = 0; i < heads * HD; ++i) {
+        int64_t row = t < n1 ? t : T + (t - n1);
+        dst[row * heads * HD + i] = src[t * heads * HD + i];
+      }
+  };
+  place(split.q, packed.q, NH);
+  place(split.k, packed.k, 1);
+  place(split.v, packed.v, 1);
+  std::vector<double> o1, l1, o2, l2;
+  run_forward<double>(packed, o1, l1);
+  run_forward<double>(split, o2, l2);
+  for (int64_t t = 0; t < T; ++t)
+    for (int64_t i = 0; i < NH * HD; ++i) {
+      int64_t row = t < n1 ? t : T + (t - n1);
+      EXPECT_NEAR(o1[t * NH * HD + i], o2[row * NH * HD + i], 1e-14);
+    }
+}
+
+TEST(Attention, GradientCheckGqaWithPadding) {
+  expect_gradients(make_case({2, 6, 4, 2, 8}, {6, 4}, {}, 10), 10000, 11);
+}
+
+TEST(Attention, GradientCheckPackedSamples) {
+  const int64_t T = 9;
+  expect_gradients(make_case({1, T, 2, 1, 8}, {}, packed_begin(T, {5, 4}), 12), 10000, 13);
+}
+
+TEST(Attention, GradientCheckAcrossTiles) {
+  // T = 80: three query tiles and two key tiles; packing boundary at 40, padding after 75
+  const int64_t T = 80;
+  expect_gradients(make_case({1, T, 4, 2, 8}, {75}, packed_begin(T, {40, 35}), 14), 150, 15);
+}
+
+TEST(Attention, FloatMatchesDouble) {
+  const int64_t T = 150;
+  std::vector<int32_t> kvb = packed_begin(T, {90, 60});
+  auto more = packed_begin(T, {T});
+  kvb.insert(kvb.end(), more.begin(), more.end());
+  Case c = make_case({2, T, 4, 2, 32}, {150, 120}, kvb, 16);
+  Vec R = float_exact(randn(c.nq(), 17));
+  Vec dq, dk, dv, out, lse;
+  std::vector<float> dqf, dkf, dvf, outf, lsef;
+  run_forward<double>(c, out, lse);
+  run_forward<float>(c, outf, lsef);
+  EXPECT_LT(rel_err(outf, out), kFloatTol);
+  EXPECT_LT(rel_err(lsef, lse), kFloatTol);
+  run_backward<double>(c, R, dq, dk, dv);
+  run_backward<float>(c, R, dqf, dkf, dvf);
+  EXPECT_LT(rel_err(dqf, dq), kFloatTol);
+  EXPECT_LT(rel_err(dkf, dk), kFloatTol);
+  EXPECT_LT(rel_err(dvf, dv), kFloatTol);
+}
+
+TEST(Attention, RejectsBadArguments) {
+  std::vector<float> in(64, 0.5f), out(64), lse(8);
+  auto fwd = [&](AttentionShape s, const int32_t* len, const int32_t* kvb) {
+    attention_forward<float>(out.data(), lse.data(), in.data(), in.data(), in.data(), s, len, kvb);
+  };
+  EXPECT_THROW(fwd({1, 4, 3, 2, 8}, nullptr, nullptr), core::Error);  // 3 heads over 2 kv heads
+  std::vector<int32_t> len = {5};
+  EXPECT_THROW(fwd({1, 4, 2, 1, 8}, len.data(), nullptr), core::Error);  // length > T
+  std::vector<int32_t> kvb = {0, 0, 3, 0};                                // query 2 cannot see itself
+  EXPECT_THROW(fwd({1, 4, 2, 1, 8}, nullptr, kvb.data()), core::Error);
+  len = {2};  // ...unless it is padding
+  EXPECT_NO_THROW(fwd({1, 4, 2, 1, 8}, len.data(), kvb.data()));
+}
