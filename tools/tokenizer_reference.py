@@ -6,12 +6,18 @@ CI never runs this script; rerun it by hand when the test strings change.
 
   bpe            Hugging Face `tokenizers` (PyPI) on the byte-level BPE tokenizer.json files in
                  ../shared/models: ids with and without special tokens, and decoded text.
-                   /usr/bin/python3 -m pip install --break-system-packages tokenizers
-                   /usr/bin/python3 tools/tokenizer_reference.py bpe
+                   /usr/bin/python3 -m pip install --target /tmp/tokbpe tokenizers
+                   PYTHONPATH=/tmp/tokbpe /usr/bin/python3 tools/tokenizer_reference.py bpe
+  tiny           trains tests/golden/tokenizer/tiny_llama_sp.model, a 600-piece SentencePiece BPE model
+                 made like Llama's (byte fallback, identity normaliser, dummy prefix, spaces kept), on
+                 synthetic vicuna-style text, and writes synthetic_conversations.json; tests use both
+                 when ../shared is absent. Needs only python3-sentencepiece.
+                   /usr/bin/python3 tools/tokenizer_reference.py tiny
   sentencepiece  transformers' slow LlamaTokenizer (the tokenizer FastChat trains with), pinned to
                  transformers 4.36.2, in both `legacy` modes, on the Llama-2 and stories260K models;
                  plus FastChat train.py's `preprocess` (vicuna_v1.1 masking, fastchat-spec §2.4)
-                 re-implemented here on top of it, run on ../shared/data/dummy_conversation.json.
+                 re-implemented here on top of it, run on ../shared/data/dummy_conversation.json (Llama-2)
+                 and on synthetic_conversations.json (tiny model).
                    /usr/bin/python3 -m pip install --target /tmp/hf436 transformers==4.36.2 tokenizers==0.15.2 protobuf
                    PYTHONPATH=/tmp/hf436 /usr/bin/python3 tools/tokenizer_reference.py sentencepiece
 Run from the repository root.
@@ -115,6 +121,52 @@ def bpe():
                          "tokenizer": rel, "cases": cases})
 
 
+# ---- tiny SentencePiece model and synthetic conversations -------------------------------------------
+
+WORDS = ("the a an user assistant model language help helpful answer question you I we are is was be can "
+         "will name Vicuna LMSYS hello world nice day today what who how why where when good great thanks "
+         "please sure okay yes no time data train trained researchers").split()
+
+
+def synthetic_sentence(rng, lo, hi, end):
+    return " ".join(rng.choice(WORDS) for _ in range(rng.randint(lo, hi))).capitalize() + rng.choice(end)
+
+
+def synthetic_conversations(rng, n):
+    rows = []
+    for k in range(n):
+        msgs = []
+        for _ in range(rng.randint(1, 3)):
+            msgs.append({"from": "human", "value": synthetic_sentence(rng, 2, 8, "?!.")})
+            msgs.append({"from": "gpt", "value": synthetic_sentence(rng, 3, 15, ".!")})
+        rows.append({"id": f"synthetic_{k}", "conversations": msgs})
+    # the answer starts with characters that cannot join the separator's space (fastchat-spec §2.5)
+    rows.append({"id": "synthetic_newline_answer", "conversations": [
+        {"from": "human", "value": "Say hello"}, {"from": "gpt", "value": "\nHello"},
+        {"from": "human", "value": "Again"}, {"from": "gpt", "value": "\u4f60\u597d"}]})
+    return rows
+
+
+def tiny():
+    import io
+    import sentencepiece as spm
+
+    rng = random.Random(0)
+    lines = []
+    for conv in synthetic_conversations(rng, 3000):
+        lines.append(vicuna_prompt(conv))
+    model = io.BytesIO()
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(lines), model_writer=model, vocab_size=600, model_type="bpe", byte_fallback=True,
+        normalization_rule_name="identity", remove_extra_whitespaces=False, character_coverage=1.0,
+        num_threads=1, unk_id=0, bos_id=1, eos_id=2, pad_id=-1, minloglevel=2)
+    os.makedirs(OUT, exist_ok=True)
+    with open(os.path.join(OUT, "tiny_llama_sp.model"), "wb") as f:
+        f.write(model.getvalue())
+    print("wrote tests/golden/tokenizer/tiny_llama_sp.model", file=sys.stderr)
+    write("synthetic_conversations.json", synthetic_conversations(random.Random(7), 60))
+
+
 # ---- transformers slow LlamaTokenizer + FastChat preprocess ------------------------------------------
 
 VICUNA_SYSTEM = ("A chat between a curious user and an artificial intelligence assistant. "
@@ -195,6 +247,7 @@ def sentencepiece():
     models = {
         "llama2": "models/llama2-tokenizer/tokenizer.model",
         "stories260K": "models/stories260K-hf/tokenizer.model",
+        "tiny": "tests/golden/tokenizer/tiny_llama_sp.model",
     }
     sp_strings = test_strings() + [
         "USER: x</s>USER: y", "a </s> b", " </s>a", "</s>", "<s>x</s>", "x<unk>y", "  two", " Hello",
@@ -205,7 +258,8 @@ def sentencepiece():
     for name, rel in models.items():
         per_mode = {}
         for legacy in (True, False):
-            tok = LlamaTokenizer(os.path.join(SHARED, rel), legacy=legacy)
+            path = os.path.join(ROOT if rel.startswith("tests/") else SHARED, rel)
+            tok = LlamaTokenizer(path, legacy=legacy)
             cases = []
             for s in sp_strings:
                 ids = tok(s).input_ids
@@ -214,28 +268,45 @@ def sentencepiece():
         result["models"][name] = {"model": rel, **per_mode}
     write("sentencepiece_slow_llama.json", result)
 
-    # FastChat preprocess on the dummy data, Llama-2 tokenizer, both modes, plus the wrong-mode offsets.
-    data = json.load(open(os.path.join(SHARED, "data", "dummy_conversation.json")))
-    golden = {"generator": result["generator"], "model": models["llama2"], "model_max_length": 512}
+    # FastChat preprocess on the dummy data (Llama-2) and on the synthetic conversations (tiny model,
+    # also truncated at 64 tokens), both modes, plus the other mode's offsets.
+    dummy = json.load(open(os.path.join(SHARED, "data", "dummy_conversation.json")))
+    write("vicuna_dummy_llama2.json", vicuna_golden(os.path.join(SHARED, models["llama2"]), models["llama2"], dummy,
+                                                    512, result["generator"]))
+    synthetic = json.load(open(os.path.join(OUT, "synthetic_conversations.json")))
+    tiny_path = os.path.join(OUT, "tiny_llama_sp.model")
+    write("vicuna_synthetic_tiny.json", vicuna_golden(tiny_path, models["tiny"], synthetic, 512, result["generator"]))
+    write("vicuna_synthetic_tiny_truncated.json",
+          vicuna_golden(tiny_path, models["tiny"], synthetic, 64, result["generator"]))
+
+
+def vicuna_golden(model_path, model_name, data, max_len, generator):
+    from transformers import LlamaTokenizer
+
+    golden = {"generator": generator, "model": model_name, "model_max_length": max_len}
     for legacy in (True, False):
-        tok = LlamaTokenizer(os.path.join(SHARED, models["llama2"]), legacy=legacy)
+        tok = LlamaTokenizer(model_path, legacy=legacy)
         rows, mismatches, wrong_mode_mismatches = [], 0, 0
         for conv in data:
             prompt = vicuna_prompt(conv)
-            ids, labels, mismatch = fastchat_preprocess(prompt, tok, 512, legacy)
+            ids, labels, mismatch = fastchat_preprocess(prompt, tok, max_len, legacy)
             mismatches += mismatch
-            wrong_mode_mismatches += fastchat_preprocess(prompt, tok, 512, not legacy)[2]
-            rows.append({"id": conv["id"], "n": len(ids), "ids_crc32": crc_of_ids(ids), "spans": spans(labels)})
+            wrong_mode_mismatches += fastchat_preprocess(prompt, tok, max_len, not legacy)[2]
+            rows.append({"id": conv["id"], "n": len(ids), "ids_crc32": crc_of_ids(ids), "mismatch": mismatch,
+                         "spans": spans(labels)})
         key = "legacy" if legacy else "non_legacy"
         golden[key] = {"mismatches": mismatches, "mismatches_with_other_offsets": wrong_mode_mismatches, "rows": rows}
-        print(f"{key}: {mismatches} mismatches, {wrong_mode_mismatches} with the other mode's offsets", file=sys.stderr)
-    write("vicuna_dummy_llama2.json", golden)
+        print(f"{model_name} max_len {max_len} {key}: {mismatches} mismatches, {wrong_mode_mismatches} with the "
+              f"other mode's offsets", file=sys.stderr)
+    return golden
 
 
 if __name__ == "__main__":
     what = sys.argv[1] if len(sys.argv) > 1 else ""
     if what == "bpe":
         bpe()
+    elif what == "tiny":
+        tiny()
     elif what == "sentencepiece":
         sentencepiece()
     else:

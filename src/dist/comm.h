@@ -18,8 +18,9 @@
 //  * reduce_scatter + all_gather: each element is summed once, by its owner, then copied, so all ranks
 //    hold identical bits by construction.
 //
-// Non-blocking calls return a `Request`; the buffers must stay alive and untouched until wait().
-// Every rank must issue the same collectives in the same order (MPI's rule).
+// Non-blocking calls return a `Request`; the buffers must stay alive and untouched until wait(), and
+// input and output buffers must not overlap. Every rank must issue the same collectives in the same
+// order (MPI's rule). A Comm (and its Requests) is used from the thread that created it only.
 #pragma once
 #include <cstddef>
 #include <cstdint>

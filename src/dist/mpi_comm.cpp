@@ -1,5 +1,9 @@
 #include "dist/mpi_comm.h"
 
+// Only the C API: the target links MPI::MPI_C, and OpenMPI's mpi.h would otherwise pull in its
+// deprecated C++ bindings when compiled as C++.
+#define OMPI_SKIP_MPICXX 1
+#define MPICH_SKIP_MPICXX 1
 #include <mpi.h>
 #include <sched.h>
 
@@ -89,17 +93,18 @@ int mpi_count(size_t count, const char* name) {
   return int(count);
 }
 
-// Waiting strategy: spin briefly (most collectives finish in microseconds), then yield (ranks may share
-// cores), then sleep in steps of 5% of the time waited so far (at most 1 ms), which bounds the added
-// latency while not burning a core that another rank needs.
+// Waiting strategy. Non-blocking collectives only progress inside MPI calls, so a sleeping rank stalls
+// every rank behind it: keep calling MPI_Test like a blocking MPI_Wait does, yielding the core between
+// calls after the first millisecond (as OpenMPI does when ranks share cores). Only a wait already
+// seconds long (a rank far behind: loading a model, evaluating) sleeps between tests, so idle ranks stop
+// burning a core that the busy one may need; by then 200 us per test is noise.
 void pause_while_waiting(double waited_s) {
-  if (waited_s < 1e-4) return;
-  if (waited_s < 2e-3) {
+  if (waited_s < 1e-3) return;
+  if (waited_s < 2.0) {
     sched_yield();
     return;
   }
-  auto micros = std::min<int64_t>(1000, int64_t(waited_s * 5e4));
-  std::this_thread::sleep_for(std::chrono::microseconds(micros));
+  std::this_thread::sleep_for(std::chrono::microseconds(200));
 }
 
 constexpr int kStatusQueryTag = 1;
@@ -167,17 +172,19 @@ class MpiComm final : public Comm {
 
  protected:
   Request start_all_reduce_sum(void* data, size_t count, DType dtype) override {
+    int n = mpi_count(count, "all_reduce_sum");  // may throw: before a sequence number is taken
     auto req = begin(CollectiveName::AllReduceSum);
-    check_mpi(MPI_Iallreduce(MPI_IN_PLACE, data, mpi_count(count, "all_reduce_sum"), mpi_type(dtype),
-                             sum_op(dtype), comm_, &req->request),
+    check_mpi(MPI_Iallreduce(MPI_IN_PLACE, data, n, mpi_type(dtype), sum_op(dtype), comm_, &req->request),
               CollectiveName::AllReduceSum);
     return Request(std::move(req));
   }
 
   Request start_reduce_scatter_sum(const void* input, void* output, std::span<const int64_t> counts,
                                    DType dtype) override {
+    std::vector<int> int_counts;
+    for (int64_t c : counts) int_counts.push_back(mpi_count(size_t(c), "reduce_scatter_sum"));
     auto req = begin(CollectiveName::ReduceScatterSum);
-    for (int64_t c : counts) req->counts.push_back(mpi_count(size_t(c), "reduce_scatter_sum"));
+    req->counts = std::move(int_counts);
     bool equal = std::all_of(counts.begin(), counts.end(), [&](int64_t c) { return c == counts[0]; });
     // The block form lets OpenMPI pick its best algorithm; the general one serves uneven buckets.
     int code = equal ? MPI_Ireduce_scatter_block(input, output, req->counts[0], mpi_type(dtype),
@@ -190,9 +197,9 @@ class MpiComm final : public Comm {
 
   Request start_all_gather(const void* input, void* output, size_t count_per_rank,
                            DType dtype) override {
-    auto req = begin(CollectiveName::AllGather);
     mpi_count(count_per_rank * size_t(size_), "all_gather");  // the output's offsets are ints too
     int n = int(count_per_rank);
+    auto req = begin(CollectiveName::AllGather);
     check_mpi(MPI_Iallgather(input, n, mpi_type(dtype), output, n, mpi_type(dtype), comm_, &req->request),
               CollectiveName::AllGather);
     return Request(std::move(req));

@@ -5,6 +5,9 @@
 //  * a rank that dies (signal, or exit without MPI_Finalize) makes mpirun kill the whole job within
 //    ~1.5 s; mpirun prints "mpirun noticed that process rank 1 with PID ... exited on signal 9
 //    (Killed)" (or "...exited with non-zero status ... Process name: [[job,1],1]"). Nothing to add.
+//  * a rank that throws: its MpiComm destructor runs during unwinding and skips MPI_Finalize, because
+//    OpenMPI's MPI_Finalize waits for every rank (measured: it hangs while the others sit in a
+//    collective); the process exits non-zero and mpirun stops the job as above.
 //  * a rank that stays alive but never reaches a collective (infinite loop, deadlock, a rank stuck on
 //    I/O, mismatched collective order) hangs everyone forever: MPI has no timeout. Hence the
 //    watchdog here: every collective is issued non-blocking and polled with MPI_Test; past

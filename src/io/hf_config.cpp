@@ -402,29 +402,4 @@ json hf_config_to_json(const HfConfig& c) {
   return j;
 }
 
-std::vector<std::pair<std::string, core::Shape>> hf_weight_shapes(const HfConfig& c) {
-  const int64_t H = c.hidden_size, I = c.intermediate_size, V = c.vocab_size;
-  const int64_t q_out = c.num_attention_heads * c.head_dim, kv_out = c.num_key_value_heads * c.head_dim;
-  const bool qkv_biases = c.attention_bias || c.qkv_bias;
-  std::vector<std::pair<std::string, core::Shape>> out;
-  out.emplace_back("model.embed_tokens.weight", core::Shape{V, H});
-  for (int64_t i = 0; i < c.num_hidden_layers; ++i) {
-    const std::string layer = "model.layers." + std::to_string(i) + ".";
-    for (const auto& [proj, rows] : {std::pair<const char*, int64_t>{"q_proj", q_out}, {"k_proj", kv_out}, {"v_proj", kv_out}}) {
-      out.emplace_back(layer + "self_attn." + proj + ".weight", core::Shape{rows, H});
-      if (qkv_biases) out.emplace_back(layer + "self_attn." + proj + ".bias", core::Shape{rows});
-    }
-    out.emplace_back(layer + "self_attn.o_proj.weight", core::Shape{H, q_out});
-    if (c.attention_bias) out.emplace_back(layer + "self_attn.o_proj.bias", core::Shape{H});
-    out.emplace_back(layer + "mlp.gate_proj.weight", core::Shape{I, H});
-    out.emplace_back(layer + "mlp.up_proj.weight", core::Shape{I, H});
-    out.emplace_back(layer + "mlp.down_proj.weight", core::Shape{H, I});
-    out.emplace_back(layer + "input_layernorm.weight", core::Shape{H});
-    out.emplace_back(layer + "post_attention_layernorm.weight", core::Shape{H});
-  }
-  out.emplace_back("model.norm.weight", core::Shape{H});
-  if (!c.tie_word_embeddings) out.emplace_back("lm_head.weight", core::Shape{V, H});
-  return out;
-}
-
 }  // namespace zerolora::io

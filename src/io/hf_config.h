@@ -2,10 +2,9 @@
 #pragma once
 #include <cstdint>
 #include <string>
-#include <utility>
 #include <vector>
 
-#include "core/tensor.h"
+#include "core/tensor.h"  // not needed here; kept because users of this header may rely on it
 #include "nlohmann/json_fwd.hpp"
 
 namespace zerolora::io {
@@ -49,10 +48,5 @@ struct HfConfig {
 HfConfig load_hf_config(const std::string& config_json_path);
 HfConfig parse_hf_config(const nlohmann::json& j, const std::string& path_for_errors);
 nlohmann::json hf_config_to_json(const HfConfig& c);  // writes a config.json HF can load
-
-// Every weight of a model with this config, HF names and PyTorch [out, in] shapes, in state_dict
-// (module) order: embed_tokens; per layer q/k/v/o (+ biases), gate/up/down, the two
-// norms; model.norm; lm_head unless tied. The list TensorStore::load checks a folder against.
-std::vector<std::pair<std::string, core::Shape>> hf_weight_shapes(const HfConfig& c);
 
 }  // namespace zerolora::io

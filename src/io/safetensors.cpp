@@ -370,12 +370,21 @@ core::Tensor TensorStore::load(const std::string& name, core::DType dtype, const
                             core::dtype_name(dtype) + " (it reads F32, F16, BF16 and F64 weights)",
                 "quantized or integer checkpoints are not supported: use the unquantized model");
   core::Tensor out = core::Tensor::empty(dtype, t.shape);
-  if (out.numel() > 0) {
-    if (same_dtype)
-      std::memcpy(out.raw(), t.data, t.nbytes);
-    else
-      core::convert(t.data, t.dtype, out.raw(), dtype, size_t(out.numel()));
+  if (out.numel() == 0) return out;
+  if (same_dtype) {
+    std::memcpy(out.raw(), t.data, t.nbytes);
+    return out;
   }
+  // Offsets are only byte-aligned (another writer may put an F64 after an odd-length BF16 tensor), and
+  // convert reads whole elements: give it an aligned copy when the mapping's address is not.
+  const void* source = t.data;
+  std::shared_ptr<std::byte> aligned_copy;
+  if (reinterpret_cast<uintptr_t>(t.data) % core::dtype_size(t.dtype) != 0) {
+    aligned_copy = core::alloc_aligned(t.nbytes);
+    std::memcpy(aligned_copy.get(), t.data, t.nbytes);
+    source = aligned_copy.get();
+  }
+  core::convert(source, t.dtype, out.raw(), dtype, size_t(out.numel()));
   return out;
 }
 

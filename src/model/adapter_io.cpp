@@ -103,6 +103,10 @@ void load_peft_adapter(const std::string& dir, const LoraLayout& layout, float* 
   const std::string path = (fs::path(dir) / "adapter_model.safetensors").string();
   core::check(fs::exists(path), path, "not found",
               "the adapter folder needs adapter_model.safetensors (adapter_model.bin is not supported)");
+  load_adapter_tensors(path, layout, params);
+}
+
+void load_adapter_tensors(const std::string& path, const LoraLayout& layout, float* params) {
   io::TensorStore store = io::TensorStore::open_file(path);
   std::set<std::string> used;
   for (const auto& s : layout.slots()) {

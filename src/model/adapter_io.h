@@ -7,6 +7,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "core/tensor.h"
 #include "model/lora.h"
 
 namespace zerolora::model {
@@ -27,5 +28,7 @@ LoraConfig read_peft_adapter_config(const std::string& dir);
 // Loads adapter tensors into params (layout.numel() floats). Every slot of the layout must be present
 // with the right shape; extra LoRA tensors (a target the layout lacks) are an error naming them.
 void load_peft_adapter(const std::string& dir, const LoraLayout& layout, float* params);
+// The same from one safetensors file holding PEFT-named adapter tensors.
+void load_adapter_tensors(const std::string& safetensors_path, const LoraLayout& layout, float* params);
 
 }  // namespace zerolora::model

@@ -115,6 +115,12 @@ Flag string_flag(const std::string& name, Group g, std::string TrainArgs::*m, co
   return {name, g, Arity::One, hint, help, [=](TrainArgs& a, const Values& v) { a.*m = only(v); },
           [=](const TrainArgs& a) { return (a.*m).empty() ? std::string("\"\"") : a.*m; }};
 }
+Flag required_flag(const std::string& name, Group g, std::string TrainArgs::*m, const std::string& hint,
+                   const std::string& help) {
+  Flag flag = string_flag(name, g, m, hint, help);
+  flag.show = [](const TrainArgs&) { return std::string("required"); };
+  return flag;
+}
 template <class E>
 Flag choice_flag(const std::string& name, Group g, E TrainArgs::*m, std::vector<std::pair<std::string, E>> choices,
                  const std::string& help) {
@@ -152,15 +158,15 @@ const std::vector<Flag>& flag_table() {
   static const std::vector<Flag> table = [] {
     std::vector<Flag> t;
     // model
-    t.push_back(string_flag("model_name_or_path", G::Model, &A::model_name_or_path, "DIR",
-                            "HF model folder: config.json, *.safetensors, tokenizer (required)"));
+    t.push_back(required_flag("model_name_or_path", G::Model, &A::model_name_or_path, "DIR",
+                            "HF model folder: config.json, *.safetensors, tokenizer"));
     t.push_back(bool_flag("trust_remote_code", G::Model, &A::trust_remote_code,
                           "accepted; no Python code is ever run from the model folder"));
     t.push_back(string_flag("padding_side", G::Model, &A::padding_side, "right",
                             "tokenizer padding side; only right (FastChat hard-codes it)"));
     // data
-    t.push_back(string_flag("data_path", G::Data, &A::data_path, "FILE",
-                            "training conversations, FastChat/ShareGPT JSON (required)"));
+    t.push_back(required_flag("data_path", G::Data, &A::data_path, "FILE",
+                            "training conversations, FastChat/ShareGPT JSON"));
     t.push_back(string_flag("eval_data_path", G::Data, &A::eval_data_path, "FILE",
                             "evaluation conversations (no automatic split)"));
     t.push_back(bool_flag("lazy_preprocess", G::Data, &A::lazy_preprocess,
@@ -184,8 +190,8 @@ const std::vector<Flag>& flag_table() {
                                       "which biases train (LLaMA has none, so all three are the same)"));
     t.push_back(bool_flag("q_lora", G::Lora, &A::q_lora, "QLoRA: frozen weights stored as NF4 + double quant"));
     // training
-    t.push_back(string_flag("output_dir", G::Training, &A::output_dir, "DIR",
-                            "checkpoints, adapter, trainer_state.json (required)"));
+    t.push_back(required_flag("output_dir", G::Training, &A::output_dir, "DIR",
+                            "checkpoints, adapter, trainer_state.json"));
     t.push_back(bool_flag("overwrite_output_dir", G::Training, &A::overwrite_output_dir,
                           "accepted; like FastChat it does not stop the automatic resume "
                           "(use --resume_from_checkpoint False)"));
@@ -325,17 +331,33 @@ size_t edit_distance(const std::string& a, const std::string& b) {
   return row[b.size()];
 }
 
+size_t common_prefix_length(const std::string& a, const std::string& b) {
+  size_t n = 0;
+  while (n < a.size() && n < b.size() && a[n] == b[n]) ++n;
+  return n;
+}
+
 Error unknown_flag_error(const std::string& name) {
+  // Names people reach for that edit distance would not lead to the right flag (FastChat#2943).
+  static const std::map<std::string, std::string> known_misnames = {
+      {"evaluation_data_file", "eval_data_path"}, {"eval_data_file", "eval_data_path"},
+      {"validation_data_path", "eval_data_path"}, {"train_data_path", "data_path"}};
   std::string best;
   size_t best_distance = SIZE_MAX;
+  int64_t best_score = INT64_MAX;
   for (const auto& flag : flag_table())
     for (const auto& candidate : {flag.name, flag.alias}) {
       if (candidate.empty()) continue;
+      // edit distance first, a longer shared prefix breaks near-ties (--lora_rank: --lora_r, not --local_rank)
       size_t d = edit_distance(name, candidate);
-      if (d < best_distance) best_distance = d, best = candidate;
+      int64_t score = 2 * static_cast<int64_t>(d) - static_cast<int64_t>(common_prefix_length(name, candidate));
+      if (score < best_score) best_score = score, best_distance = d, best = candidate;
     }
   std::string what = "unknown flag --" + name;
-  if (best_distance <= std::max<size_t>(3, name.size() / 2)) what += "; did you mean --" + best + "?";
+  if (auto it = known_misnames.find(name); it != known_misnames.end())
+    what += "; did you mean --" + it->second + "?";
+  else if (best_distance <= std::max<size_t>(3, name.size() / 2))
+    what += "; did you mean --" + best + "?";
   return Error("zerolora train", what, "see zerolora train --help for the flags");
 }
 
@@ -525,6 +547,32 @@ TrainArgs parse_train_args(const std::vector<std::string>& argv) {
   return args;
 }
 
+namespace {
+
+// "  --flag HINT" then the help text from column kHelpColumn, wrapped at kHelpWidth characters; a flag too
+// long for its column gets the text on the next line.
+std::string wrap_help_line(const std::string& left, const std::string& text) {
+  constexpr size_t kHelpColumn = 38, kHelpWidth = 110;
+  std::string out = left;
+  size_t column = left.size();
+  if (column + 2 > kHelpColumn) out += "\n", column = 0;
+  std::istringstream words(text);
+  std::string word;
+  bool line_empty = true;
+  while (words >> word) {
+    if (!line_empty && column + 1 + word.size() > kHelpWidth) out += "\n", column = 0, line_empty = true;
+    if (line_empty) out += std::string(kHelpColumn - column, ' '), column = kHelpColumn;
+    else out += " ", ++column;
+    std::replace(word.begin(), word.end(), '\x1f', ' ');
+    out += word;
+    column += word.size();
+    line_empty = false;
+  }
+  return out + "\n";
+}
+
+}  // namespace
+
 std::string train_args_help() {
   static const std::vector<std::pair<Group, std::string>> groups = {
       {Group::Model, "model"},
@@ -546,9 +594,11 @@ std::string train_args_help() {
       if (flag.group != group) continue;
       std::string left = "  --" + flag.name + " " + flag.value_hint;
       if (!flag.alias.empty()) left += " (or --" + flag.alias + ")";
-      out << left << std::string(left.size() < 46 ? 46 - left.size() : 1, ' ') << flag.help;
-      if (group != Group::Compat) out << " [default: " << flag.show(defaults) << "]";
-      out << "\n";
+      std::string text = flag.help;
+      std::string shown = flag.show(defaults);
+      // \x1f keeps "[default: X]" on one line when wrapping
+      if (group != Group::Compat) text += shown == "required" ? " [required]" : " [default:\x1f" + shown + "]";
+      out << wrap_help_line(left, text);
     }
   }
   return out.str();

@@ -401,6 +401,8 @@ void resolve_batch(const DeepSpeedConfig& cfg, const TrainArgs& args, int64_t wo
   if (tbs != mb * ga * world || mb < 1 || ga < 1) {
     std::string fix = "set \"train_batch_size\": \"auto\"";
     if (mb * ga > 0 && tbs % (mb * ga) == 0) fix += ", or run with mpirun -np " + std::to_string(tbs / (mb * ga));
+    if (has_ga && mb > 0 && tbs % (mb * world) == 0)
+      fix += ", or pass --gradient_accumulation_steps " + std::to_string(tbs / (mb * world));
     mismatches.lines.push_back("train_batch_size=" + std::to_string(tbs) +
                                " is not train_micro_batch_size_per_gpu " + std::to_string(mb) +
                                " x gradient_accumulation_steps " + std::to_string(ga) + " x world size " +
@@ -457,23 +459,29 @@ void resolve_optimizer(const DeepSpeedConfig& cfg, const TrainArgs& args, Resolv
   out.optimizer_from_config = cfg.has_optimizer_section;
   AdamWConfig& a = out.adamw;
   if (!cfg.has_optimizer_section) {
-    a = {args.learning_rate, args.adam_beta1, args.adam_beta2, args.adam_epsilon, args.weight_decay};
+    out.learning_rate = args.learning_rate;
+    a.beta1 = args.adam_beta1;
+    a.beta2 = args.adam_beta2;
+    a.eps = args.adam_epsilon;
+    a.weight_decay = args.weight_decay;
     return;
   }
   // Absent params keep the DeepSpeed optimizer's own defaults (lr 1e-3!), which HF does not replace.
-  const AdamWConfig ds_defaults{1e-3, 0.9, 0.999, 1e-8, 0.0};
-  a.lr = mismatches.fill(cfg.optimizer_lr, args.learning_rate, "optimizer.params.lr",
-                         flag_text("learning_rate", show(args.learning_rate)), ds_defaults.lr);
+  const double ds_default_lr = 1e-3;
+  const AdamWConfig ds_defaults{};  // betas (0.9, 0.999), eps 1e-8, weight decay 0: FusedAdam's and CPUAdam's
+  out.learning_rate = mismatches.fill(cfg.optimizer_lr, args.learning_rate, "optimizer.params.lr",
+                                      flag_text("learning_rate", show(args.learning_rate)), ds_default_lr);
   std::array<double, 2> betas = mismatches.fill(
       cfg.optimizer_betas, std::array<double, 2>{args.adam_beta1, args.adam_beta2}, "optimizer.params.betas",
-      "--adam_beta1 " + show(args.adam_beta1) + " --adam_beta2 " + show(args.adam_beta2), {ds_defaults.beta1, ds_defaults.beta2});
+      "--adam_beta1 " + show(args.adam_beta1) + " --adam_beta2 " + show(args.adam_beta2),
+      {ds_defaults.beta1, ds_defaults.beta2});
   a.beta1 = betas[0];
   a.beta2 = betas[1];
   a.eps = mismatches.fill(cfg.optimizer_eps, args.adam_epsilon, "optimizer.params.eps",
                           flag_text("adam_epsilon", show(args.adam_epsilon)), ds_defaults.eps);
   a.weight_decay = mismatches.fill(cfg.optimizer_weight_decay, args.weight_decay, "optimizer.params.weight_decay",
                                    flag_text("weight_decay", show(args.weight_decay)), ds_defaults.weight_decay);
-  if (cfg.optimizer_lr.absent() && args.learning_rate != ds_defaults.lr)
+  if (cfg.optimizer_lr.absent() && args.learning_rate != ds_default_lr)
     out.notes.push_back(cfg.path + ": optimizer.params has no lr, so DeepSpeed's default 0.001 is the peak learning "
                         "rate, not --learning_rate " + show(args.learning_rate) + " (write \"lr\": \"auto\")");
 }

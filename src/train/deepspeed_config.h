@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "train/args.h"
+#include "train/optimizer.h"  // AdamWConfig
 
 namespace zerolora::train {
 
@@ -100,14 +101,6 @@ struct DeepSpeedConfig {
   std::vector<std::string> unknown_keys;
 };
 
-struct AdamWConfig {
-  double lr = 5e-5;
-  double beta1 = 0.9;
-  double beta2 = 0.999;
-  double eps = 1e-8;
-  double weight_decay = 0.0;
-};
-
 // Everything resolved: what the trainer runs with under --deepspeed.
 struct ResolvedDeepSpeedConfig {
   std::string path;
@@ -123,6 +116,7 @@ struct ResolvedDeepSpeedConfig {
   LossScaleConfig loss_scale;  // meaningful when fp16
   ZeroConfig zero;
   bool optimizer_from_config = false;  // false: HF's AdamW from the flags (FastChat's configs)
+  double learning_rate = 5e-5;  // the peak rate the LR schedule multiplies
   AdamWConfig adamw;
   int64_t steps_per_print = 0;
   // One line each, for rank 0's log: semantics worth knowing (clipping off, fp16 scaler defaults, offload on

@@ -42,6 +42,7 @@ int64_t absolute_interval(double steps_or_fraction, int64_t total_steps);
 //   constant_with_warmup  t < W: t / max(1, W)          else 1
 //   linear                t < W: t / max(1, W)          else max(0, (T - t) / max(1, T - W))
 //   cosine                t < W: t / max(1, W)          else max(0, 0.5 (1 + cos(pi p))), p = (t - W) / max(1, T - W)
+// Past T nothing is clamped beyond HF's max(0, .), so cosine rises again there, as in HF.
 class LrSchedule {
  public:
   LrSchedule(LrSchedulerType type, double base_lr, int64_t total_steps, int64_t warmup_steps);

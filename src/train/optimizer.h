@@ -2,6 +2,7 @@
 // gradient clipping as torch.nn.utils.clip_grad_norm_. Under ZeRO stages 1-3 each rank holds the
 // optimizer state of its own slice only; the norm then needs the squared sums of every rank.
 #pragma once
+#include <cstddef>
 #include <cstdint>
 #include <vector>
 

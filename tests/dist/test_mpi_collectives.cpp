@@ -3,6 +3,7 @@
 // arithmetic each rank can predict, and that all ranks end with identical bits.
 #include <gtest/gtest.h>
 
+#include <cstdlib>
 #include <cstring>
 #include <random>
 

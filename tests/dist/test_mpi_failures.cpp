@@ -6,6 +6,8 @@
 #include <csignal>
 #include <thread>
 
+#include "core/error.h"
+#include "dist/comm.h"
 #include "mpi_test_support.h"
 
 using zerolora::test::worker_comm;
@@ -32,6 +34,31 @@ TEST(DistFailureWorker, OneRankStallsOutsideCollectives) {
   ADD_FAILURE() << "rank " << comm.rank() << " was not stopped by the watchdog";
 }
 
+// An exception on one rank while the others wait in a collective: its Comm is destroyed during
+// unwinding and must not call MPI_Finalize (OpenMPI's finalize waits for every rank, which would hang
+// the job); the process exits non-zero and mpirun stops the rest.
+TEST(DistFailureWorker, OneRankThrows) {
+  ZL_REQUIRE_MPI_WORKER();
+  auto comm = zerolora::dist::make_comm();
+  std::vector<float> data(16, 1.f);
+  comm->all_reduce_sum(data);
+  if (comm->rank() == 1) throw zerolora::core::Error("rank 1", "simulated failure on one rank");
+  comm->all_reduce_sum(data);  // the other ranks wait here for rank 1
+  ADD_FAILURE() << "rank " << comm->rank() << " outlived the failed rank";
+}
+
+TEST(DistMpi, ExceptionOnOneRankStopsEveryRankWithoutWatchdog) {
+  ZL_SKIP_IN_MPI_WORKER();
+  auto run = zerolora::test::run_mpi_workers(3, "DistFailureWorker.OneRankThrows",
+                                             {"ZEROLORA_COLLECTIVE_TIMEOUT_S=20"}, 60);
+  EXPECT_NE(run.exit_code, 0) << run.output;
+  EXPECT_LT(run.seconds, 15) << run.output;  // well before the 20 s watchdog
+  EXPECT_NE(run.output.find("rank 1: simulated failure on one rank"), std::string::npos) << run.output;
+  EXPECT_EQ(run.output.find("timed out"), std::string::npos) << run.output;
+  EXPECT_EQ(run.output.find("outlived the failed rank"), std::string::npos) << run.output;
+  std::cout << "[ info ] job stopped " << run.seconds << " s after launch\n";
+}
+
 TEST(DistMpi, KilledRankStopsEveryRank) {
   ZL_SKIP_IN_MPI_WORKER();
   auto run = zerolora::test::run_mpi_workers(3, "DistFailureWorker.OneRankKilledMidRun",
@@ -54,7 +81,8 @@ TEST(DistMpi, StalledRankIsNamedByTheWatchdog) {
   EXPECT_NE(run.output.find(": collective all_reduce_sum #"), std::string::npos) << run.output;
   EXPECT_NE(run.output.find("timed out after 2."), std::string::npos) << run.output;
   EXPECT_NE(run.output.find("waiting for ranks 2 (rank 2: no answer"), std::string::npos) << run.output;
-  EXPECT_NE(run.output.find("MPI_ABORT was invoked"), std::string::npos) << run.output;
+  // (mpirun's own "MPI_ABORT was invoked" banner is not checked: OpenMPI 4.1 sometimes drops it with
+  // "ORTE_ERROR_LOG: Data unpack had inadequate space" when two ranks abort at the same moment.)
   EXPECT_EQ(run.output.find("was not stopped by the watchdog"), std::string::npos) << run.output;
   std::cout << "[ info ] job stopped " << run.seconds << " s after launch\n";
 }

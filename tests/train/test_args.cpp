@@ -190,7 +190,10 @@ TEST(TrainArgs, NotesForFlagsWithoutEffect) {
 
 TEST(TrainArgsErrors, UnknownFlagSuggestsNearest) {
   EXPECT_ERROR_HAS(({"--learning_rat", "1e-4"}), "unknown flag --learning_rat; did you mean --learning_rate?");
-  EXPECT_ERROR_HAS(({"--lora_rank", "8"}), "did you mean --lora_r?");
+  EXPECT_ERROR_HAS(({"--lora_rank", "8"}), "did you mean --lora_r?");  // not --local_rank: longer shared prefix
+  EXPECT_ERROR_HAS(({"--per_device_batch_size", "8"}), "did you mean --per_device_eval_batch_size?");
+  // FastChat#2943: the flag users reach for first
+  EXPECT_ERROR_HAS(({"--evaluation_data_file", "e.json"}), "did you mean --eval_data_path?");
   std::string far = error_for({"--completely_unrelated_option", "1"});
   EXPECT_NE(far.find("unknown flag --completely_unrelated_option"), std::string::npos) << far;
   EXPECT_EQ(far.find("did you mean"), std::string::npos) << far;
@@ -224,7 +227,7 @@ TEST(TrainArgsErrors, Bf16AndFp16) {
 TEST(TrainArgsErrors, OutOfRange) {
   EXPECT_ERROR_HAS(({"--lora_r", "0"}), "--lora_r: 0 is out of range: must be >= 1");
   EXPECT_ERROR_HAS(({"--learning_rate", "0"}), "--learning_rate: 0 is out of range: must be > 0");
-  EXPECT_ERROR_HAS(({"--learning_rate", "-1e-4"}), "--learning_rate: -0.0001 is out of range");
+  EXPECT_ERROR_HAS(({"--learning_rate", "-1e-4"}), "--learning_rate: -1e-04 is out of range");
   EXPECT_ERROR_HAS(({"--per_device_train_batch_size", "0"}), "--per_device_train_batch_size: 0 is out of range");
   EXPECT_ERROR_HAS(({"--gradient_accumulation_steps", "0"}), "--gradient_accumulation_steps: 0 is out of range");
   EXPECT_ERROR_HAS(({"--lora_dropout", "1"}), "--lora_dropout: 1 is out of range: must be in [0, 1)");
@@ -283,7 +286,7 @@ TEST(TrainArgs, HelpListsGroupsFlagsAndDefaults) {
        {"--learning_rate FLOAT", "[default: 5e-05]", "--lora_target_modules NAME...", "[default: q_proj v_proj]",
         "--evaluation_strategy {no,steps,epoch} (or --eval_strategy)", "--model_max_length INT",
         "[default: 512]", "--optim {adamw_torch,adamw_hf,adamw_torch_fused}", "--num_threads INT",
-        "--tf32 BOOL", "[default: None]", "--resume_from_checkpoint BOOL|DIR"})
+        "--tf32 BOOL", "[default: None]", "--resume_from_checkpoint BOOL|DIR", "[required]"})
     EXPECT_NE(help.find(fragment), std::string::npos) << fragment;
   // every flag FastChat/HF users pass (and ours) is documented and known to the parser
   for (const char* name :

@@ -19,7 +19,8 @@ TEST(LrSchedule, CosineWithWarmup) {
   EXPECT_NEAR(s.factor(99), std::pow(std::sin(M_PI / 194), 2), 1e-15);
   EXPECT_NEAR(s.factor(99), 0.00026221547724253336, 1e-15);
   EXPECT_EQ(s.factor(100), 0.0);
-  EXPECT_EQ(s.factor(150), 0.0);  // past the end: clamped, never negative
+  // past the end HF does not clamp the progress: the cosine rises again (training never gets there)
+  EXPECT_NEAR(s.factor(150), 0.5 * (1 + std::cos(M_PI * 147 / 97)), 1e-15);
   EXPECT_DOUBLE_EQ(s.lr(3), 2e-5);
   EXPECT_DOUBLE_EQ(s.lr(1), 2e-5 / 3);
 }

@@ -7,15 +7,37 @@
 
 namespace zerolora::kernels::cpu {
 
+// c ? a : b through bit masks. Loops stay vectorisable: under the default -ftrapping-math GCC
+// will not if-convert a ?: whose arms hold FP arithmetic (it may sink the arithmetic into the
+// arm), and a ?: on FP comparisons neither.
+inline float select(bool c, float a, float b) {
+  const int32_t m = -int32_t(c);
+  return std::bit_cast<float>((std::bit_cast<int32_t>(a) & m) | (std::bit_cast<int32_t>(b) & ~m));
+}
+inline double select(bool c, double a, double b) {
+  const int64_t m = -int64_t(c);
+  return std::bit_cast<double>((std::bit_cast<int64_t>(a) & m) | (std::bit_cast<int64_t>(b) & ~m));
+}
+
+// Monotonic integer key of a float's bits (a < b <=> key(a) < key(b) for non-NaN a, b); its own
+// inverse: clamping keys instead of floats keeps loops vectorisable (see select).
+inline int32_t float_key(int32_t bits) { return bits ^ ((bits >> 31) & 0x7fffffff); }
+
 // exp(x) for float in plain arithmetic, so that `#pragma omp simd` loops calling it vectorise
 // (std::exp does not without -ffast-math). Cephes expf: x = n ln2 + r, |r| <= ln2/2, degree-6
-// polynomial; max relative error ~2 ulp. Returns 0 below -87.3 (incl. -inf), clamps to
-// exp(88.37) above, and keeps NaN.
+// polynomial; max relative error ~2 ulp. Returns 0 below -87.3 (incl. -inf), exp(88.37) above
+// (incl. +inf), and keeps NaN.
 inline float exp_fast(float x) {
-  const float hi = 88.3762626647949f, lo = -87.3365447504f;
-  float xc = x > hi ? hi : x;
-  xc = xc < lo ? lo : xc;
-  float n = std::floor(xc * 1.44269504088896341f + 0.5f);
+  constexpr float hi = 88.3762626647949f, lo = -87.3365447504f;
+  const int32_t kx = float_key(std::bit_cast<int32_t>(x));
+  const int32_t khi = float_key(std::bit_cast<int32_t>(hi)), klo = float_key(std::bit_cast<int32_t>(lo));
+  int32_t kc = kx > khi ? khi : kx;
+  kc = kc < klo ? klo : kc;
+  const float xc = std::bit_cast<float>(float_key(kc));
+  // round to nearest by adding and removing 1.5 * 2^23 (std::floor would be a libm call here);
+  // |xc log2 e| < 128 so the trick is exact
+  constexpr float magic = 12582912.0f;
+  const float n = (xc * 1.44269504088896341f + magic) - magic;
   float r = xc - n * 0.693359375f;
   r = r - n * -2.12194440e-4f;
   float p = 1.9875691500e-4f;
@@ -25,10 +47,9 @@ inline float exp_fast(float x) {
   p = p * r + 1.6666665459e-1f;
   p = p * r + 5.0000001201e-1f;
   p = p * r * r + r + 1.0f;
-  float scale = std::bit_cast<float>((int32_t(n) + 127) << 23);
-  float y = p * scale;
-  y = x < lo ? 0.0f : y;
-  return x != x ? x : y;
+  const float y = p * std::bit_cast<float>((int32_t(n) + 127) << 23);
+  const bool is_nan = (std::bit_cast<int32_t>(x) & 0x7fffffff) > 0x7f800000;
+  return select(is_nan, x, select(kx < klo, 0.0f, y));
 }
 
 // exp in the kernel's scalar type: the fast float version, or libm for the double (checking) path.

@@ -27,7 +27,7 @@ void sgemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float al
 
 void dgemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, double alpha, const double* A,
            int64_t lda, const double* B, int64_t ldb, double beta, double* C, int64_t ldc) {
-#pragma omp parallel
+#pragma omp parallel if (double(M) * double(N) * double(K) > 1e5)
   {
     std::vector<double> row(static_cast<size_t>(N));
 #pragma omp for schedule(static)

@@ -132,7 +132,7 @@ void run_matmul(const CachedMatmul& c, const void* src, const void* weights, flo
 
 template <typename S>
 void add_bias(S* out, const S* bias, int64_t M, int64_t N) {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (M * N > 65536)
   for (int64_t m = 0; m < M; ++m) {
     S* o = out + m * N;
 #pragma omp simd
@@ -142,13 +142,13 @@ void add_bias(S* out, const S* bias, int64_t M, int64_t N) {
 
 template <typename S>
 void fill_bias(S* out, const S* bias, int64_t M, int64_t N) {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (M * N > 65536)
   for (int64_t m = 0; m < M; ++m) std::copy(bias, bias + N, out + m * N);
 }
 
 // inp rows -> bf16 rounded, kept as f32 (portable path)
 void round_rows_bf16(float* dst, const float* src, int64_t n) {
-#pragma omp parallel for simd schedule(static)
+#pragma omp parallel for simd schedule(static) if (n > 65536)
   for (int64_t i = 0; i < n; ++i) dst[i] = cpu::round_bf16(src[i]);
 }
 
@@ -170,7 +170,7 @@ void bf16_forward_portable(float* out, const float* inp, const uint16_t* W, int6
     for (int64_t n0 = 0; n0 < N; n0 += nb) {
       int64_t nc = std::min(nb, N - n0);
       const uint16_t* src = W + n0 * K;
-#pragma omp parallel for simd schedule(static)
+#pragma omp parallel for simd schedule(static) if (nc * K > 65536)
       for (int64_t i = 0; i < nc * K; ++i) Wt[i] = cpu::bf16_bits_to_f32(src[i]);
       gemm<float>(false, true, mc, nc, K, 1.0f, A, K, Wt, K, beta, out + m0 * N + n0, N);
     }
@@ -192,7 +192,7 @@ void bf16_backward_portable(float* dinp, const float* dout, const uint16_t* W, i
     round_rows_bf16(A, dout + m0 * N, mc * N);
     for (int64_t k0 = 0; k0 < K; k0 += kb) {
       int64_t kc = std::min(kb, K - k0);
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (N * kc > 65536)
       for (int64_t n = 0; n < N; ++n) {
         const uint16_t* src = W + n * K + k0;
         float* dst = Wt + n * kc;
