@@ -7,7 +7,9 @@
 //   bench_preprocess [samples=50000]
 #include <cstdio>
 #include <cstdlib>
+#include <ctime>
 #include <filesystem>
+#include <fstream>
 #include <string>
 
 #include "core/runtime.h"
@@ -37,6 +39,18 @@ std::vector<data::Conversation> repeated(const std::vector<data::Conversation>& 
   return out;
 }
 
+std::string cpu_model() {
+  std::ifstream in("/proc/cpuinfo");
+  std::string line;
+  while (std::getline(in, line))
+    if (line.rfind("model name", 0) == 0) return line.substr(line.find(':') + 2);
+  return "unknown CPU";
+}
+
+// Process CPU seconds: on a shared machine, single-thread throughput per CPU second is steadier than
+// per wall second.
+double cpu_seconds() { return static_cast<double>(std::clock()) / CLOCKS_PER_SEC; }
+
 void run(const char* label, const std::vector<data::Conversation>& convs, const tokenizer::Tokenizer& tok,
          const std::string& conv_template, int threads) {
   core::set_num_threads(threads);
@@ -44,12 +58,14 @@ void run(const char* label, const std::vector<data::Conversation>& convs, const 
   opt.conv_template = conv_template;
   opt.model_max_length = 2048;
   core::Timer timer;
+  const double cpu0 = cpu_seconds();
   data::Dataset ds = data::Dataset::from_conversations(convs, "bench", tok, opt);
-  const double s = timer.seconds();
+  const double s = timer.seconds(), cpu = cpu_seconds() - cpu0;
   const auto& rep = ds.report();
-  std::printf("%-44s threads %2d  %8.0f samples/s  %10.0f tokens/s  (%zu samples, %lld tokens, %lld trained, %zu masked out, %.2f s)\n",
-              label, core::num_threads(), convs.size() / s, rep.tokens / s, convs.size(),
-              static_cast<long long>(rep.tokens), static_cast<long long>(rep.trained_tokens), rep.masked_out, s);
+  std::printf("%-40s threads %2d  %7.0f samples/s %9.0f tokens/s (wall %.2f s, cpu %.2f s: %.0f samples per cpu-s)\n",
+              label, core::num_threads(), convs.size() / s, rep.tokens / s, s, cpu, convs.size() / cpu);
+  std::printf("%-40s %zu samples, %lld tokens, %lld trained, %zu masked out\n", "", convs.size(),
+              static_cast<long long>(rep.tokens), static_cast<long long>(rep.trained_tokens), rep.masked_out);
 }
 
 void run_tokenize_only(const char* label, const std::vector<data::Conversation>& convs, const tokenizer::Tokenizer& tok,
@@ -59,11 +75,12 @@ void run_tokenize_only(const char* label, const std::vector<data::Conversation>&
   for (const auto& c : convs) prompts.push_back(data::render_prompt(style, c));
   const bool add_bos = !data::template_renders_bos(style);
   core::Timer timer;
+  const double cpu0 = cpu_seconds();
   size_t tokens = 0;
   for (const auto& p : prompts) tokens += tok.encode(p, add_bos).size();
-  const double s = timer.seconds();
-  std::printf("%-44s threads  1  %8.0f samples/s  %10.0f tokens/s  (encode only)\n", label, convs.size() / s,
-              tokens / s);
+  const double s = timer.seconds(), cpu = cpu_seconds() - cpu0;
+  std::printf("%-40s threads  1  %7.0f samples/s %9.0f tokens/s (wall %.2f s, cpu %.2f s: encode only)\n", label,
+              convs.size() / s, tokens / s, s, cpu);
 }
 
 }  // namespace
@@ -79,6 +96,7 @@ int main(int argc, char** argv) {
     return 0;
   }
   const int all_threads = core::num_threads();
+  std::printf("bench_preprocess: %zu samples, %s, %d threads available\n", n, cpu_model().c_str(), all_threads);
   const auto convs = repeated(data::read_conversations(data_path.string()), n);
 
   std::string model_bytes;

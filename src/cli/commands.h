@@ -7,5 +7,8 @@ namespace zerolora::cli {
 int cmd_init_model(int argc, char** argv);
 int cmd_inspect(int argc, char** argv);
 int cmd_forward(int argc, char** argv);
+int cmd_train(int argc, char** argv);
+int cmd_eval(int argc, char** argv);
+int cmd_data(int argc, char** argv);
 
 }  // namespace zerolora::cli

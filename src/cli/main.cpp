@@ -16,6 +16,9 @@ struct Command {
 };
 
 const Command kCommands[] = {
+    {"train", zerolora::cli::cmd_train, "fine-tune LoRA adapters (FastChat train_lora.py flags; mpirun for ranks)"},
+    {"eval", zerolora::cli::cmd_eval, "evaluation loss and perplexity of a base model plus an adapter"},
+    {"data", zerolora::cli::cmd_data, "data inspect: tokenised samples, trained-token masks, dropped samples"},
     {"init-model", zerolora::cli::cmd_init_model, "write a random model folder in HF format (--preset, --out)"},
     {"inspect", zerolora::cli::cmd_inspect, "describe a model folder: architecture, parameters, memory estimate"},
     {"forward", zerolora::cli::cmd_forward, "run the model on token ids; print loss and next-token argmax"},

@@ -24,6 +24,8 @@ void check_fits(size_t tokens, int64_t model_max_length, const Sample& first) {
 // Fills the rows into a B x T batch; `packed` decides whether each sample's first label is dropped.
 Batch assemble(const std::vector<std::vector<const Sample*>>& rows, Padding padding, int64_t model_max_length,
                int32_t pad_id, bool packed) {
+  core::check(pad_id >= 0, "collate", "pad id " + std::to_string(pad_id) + " is not a token id",
+              "pad with tokenizer::padding_id_or_fallback(tok) when the tokenizer has no pad token (Llama 3)");
   Batch b;
   b.B = static_cast<int64_t>(rows.size());
   size_t longest = 0;

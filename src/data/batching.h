@@ -26,6 +26,7 @@ struct Batch {
 };
 
 // One sample per row. Samples longer than model_max_length are an error (Dataset truncates them).
+// pad_id: tokenizer::padding_id_or_fallback(tok) (FastChat pads with unk; Llama 3 has none).
 Batch collate(const std::vector<const Sample*>& samples, Padding padding, int64_t model_max_length, int32_t pad_id);
 
 // rows[b] = the samples packed into row b, in order. The first label of every sample is set to -100:

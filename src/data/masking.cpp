@@ -114,10 +114,13 @@ PreprocessResult preprocess_vicuna_fastchat(const Conversation& conv, const toke
       why = "a message contains \"</s>\" or \" ASSISTANT: \", which split the turns";
     else if (pad >= 0 && std::count(r.input_ids.begin(), r.input_ids.end(), pad) > 0)
       why = "the text has <unk> tokens, which FastChat counts as padding";
+    else if (!empty_assistant_turns(conv).empty())
+      why = "assistant message " + empty_assistant_turns(conv) + " is empty, which leaves a turn without \"" +
+            kVicunaAnswerSep + "\"";
     else
       why = std::string("the tokenizer does not fit FastChat's offsets (legacy ") + (legacy ? "true" : "false") + ")";
-    r.problems.push_back({SampleIssue::Mismatch, "counted " + std::to_string(cur_len) + " tokens, row has " +
-                                                     std::to_string(total_len) + ": " + why});
+    r.problems.push_back({SampleIssue::Mismatch, "FastChat counted " + std::to_string(cur_len) + " of " +
+                                                     std::to_string(total_len) + " tokens: " + why});
   }
   return r;
 }
@@ -173,7 +176,7 @@ PreprocessResult preprocess_conversation(const Conversation& conv, TemplateStyle
     return r;
   }
   const std::string empty_turns = empty_assistant_turns(conv);
-  if (!empty_turns.empty()) r.problems.push_back({SampleIssue::EmptyAssistant, "message " + empty_turns});
+  if (!empty_turns.empty() && !mismatch) r.problems.push_back({SampleIssue::EmptyAssistant, "message " + empty_turns});
   if (fastchat_exact && !mismatch &&
       (any_message_contains(conv, kVicunaTurnEnd) || any_message_contains(conv, kVicunaAnswerSep)))
     r.problems.push_back({SampleIssue::SeparatorInText, "labels follow FastChat's split and may cover the wrong text"});

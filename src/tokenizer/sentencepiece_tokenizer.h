@@ -56,9 +56,6 @@ class SentencePieceTokenizer final : public Tokenizer {
   bool legacy() const override { return config_.legacy; }
   std::string describe() const override;
 
-  // The same tokenizer with the other legacy setting (tests compare the two modes on one model).
-  void set_legacy(bool legacy) { config_.legacy = legacy; }
-
  private:
   // Ids of the text between special tokens, without BOS/EOS.
   std::vector<int32_t> encode_text(std::string_view text) const;

@@ -53,6 +53,7 @@ TEST(Collate, TooLongSampleIsAnError) {
   } catch (const core::Error& e) {
     EXPECT_NE(std::string(e.what()).find("long_one"), std::string::npos);
   }
+  EXPECT_THROW(collate({&a}, Padding::Longest, 8, -1), core::Error);  // Llama 3 has no pad token
 }
 
 TEST(CollatePacked, BlockDiagonalAttentionAndRestartingPositions) {

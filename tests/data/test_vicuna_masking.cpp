@@ -70,8 +70,11 @@ TEST(VicunaMasking, GoldenVectorIdentity0BothModes) {
   EXPECT_EQ(non_legacy.input_ids, non_legacy_ids);
   EXPECT_EQ(trained_spans(non_legacy.labels), (std::vector<std::pair<int, int>>{{43, 68}, {80, 84}}));
   EXPECT_TRUE(non_legacy.problems.empty());
-  for (size_t k = 0; k < non_legacy.labels.size(); ++k)
-    if (non_legacy.labels[k] != kIgnoreIndex) EXPECT_EQ(non_legacy.labels[k], non_legacy.input_ids[k]);
+  for (size_t k = 0; k < non_legacy.labels.size(); ++k) {
+    if (non_legacy.labels[k] != kIgnoreIndex) {
+      EXPECT_EQ(non_legacy.labels[k], non_legacy.input_ids[k]);
+    }
+  }
 
   // legacy: the second turn starts with 3148,1001 ("▁US ER") instead of 11889 ("USER")
   std::vector<int32_t> legacy_ids(non_legacy_ids.begin(), non_legacy_ids.begin() + 68);

@@ -262,7 +262,7 @@ struct ForcePortable {
 
 struct SmallTiles {  // makes the portable path loop over several input blocks and weight tiles
   cpu::PortableTiling saved = cpu::portable_tiling();
-  SmallTiles() { cpu::portable_tiling() = {300, 7}; }
+  SmallTiles() { cpu::portable_tiling() = {300, 650}; }
   ~SmallTiles() { cpu::portable_tiling() = saved; }
 };
 
@@ -272,7 +272,9 @@ TEST(LinearBf16, PortablePathMatchesF32AndBound) {
   ForcePortable force(true);
   check_bf16_case(make_bf16_case(45, 70, 96, 30));
   SmallTiles tiles;
-  check_bf16_case(make_bf16_case(45, 70, 96, 40));  // 300/96 -> 3-row blocks, 7-wide weight tiles
+  // input blocks of 300/96 = 3 rows (fwd; 45 = 15 x 3) and 300/70 = 4 rows (bwd; 45 = 11 x 4 + 1);
+  // weight tiles of 650/96 = 6 rows (fwd; 70 = 11 x 6 + 4) and 650/70 = 9 columns (bwd; 96 = 10 x 9 + 6)
+  check_bf16_case(make_bf16_case(45, 70, 96, 40));
 }
 
 TEST(LinearBf16, NativePathMatchesF32AndBound) {
@@ -293,8 +295,14 @@ TEST(LinearBf16, NativeAndPortableAgree) {
 }
 
 // A prepacked weight gives the plain result, for the hinted M and others; where packing brings
-// nothing on this CPU, prepack() says so and leaves the weight alone.
+// nothing on this CPU, prepack() says so and leaves the weight alone. The second round packs even
+// a plain layout, so that the oneDNN matmul path of prepacked weights runs on every CPU (F32).
 TEST(Linear, PrepackedMatchesPlain) {
+  for (bool even_if_plain : {false, true}) {
+  struct Restore {
+    ~Restore() { cpu::set_prepack_even_if_plain(false); }
+  } restore;
+  cpu::set_prepack_even_if_plain(even_if_plain);
   for (DType dt : {DType::F32, DType::BF16}) {
     const int64_t N = 96, K = 128;
     Vec W = randn(size_t(N * K), 70), b = float_exact(randn(size_t(N), 71));
@@ -302,12 +310,19 @@ TEST(Linear, PrepackedMatchesPlain) {
     auto packed = plain;
     bool did = packed.prepack(64);
     EXPECT_EQ(did, packed.packed != nullptr);
-    if (!did) std::printf("[ INFO ] prepack(%s) is a no-op on this CPU\n", core::dtype_name(dt));
+    if (even_if_plain && dt == DType::F32) EXPECT_TRUE(did);
+    if (!did && !even_if_plain)
+      std::printf("[ INFO     ] prepack(%s) is a no-op on this CPU\n", core::dtype_name(dt));
     for (int64_t M : {64, 17, 1}) {
       std::vector<float> x = to_float(randn(size_t(M * K), 72 + M)), y0(size_t(M * N)), y1(y0.size());
       linear_forward<float>(y0.data(), x.data(), plain, M);
       linear_forward<float>(y1.data(), x.data(), packed, M);
       EXPECT_LT(rel_err(y1, y0), 1e-5) << core::dtype_name(dt) << " M=" << M;
+      // and the bias is in there
+      std::vector<float> zero(size_t(M * K), 0.0f);
+      linear_forward<float>(y1.data(), zero.data(), packed, M);
+      for (int64_t n = 0; n < N; ++n) EXPECT_FLOAT_EQ(y1[size_t((M - 1) * N + n)], float(b[n]));
     }
+  }
   }
 }

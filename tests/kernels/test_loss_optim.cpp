@@ -6,11 +6,32 @@
 
 #include "check.h"
 #include "core/error.h"
+#include "kernels/cpu/common.h"
 #include "kernels/kernels.h"
 
 using namespace zerolora;
 using namespace zerolora::kernels;
 using namespace zerolora::kernels::test;
+
+// ---- the vectorisable exp behind the float kernels ----------------------------------------------------
+
+TEST(ExpFast, WithinFourUlpAndEdgeCases) {
+  double worst = 0;
+  for (double x = -87.0; x <= 88.0; x += 0.0137) {
+    const float xf = float(x);
+    const double want = std::exp(double(xf));
+    worst = std::max(worst, std::abs(cpu::exp_fast(xf) - want) / want);
+  }
+  EXPECT_LT(worst, 4 * 6e-8);  // ~4 ulp
+  EXPECT_EQ(cpu::exp_fast(0.0f), 1.0f);
+  EXPECT_EQ(cpu::exp_fast(-INFINITY), 0.0f);
+  EXPECT_EQ(cpu::exp_fast(-1000.0f), 0.0f);
+  EXPECT_TRUE(std::isfinite(cpu::exp_fast(1000.0f)));
+  EXPECT_GT(cpu::exp_fast(INFINITY), 1e38f);
+  EXPECT_TRUE(std::isnan(cpu::exp_fast(NAN)));
+  EXPECT_EQ(cpu::select(true, 1.5f, 2.5f), 1.5f);
+  EXPECT_EQ(cpu::select(false, 1.5, 2.5), 2.5);
+}
 
 // ---- SwiGLU -----------------------------------------------------------------------------------------
 

@@ -56,6 +56,9 @@ static std::atomic<bool> g_force_portable{false};
 void set_bf16_force_portable(bool on) { g_force_portable = on; }
 static bool bf16_use_native() { return !g_force_portable && bf16_native_available(); }
 
+static std::atomic<bool> g_pack_plain{false};
+void set_prepack_even_if_plain(bool on) { g_pack_plain = on; }
+
 PortableTiling& portable_tiling() {
   static PortableTiling t;
   return t;
@@ -158,8 +161,8 @@ void round_rows_bf16(float* dst, const float* src, int64_t n) {
 void bf16_forward_portable(float* out, const float* inp, const uint16_t* W, int64_t M, int64_t N, int64_t K,
                            float beta) {
   const auto& t = cpu::portable_tiling();
-  int64_t mb = std::clamp<int64_t>(t.scratch_elems / std::max<int64_t>(K, 1), 1, M);
-  int64_t nb = std::clamp<int64_t>(t.weight_tile, 1, N);
+  int64_t mb = std::clamp<int64_t>(t.input_elems / std::max<int64_t>(K, 1), 1, M);
+  int64_t nb = std::clamp<int64_t>(t.weight_elems / std::max<int64_t>(K, 1), 1, N);
   g_f32_in.resize(size_t(mb * K));
   g_f32_w.resize(size_t(nb * K));
   float* A = g_f32_in.data();
@@ -181,8 +184,8 @@ void bf16_forward_portable(float* out, const float* inp, const uint16_t* W, int6
 void bf16_backward_portable(float* dinp, const float* dout, const uint16_t* W, int64_t M, int64_t N,
                             int64_t K) {
   const auto& t = cpu::portable_tiling();
-  int64_t mb = std::clamp<int64_t>(t.scratch_elems / std::max<int64_t>(N, 1), 1, M);
-  int64_t kb = std::clamp<int64_t>(t.weight_tile, 1, K);
+  int64_t mb = std::clamp<int64_t>(t.input_elems / std::max<int64_t>(N, 1), 1, M);
+  int64_t kb = std::clamp<int64_t>(t.weight_elems / std::max<int64_t>(N, 1), 1, K);
   g_f32_in.resize(size_t(mb * N));
   g_f32_w.resize(size_t(N * kb));
   float* A = g_f32_in.data();
@@ -316,7 +319,8 @@ bool FrozenWeight::prepack(int64_t m_hint) {
     memory::desc dst({m_hint, N}, memory::data_type::f32, memory::format_tag::ab);
     dnnl::matmul::primitive_desc pd(dnnl::matmul::desc(src, wany, dst), eng);
     memory::desc wdesc = pd.weights_desc();
-    if (wdesc.data.format_kind != dnnl_blocked || wdesc.data.format_desc.blocking.inner_nblks == 0)
+    if (wdesc.data.format_kind != dnnl_blocked ||
+        (wdesc.data.format_desc.blocking.inner_nblks == 0 && !cpu::g_pack_plain))
       return false;  // the best kernel reads a plain layout: nothing to gain
     auto p = std::make_shared<PackedWeight>();
     p->desc = wdesc;

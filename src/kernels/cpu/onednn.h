@@ -20,10 +20,17 @@ bool bf16_native_available();
 // Tests: route BF16 linears through the portable path even where the native one exists.
 void set_bf16_force_portable(bool on);
 
-// Tile sizes of the portable path, adjustable so that tests reach every edge with small shapes.
+// Tests: make FrozenWeight::prepack keep oneDNN's chosen weight layout even when it is a plain one
+// (no gain), so that the prepacked matmul path runs on CPUs where packing is otherwise skipped.
+void set_prepack_even_if_plain(bool on);
+
+// Scratch budgets of the portable path (f32 elements; 16 MB each by default). The weight is
+// widened in tiles of as many whole rows (forward) / columns (backward) as fit: sgemm repacks the
+// input block on every call, so wide tiles matter (256-row tiles ran at ~1/2 the speed of 2048).
+// Adjustable so that tests reach every edge with small shapes.
 struct PortableTiling {
-  int64_t scratch_elems = int64_t(1) << 22;  // f32 elements of the rounded-input block (16 MB)
-  int64_t weight_tile = 256;                 // weight rows (forward) / columns (backward) per sgemm
+  int64_t input_elems = int64_t(1) << 22;   // the bf16-rounded input block [rows, K or N]
+  int64_t weight_elems = int64_t(1) << 22;  // the widened weight tile
 };
 PortableTiling& portable_tiling();
 

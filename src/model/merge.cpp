@@ -1,0 +1,246 @@
+#include "model/merge.h"
+
+#include <algorithm>
+#include <cctype>
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <set>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "core/error.h"
+#include "core/tensor.h"
+#include "io/checkpoint_dir.h"
+#include "io/hf_config.h"
+#include "io/safetensors.h"
+#include "model/adapter_io.h"
+#include "model/lora.h"
+#include "model/weights.h"
+
+namespace zerolora::model {
+
+namespace fs = std::filesystem;
+
+namespace {
+
+// Files of an HF model folder that are not weights and that a merged model must keep: the generation
+// defaults and every tokenizer file save_pretrained / tokenizer.save_pretrained may have written.
+const char* kCopiedFiles[] = {"generation_config.json", "tokenizer.model",         "tokenizer.json",
+                              "tokenizer_config.json",  "special_tokens_map.json", "added_tokens.json"};
+
+bool is_float_dtype(core::DType d) {
+  return d == core::DType::F32 || d == core::DType::F64 || d == core::DType::BF16 || d == core::DType::F16;
+}
+
+// The base tensor an adapter slot is folded into: PEFT's module name without its wrapper prefix.
+std::string base_weight_name(const LoraSlot& s) {
+  static const std::string wrapper = "base_model.model.";
+  return s.peft_prefix().substr(wrapper.size()) + ".weight";
+}
+
+// W [out, in] += scale * B [out, r] A [r, in]. Each output row is formed in double (W + the exact-ish
+// product) and rounded once to S; rows are independent, so the loop parallelises without races.
+template <typename S>
+void add_scaled_product(S* W, const float* B, const float* A, int64_t out, int64_t in, int64_t r, double scale) {
+#pragma omp parallel
+  {
+    std::vector<double> row(size_t(in), 0.0);
+#pragma omp for schedule(static)
+    for (int64_t o = 0; o < out; ++o) {
+      std::fill(row.begin(), row.end(), 0.0);
+      for (int64_t k = 0; k < r; ++k) {
+        const double b = B[o * r + k];
+        const float* a = A + k * in;
+        for (int64_t i = 0; i < in; ++i) row[size_t(i)] += b * double(a[i]);
+      }
+      S* w = W + o * in;
+      for (int64_t i = 0; i < in; ++i) w[i] = S(double(w[i]) + scale * row[size_t(i)]);
+    }
+  }
+}
+
+// Names in the order HF's state_dict writes them (the model's module order), then anything else the
+// base folder holds (kept unchanged, e.g. old rotary inv_freq buffers) in sorted order.
+std::vector<std::string> output_tensor_order(const io::HfConfig& config, const io::TensorStore& store) {
+  std::vector<std::string> order;
+  std::set<std::string> seen;
+  for (const auto& [name, shape] : llama_tensor_shapes(config))
+    if (store.has(name) && seen.insert(name).second) order.push_back(name);
+  for (const auto& name : store.names())
+    if (seen.insert(name).second) order.push_back(name);
+  return order;
+}
+
+nlohmann::json read_json_file(const fs::path& path) {
+  std::ifstream f(path);
+  core::check(bool(f), path.string(), "cannot be read", "check the folder holds a Hugging Face model");
+  try {
+    return nlohmann::json::parse(f);
+  } catch (const std::exception& e) {
+    throw core::Error(path.string(), std::string("is not valid JSON: ") + e.what());
+  }
+}
+
+// The checks that need no tensor data: out_dir may be written, and is neither input.
+void check_output_dir(const fs::path& out, const fs::path& base, const fs::path& adapter, bool overwrite) {
+  std::error_code ec;
+  const fs::path out_abs = fs::weakly_canonical(fs::absolute(out), ec);
+  for (const auto& [input, what] : {std::pair{base, "the base model"}, std::pair{adapter, "the adapter"}}) {
+    if (fs::exists(out) && fs::equivalent(out, input, ec))
+      throw core::Error(out.string(), std::string("is ") + what + " folder",
+                        "write the merged model to a new folder with --out");
+  }
+  if (!fs::exists(out_abs)) return;
+  core::check(fs::is_directory(out_abs), out.string(), "exists and is not a folder", "choose another --out");
+  const bool empty = fs::directory_iterator(out_abs) == fs::directory_iterator();
+  core::check(empty || overwrite, out.string(), "exists and is not empty",
+              "choose a new --out, or pass --overwrite to replace it");
+}
+
+}  // namespace
+
+std::string torch_dtype_name(core::DType dtype) {
+  switch (dtype) {
+    case core::DType::F32: return "float32";
+    case core::DType::F64: return "float64";
+    case core::DType::BF16: return "bfloat16";
+    case core::DType::F16: return "float16";
+    default: throw core::Error("dtype", std::string("no torch_dtype for ") + core::dtype_name(dtype));
+  }
+}
+
+core::DType parse_float_dtype(const std::string& text, const std::string& flag) {
+  if (text == "f32" || text == "float32" || text == "fp32") return core::DType::F32;
+  if (text == "bf16" || text == "bfloat16") return core::DType::BF16;
+  if (text == "f16" || text == "float16" || text == "fp16") return core::DType::F16;
+  throw core::Error(flag, "unknown dtype '" + text + "'", "use f32, bf16 or f16");
+}
+
+size_t parse_shard_size(const std::string& text) {
+  const std::string where = "--max_shard_size";
+  size_t digits = 0;
+  while (digits < text.size() && (std::isdigit(uint8_t(text[digits])) || text[digits] == '.')) ++digits;
+  std::string unit = text.substr(digits);
+  for (char& c : unit) c = char(std::toupper(uint8_t(c)));
+  double value = 0;
+  try {
+    size_t used = 0;
+    value = std::stod(text.substr(0, digits), &used);
+    if (used != digits) throw std::invalid_argument(text);
+  } catch (const std::exception&) {
+    throw core::Error(where, "'" + text + "' is not a size", "write e.g. 5GB, 500MB, 2GiB or a byte count");
+  }
+  // HF convert_file_size_to_int: decimal units for GB/MB/KB, binary ones for GiB/MiB/KiB
+  static const std::map<std::string, double> units = {{"", 1},           {"B", 1},           {"KB", 1e3},
+                                                      {"MB", 1e6},       {"GB", 1e9},        {"TB", 1e12},
+                                                      {"KIB", 1024.0},   {"MIB", 1048576.0}, {"GIB", 1073741824.0},
+                                                      {"TIB", 1099511627776.0}};
+  auto it = units.find(unit);
+  core::check(it != units.end(), where, "unknown unit in '" + text + "'", "use B, KB, MB, GB, KiB, MiB or GiB");
+  const double bytes = value * it->second;
+  core::check(bytes >= 1, where, "'" + text + "' is less than one byte", "give a positive size");
+  return size_t(bytes);
+}
+
+MergeReport merge_adapter(const std::string& base_dir, const std::string& adapter_dir, const std::string& out_dir,
+                          const MergeOptions& options) {
+  if (options.dtype)
+    core::check(*options.dtype == core::DType::F32 || *options.dtype == core::DType::BF16 ||
+                    *options.dtype == core::DType::F16,
+                "--dtype", "merged weights can be f32, bf16 or f16");
+  core::check(fs::is_directory(base_dir), base_dir, "is not a folder", "--base takes a Hugging Face model folder");
+  core::check(fs::is_directory(adapter_dir), adapter_dir, "is not a folder", "--adapter takes a PEFT adapter folder");
+  check_output_dir(out_dir, base_dir, adapter_dir, options.overwrite);
+
+  // The adapter, laid out for this base: a target the base lacks, a layer count or a shape that differs
+  // all fail here, before anything is written.
+  const fs::path config_path = fs::path(base_dir) / "config.json";
+  const io::HfConfig config = io::load_hf_config(config_path.string());
+  const LoraConfig lora = read_peft_adapter_config(adapter_dir);
+  LoraLayout layout;
+  try {
+    layout = LoraLayout(config, lora);
+  } catch (const core::Error& e) {
+    throw core::Error((fs::path(adapter_dir) / "adapter_config.json").string(),
+                      std::string("does not fit the base model: ") + e.what(),
+                      "merge the adapter into the base model it was trained on");
+  }
+  std::vector<float> params(size_t(layout.numel()));
+  load_peft_adapter(adapter_dir, layout, params.data());
+
+  const io::TensorStore store = io::TensorStore::open_model_dir(base_dir);
+  std::map<std::string, const LoraSlot*> slot_of;
+  for (const auto& s : layout.slots()) {
+    const std::string name = base_weight_name(s);
+    core::check(store.has(name), store.source(), "has no tensor " + name + " for the adapter's " + s.peft_prefix(),
+                "merge the adapter into the base model it was trained on");
+    const core::Shape want = {s.out, s.in};
+    const auto& info = store.info(name);
+    core::check(info.shape == want, info.file,
+                "tensor " + name + " has shape " + core::shape_str(info.shape) + ", the adapter needs " +
+                    core::shape_str(want),
+                "merge the adapter into the base model it was trained on");
+    slot_of[name] = &s;
+  }
+
+  MergeReport report;
+  std::vector<std::pair<std::string, core::Tensor>> tensors;
+  for (const auto& name : output_tensor_order(config, store)) {
+    const io::TensorInfo& info = store.info(name);
+    core::check(info.has_core_dtype, info.file, "tensor " + name + " has dtype " + info.dtype_name,
+                "merge into an unquantized (F32/BF16/F16) base model");
+    const core::DType out_dtype = (options.dtype && is_float_dtype(info.dtype)) ? *options.dtype : info.dtype;
+    auto slot = slot_of.find(name);
+    core::Tensor t;
+    if (slot != slot_of.end()) {
+      const LoraSlot& s = *slot->second;
+      const core::DType work = info.dtype == core::DType::F64 ? core::DType::F64 : core::DType::F32;
+      t = store.load(name, work, {s.out, s.in});
+      if (work == core::DType::F64)
+        add_scaled_product(t.data<double>(), params.data() + s.b_offset, params.data() + s.a_offset, s.out, s.in, s.r,
+                           layout.scale());
+      else
+        add_scaled_product(t.data<float>(), params.data() + s.b_offset, params.data() + s.a_offset, s.out, s.in, s.r,
+                           layout.scale());
+      if (out_dtype != work) t = t.to(out_dtype);
+      report.merged_modules += 1;
+    } else if (out_dtype == info.dtype) {
+      // unchanged: write straight from the mapping (the store outlives the write below)
+      t = core::Tensor::borrow(info.dtype, info.shape, const_cast<void*>(info.data), nullptr);
+    } else {
+      t = store.load(name, out_dtype, info.shape);
+    }
+    report.bytes += int64_t(t.nbytes());
+    tensors.push_back({name, std::move(t)});
+  }
+  report.tensors = int64_t(tensors.size());
+
+  // config.json is copied as the base wrote it (fields we do not model survive); only torch_dtype
+  // follows a dtype override.
+  nlohmann::json config_json = read_json_file(config_path);
+  if (options.dtype) config_json["torch_dtype"] = torch_dtype_name(*options.dtype);
+  report.torch_dtype = config_json.value("torch_dtype", std::string());
+
+  const fs::path out_abs = fs::absolute(fs::path(out_dir)).lexically_normal();
+  const fs::path parent = out_abs.filename().empty() ? out_abs.parent_path().parent_path() : out_abs.parent_path();
+  std::error_code ec;
+  fs::create_directories(parent, ec);
+  core::check(!ec, parent.string(), "cannot create the folder: " + ec.message(), "check the path and permissions");
+  io::AtomicDir dir = io::AtomicDir::begin(out_abs.string());
+  io::write_file_synced(dir.file("config.json"), config_json.dump(2) + "\n");
+  for (const char* file : kCopiedFiles) {
+    const fs::path src = fs::path(base_dir) / file;
+    if (!fs::exists(src)) continue;
+    fs::copy_file(src, dir.file(file), ec);
+    core::check(!ec, src.string(), "cannot be copied: " + ec.message(), "check free disk space and permissions");
+  }
+  io::write_safetensors_sharded(dir.temp_path(), tensors, options.max_shard_bytes);
+  for (const auto& entry : fs::directory_iterator(dir.temp_path()))
+    if (entry.path().extension() == ".safetensors") report.shards += 1;
+  dir.commit();
+  return report;
+}
+
+}  // namespace zerolora::model

@@ -1,0 +1,38 @@
+// What a run shows while it trains: a live bar on a terminal, one line per logging step otherwise;
+// every log entry appended to a JSON-lines metrics file; loss and learning-rate curves as an SVG.
+#pragma once
+#include <cstdint>
+#include <cstdio>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+namespace zerolora::train {
+
+class Progress {
+ public:
+  // quiet: not rank 0 (prints nothing). metrics_path "" = no metrics file.
+  Progress(bool quiet, int64_t total_steps, const std::string& metrics_path);
+  // After every optimizer step (the bar on a terminal is redrawn; nothing is printed otherwise).
+  void step(int64_t step, double loss, double lr, double tokens_per_second, double seconds_left);
+  // A log entry (training or evaluation): printed as a line and appended to the metrics file.
+  void log(const nlohmann::json& entry);
+  void message(const std::string& text);  // a line of its own (clears the bar first)
+  bool is_terminal() const { return tty_; }
+
+ private:
+  void clear_bar();
+  bool quiet_, tty_;
+  int64_t total_;
+  std::string metrics_path_;
+  bool bar_shown_ = false;
+};
+
+// Writes an SVG with the training loss (and eval loss) and the learning rate against the step, from
+// an HF log_history. Written atomically.
+void write_loss_curve_svg(const std::vector<nlohmann::json>& log_history, const std::string& path);
+
+std::string format_duration(double seconds);
+
+}  // namespace zerolora::train

@@ -1,0 +1,528 @@
+#include "train/trainer.h"
+
+#include <atomic>
+#include <cmath>
+#include <csignal>
+#include <filesystem>
+#include <fstream>
+#include <optional>
+#include <unistd.h>
+
+#include "core/error.h"
+#include "core/runtime.h"
+#include "data/dataset.h"
+#include "dist/consistency.h"
+#include "dist/zero_partition.h"
+#include "io/checkpoint_dir.h"
+#include "kernels/kernels.h"
+#include "model/adapter_io.h"
+#include "model/llama.h"
+#include "tokenizer/tokenizer.h"
+#include "train/deepspeed_config.h"
+#include "train/epoch_batches.h"
+#include "train/lr_schedule.h"
+#include "train/optimizer.h"
+#include "train/progress.h"
+#include "train/step.h"
+#include "train/training_checkpoint.h"
+
+namespace zerolora::train {
+
+namespace fs = std::filesystem;
+
+// ------------------------------------------------------------------------------------------------
+// Stop signals
+
+static std::atomic<int> g_stop_signals{0};
+
+static void on_stop_signal(int sig) {
+  if (g_stop_signals.fetch_add(1) >= 1) _exit(128 + sig);  // second signal: now (saves are atomic)
+}
+
+void install_stop_signal_handlers() {
+  struct sigaction sa {};
+  sa.sa_handler = on_stop_signal;
+  sigemptyset(&sa.sa_mask);
+  sigaction(SIGTERM, &sa, nullptr);
+  sigaction(SIGINT, &sa, nullptr);
+}
+
+bool stop_requested() { return g_stop_signals.load() > 0; }
+
+namespace {
+
+// ------------------------------------------------------------------------------------------------
+// Set-up shared by training and evaluation
+
+uint64_t fnv1a(const std::string& bytes, uint64_t h = 1469598103934665603ull) {
+  for (unsigned char c : bytes) h = (h ^ c) * 1099511628211ull;
+  return h;
+}
+
+std::string file_hash(const std::string& path) {
+  std::ifstream f(path, std::ios::binary);
+  std::string bytes((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "%016llx", (unsigned long long)fnv1a(bytes));
+  return buf;
+}
+
+model::LoraConfig lora_config_from(const TrainArgs& a) {
+  model::LoraConfig lc;
+  lc.r = a.lora_r;
+  lc.alpha = double(a.lora_alpha);
+  lc.dropout = a.lora_dropout;
+  lc.target_modules = a.lora_target_modules;
+  lc.use_rslora = a.use_rslora;
+  lc.bias = to_string(a.lora_bias);
+  return lc;
+}
+
+data::DataOptions data_options(const TrainArgs& a) {
+  data::DataOptions o;
+  o.conv_template = a.conv_template;
+  o.model_max_length = a.model_max_length;
+  o.lazy = a.lazy_preprocess;
+  o.strict = a.strict_data;
+  return o;
+}
+
+void refuse_unsupported(const TrainArgs& a, const ResolvedDeepSpeedConfig* ds) {
+  if (a.q_lora)
+    throw core::Error("--q_lora", "QLoRA (NF4 base weights) is not available in this build yet",
+                      "train with --bf16 True (LoRA on bf16 weights)");
+  if (a.fp16 || (ds && ds->fp16))
+    throw core::Error(a.fp16 ? "--fp16" : ds->path + ":fp16.enabled",
+                      "fp16 mixed precision with loss scaling is not available in this build yet",
+                      "use --bf16 True (no loss scaling needed), or set fp16.enabled false");
+  if (ds && ds->zero.stage == 3)
+    throw core::Error(ds->path + ":zero_optimization.stage", "ZeRO stage 3 (sharded frozen weights) is not "
+                      "available in this build yet", "use stage 2: for LoRA it holds the same trainable state "
+                      "sharded and avoids gathering the base model twice per micro-batch");
+  if (a.lora_bias != LoraBias::None)
+    throw core::Error("--lora_bias", "only \"none\" is supported (training biases is not implemented)",
+                      "LLaMA projections have no biases; use --lora_bias none");
+}
+
+struct Loaded {
+  io::HfConfig config;
+  std::unique_ptr<tokenizer::Tokenizer> tok;
+  std::optional<data::Dataset> train, eval;
+  model::LlamaWeights weights;
+  int32_t pad_id = 0;
+};
+
+Loaded load_everything(const TrainArgs& a, bool need_train_data, Progress& log) {
+  Loaded L;
+  core::Timer t;
+  L.tok = tokenizer::load_tokenizer(a.model_name_or_path);
+  L.pad_id = tokenizer::padding_id_or_fallback(*L.tok);
+  if (need_train_data) {
+    L.train.emplace(data::Dataset::load(a.data_path, *L.tok, data_options(a)));
+    log.message(L.train->report().summary(a.data_path));
+  }
+  if (!a.eval_data_path.empty()) {
+    L.eval.emplace(data::Dataset::load(a.eval_data_path, *L.tok, data_options(a)));
+    log.message(L.eval->report().summary(a.eval_data_path));
+  }
+  L.weights = model::load_llama_weights(a.model_name_or_path, core::DType::F32,
+                                        a.bf16 ? core::DType::BF16 : core::DType::F32);
+  L.config = L.weights.config;
+  char buf[256];
+  std::snprintf(buf, sizeof buf, "loaded %s (%s, %.1f M params, frozen %s in %s) and data in %.1f s",
+                a.model_name_or_path.c_str(), L.config.architecture.c_str(), double(L.weights.parameter_count()) / 1e6,
+                a.bf16 ? "bf16" : "f32", "memory", t.seconds());
+  log.message(buf);
+  return L;
+}
+
+// Loss sum and token count of a data set over this rank's share, summed over ranks.
+std::pair<double, int64_t> evaluate(model::LlamaModel<float>& m, const float* params, data::Dataset& ds,
+                                    const TrainArgs& a, int32_t pad_id, dist::Comm& comm) {
+  EpochBatchOptions o;
+  o.world = comm.size(), o.rank = comm.rank(), o.seed = uint64_t(a.seed);
+  o.per_device_batch_size = a.per_device_eval_batch_size, o.shuffle = false;
+  o.packing = false, o.model_max_length = a.model_max_length;
+  double loss = 0;
+  int64_t tokens = 0;
+  const auto padding = a.padding == PaddingMode::Longest ? data::Padding::Longest : data::Padding::MaxLength;
+  for (const auto& plan : epoch_micro_batches(ds, 0, o)) {
+    data::Batch b = collate_micro_batch(ds, plan, padding, a.model_max_length, pad_id, false);
+    model::ModelInput in;
+    in.B = b.B, in.T = b.T, in.input_ids = b.input_ids.data(), in.labels = b.labels.data();
+    in.lengths = b.lengths.data(), in.positions = b.positions.data();
+    auto r = m.forward_backward(in, params, nullptr, 1.0, 0);
+    loss += r.loss_sum;
+    tokens += r.tokens;
+  }
+  return {comm.all_reduce(loss, dist::ScalarOp::Sum), comm.all_reduce(tokens, dist::ScalarOp::Sum)};
+}
+
+nlohmann::json args_json(const TrainArgs& a, int world, const std::string& data_hash, const std::string& model_hash) {
+  nlohmann::json j;
+  j["model_name_or_path"] = a.model_name_or_path;
+  j["data_path"] = a.data_path;
+  j["per_device_train_batch_size"] = a.per_device_train_batch_size;
+  j["gradient_accumulation_steps"] = a.gradient_accumulation_steps;
+  j["world_size"] = world;
+  j["global_batch_size"] = a.per_device_train_batch_size * a.gradient_accumulation_steps * world;
+  j["learning_rate"] = a.learning_rate;
+  j["lr_scheduler_type"] = to_string(a.lr_scheduler_type);
+  j["num_train_epochs"] = a.num_train_epochs;
+  j["max_steps"] = a.max_steps;
+  j["seed"] = a.seed;
+  j["model_max_length"] = a.model_max_length;
+  j["conv_template"] = a.conv_template;
+  j["packing"] = a.packing;
+  j["token_weighted_loss"] = a.token_weighted_loss;
+  j["bf16"] = a.bf16;
+  j["lora_r"] = a.lora_r;
+  j["lora_alpha"] = a.lora_alpha;
+  j["lora_dropout"] = a.lora_dropout;
+  j["lora_target_modules"] = a.lora_target_modules;
+  j["use_rslora"] = a.use_rslora;
+  j["fingerprint"] = {{"model", model_hash}, {"data", data_hash}};
+  return j;
+}
+
+// A resume that would silently mix two different runs is refused; harmless changes are explained.
+void check_resume_compatible(const nlohmann::json& saved, const nlohmann::json& now, const std::string& ckpt,
+                             Progress& log) {
+  auto differs = [&](const char* key) { return saved.contains(key) && saved[key] != now[key]; };
+  std::string refused;
+  for (const char* key : {"model_max_length", "conv_template", "packing", "seed", "lora_r", "lora_alpha",
+                          "lora_target_modules", "use_rslora", "global_batch_size", "token_weighted_loss"})
+    if (differs(key)) refused += std::string(refused.empty() ? "" : ", ") + key + " " + saved[key].dump() + " -> " + now[key].dump();
+  if (saved.contains("fingerprint") && saved["fingerprint"] != now["fingerprint"]) {
+    if (saved["fingerprint"]["model"] != now["fingerprint"]["model"])
+      refused += std::string(refused.empty() ? "" : ", ") + "the model (config.json differs)";
+    if (saved["fingerprint"]["data"] != now["fingerprint"]["data"])
+      refused += std::string(refused.empty() ? "" : ", ") + "the training data (file contents differ)";
+  }
+  if (!refused.empty())
+    throw core::Error(ckpt, "cannot resume: this run differs from the checkpoint in " + refused,
+                      "restore the original settings (global batch = per_device_train_batch_size x "
+                      "gradient_accumulation_steps x ranks must stay the same), or use a new --output_dir, or "
+                      "--overwrite_output_dir True to start over");
+  for (const char* key : {"learning_rate", "lr_scheduler_type", "num_train_epochs", "max_steps", "lora_dropout",
+                          "per_device_train_batch_size", "world_size"})
+    if (differs(key))
+      log.message("note: " + std::string(key) + " changed from " + saved[key].dump() + " to " + now[key].dump() +
+                  " since " + ckpt + "; training continues with the new value");
+}
+
+}  // namespace
+
+// ------------------------------------------------------------------------------------------------
+
+TrainResult run_training(TrainArgs a, dist::Comm& comm) {
+  const int world = comm.size(), rank = comm.rank();
+  core::set_num_threads(int(a.num_threads));
+  Progress log(rank != 0, 0, "");
+  for (const auto& n : a.notes) log.message("note: " + n);
+
+  // DeepSpeed config: batch rule against the real world size, "auto" from the flags.
+  std::optional<ResolvedDeepSpeedConfig> ds;
+  const io::HfConfig peek = io::load_hf_config((fs::path(a.model_name_or_path) / "config.json").string());
+  if (!a.deepspeed.empty()) {
+    ds = resolve_deepspeed_config(load_deepspeed_config(a.deepspeed), a, world, peek.hidden_size);
+    for (const auto& n : ds->notes) log.message("deepspeed: " + n);
+  }
+  refuse_unsupported(a, ds ? &*ds : nullptr);
+  const int zero_stage = ds ? int(ds->zero.stage) : 0;
+  const double clip = ds ? ds->gradient_clipping : a.max_grad_norm;
+  const double base_lr = ds ? ds->learning_rate : a.learning_rate;
+  AdamWConfig adam{a.adam_beta1, a.adam_beta2, a.adam_epsilon, a.weight_decay};
+  if (ds) adam = ds->adamw;
+  if (ds && (ds->zero.offload_optimizer.device == "cpu" || ds->zero.offload_param.device == "cpu"))
+    log.message("deepspeed: offload to cpu requested: on this CPU build all state already lives in host memory");
+
+  // Every rank must run the same configuration, or collectives would mismatch later.
+  dist::check_same_on_all_ranks(comm, "training arguments", args_json(a, world, "", "").dump());
+
+  Loaded L = load_everything(a, true, log);
+  data::Dataset& train_set = *L.train;
+  core::check(train_set.size() > 0, a.data_path, "holds no samples", "check the file");
+  dist::check_same_on_all_ranks(comm, "training data size", std::to_string(train_set.size()));
+
+  model::LoraLayout layout(L.config, lora_config_from(a));
+  const int64_t numel = layout.numel();
+  dist::FlatPartition part(numel, world);
+  const int64_t padded = part.padded_numel();
+  const dist::Range shard = zero_stage == 0 ? dist::Range{0, padded} : part.rank_range(rank);
+  std::vector<float> params(size_t(padded), 0.f), grads(size_t(padded), 0.f);
+  model::init_lora_params(layout, params.data(), uint64_t(a.seed));
+  if (!a.lora_weight_path.empty()) {
+    model::LoraConfig saved = model::read_peft_adapter_config(a.lora_weight_path);
+    core::check(saved.r == a.lora_r && saved.target_modules == a.lora_target_modules, "--lora_weight_path",
+                "adapter " + a.lora_weight_path + " has r " + std::to_string(saved.r) + " and other targets than "
+                "--lora_r/--lora_target_modules", "pass the adapter's r and target_modules");
+    model::load_peft_adapter(a.lora_weight_path, layout, params.data());
+    log.message("initialised the adapter from " + a.lora_weight_path);
+  }
+  AdamW opt(shard.size(), adam);
+
+  // Plan: steps per epoch, total, warmup, intervals (HF arithmetic).
+  EpochBatchOptions ebo;
+  ebo.world = world, ebo.rank = rank, ebo.seed = uint64_t(a.seed);
+  ebo.per_device_batch_size = a.per_device_train_batch_size, ebo.packing = a.packing;
+  ebo.model_max_length = a.model_max_length;
+  const TrainingPlan plan = plan_training(a, epoch_rows(train_set, 0, ebo), world);
+  const LrSchedule schedule(a.lr_scheduler_type, base_lr, plan.total_steps, plan.warmup_steps);
+  const auto padding = a.padding == PaddingMode::Longest ? data::Padding::Longest : data::Padding::MaxLength;
+
+  const std::string model_hash = file_hash((fs::path(a.model_name_or_path) / "config.json").string());
+  const std::string data_hash = file_hash(a.data_path);
+  const nlohmann::json run_args = args_json(a, world, data_hash, model_hash);
+
+  // Resume (FastChat: automatically from the highest checkpoint-N; or --resume_from_checkpoint).
+  TrainerState state;
+  std::string resume_dir;
+  if (rank == 0) io::remove_stale_temp_dirs(a.output_dir);
+  if (a.resume_mode == ResumeMode::Path) {
+    resume_dir = a.resume_from_checkpoint;
+  } else if (a.resume_mode != ResumeMode::Never && fs::is_directory(a.output_dir)) {
+    resume_dir = io::find_last_checkpoint(a.output_dir);
+    core::check(!(a.resume_mode == ResumeMode::Latest && resume_dir.empty()), "--resume_from_checkpoint",
+                "no checkpoint-N folder in " + a.output_dir, "drop the flag to start a fresh run");
+  }
+  if (!resume_dir.empty() && a.overwrite_output_dir && a.resume_mode == ResumeMode::Auto) {
+    log.message("--overwrite_output_dir: not resuming from " + resume_dir + "; starting over");
+    resume_dir.clear();
+  }
+  if (!resume_dir.empty()) {
+    TrainingSnapshot snap = load_training_checkpoint(resume_dir, layout);
+    check_resume_compatible(snap.args, run_args, resume_dir, log);
+    std::copy(snap.params.begin(), snap.params.end(), params.begin());
+    // world-size independent: take this rank's slice of the full moments
+    for (int64_t i = shard.begin; i < std::min(shard.end, numel); ++i) {
+      opt.exp_avg()[size_t(i - shard.begin)] = snap.exp_avg[size_t(i)];
+      opt.exp_avg_sq()[size_t(i - shard.begin)] = snap.exp_avg_sq[size_t(i)];
+    }
+    opt.set_steps(snap.optimizer_steps);
+    state = snap.state;
+    log.message("resumed from " + resume_dir + " at step " + std::to_string(state.global_step));
+  }
+  state.max_steps = plan.total_steps;
+  state.logging_steps = plan.logging_steps, state.eval_steps = plan.eval_steps, state.save_steps = plan.save_steps;
+  state.train_batch_size = a.per_device_train_batch_size;
+  state.num_train_epochs = plan.epochs;
+  state.is_world_process_zero = rank == 0;
+  state.zerolora = {{"world_size", world}, {"zero_stage", zero_stage}, {"seed", a.seed},
+                    {"rng", "stateless: dropout masks and data order derive from (seed, step, micro-batch, rank)"},
+                    {"steps_per_epoch", plan.steps_per_epoch}, {"fingerprint", run_args["fingerprint"]}};
+
+  model::TrainOptions mopt;
+  mopt.gradient_checkpointing = a.gradient_checkpointing;
+  model::LlamaModel<float> model(L.weights, &layout, mopt);
+  if (rank == 0) fs::create_directories(a.output_dir);
+  comm.barrier();
+  Progress progress(rank != 0, plan.total_steps, rank == 0 ? a.metrics_file : "");
+  char buf[512];
+  std::snprintf(buf, sizeof buf,
+                "training: %zu samples, %lld steps (%lld per epoch, %lld epochs), global batch %lld (%lld x %lld "
+                "accumulation x %d ranks), ZeRO stage %d, %lld trainable params (%.4f%%), lr %g %s warmup %lld",
+                train_set.size(), (long long)plan.total_steps, (long long)plan.steps_per_epoch,
+                (long long)plan.epochs, (long long)(a.per_device_train_batch_size * a.gradient_accumulation_steps * world),
+                (long long)a.per_device_train_batch_size, (long long)a.gradient_accumulation_steps, world, zero_stage,
+                (long long)numel, 100.0 * double(numel) / double(L.weights.parameter_count()), base_lr,
+                to_string(a.lr_scheduler_type).c_str(), (long long)plan.warmup_steps);
+  progress.message(buf);
+
+  auto save_checkpoint = [&](int64_t step) {
+    // gather the optimizer moments (sharded under ZeRO >= 1) into full buffers
+    std::vector<float> m(size_t(padded), 0.f), v(size_t(padded), 0.f);
+    if (zero_stage == 0) {
+      std::copy(opt.exp_avg().begin(), opt.exp_avg().end(), m.begin());
+      std::copy(opt.exp_avg_sq().begin(), opt.exp_avg_sq().end(), v.begin());
+    } else {
+      comm.all_gather(std::span<const float>(opt.exp_avg()), std::span<float>(m));
+      comm.all_gather(std::span<const float>(opt.exp_avg_sq()), std::span<float>(v));
+    }
+    if (rank == 0) {
+      TrainingSnapshot snap;
+      snap.params.assign(params.begin(), params.begin() + numel);
+      snap.exp_avg.assign(m.begin(), m.begin() + numel);
+      snap.exp_avg_sq.assign(v.begin(), v.begin() + numel);
+      snap.optimizer_steps = opt.steps();
+      snap.state = state;
+      snap.scheduler = {{"type", to_string(a.lr_scheduler_type)}, {"base_lr", base_lr},
+                        {"total_steps", plan.total_steps}, {"warmup_steps", plan.warmup_steps}, {"last_step", step}};
+      snap.args = run_args;
+      const std::string dir = (fs::path(a.output_dir) / ("checkpoint-" + std::to_string(step))).string();
+      save_training_checkpoint(dir, snap, layout, a.model_name_or_path);
+      write_loss_curve_svg(state.log_history, (fs::path(a.output_dir) / "loss_curve.svg").string());
+      if (a.save_total_limit) io::rotate_checkpoints(a.output_dir, *a.save_total_limit);
+      progress.message("saved " + dir);
+    }
+    comm.barrier();
+  };
+
+  TrainResult result;
+  const int64_t ga = a.gradient_accumulation_steps;
+  double logged_loss_sum = 0, run_loss_sum = 0;
+  int64_t logged_steps = 0, run_steps = 0, tokens_since = 0;
+  core::Timer since_log, run_timer;
+  const int64_t start_step = state.global_step;
+  install_stop_signal_handlers();
+
+  for (int64_t epoch = state.global_step / std::max<int64_t>(plan.steps_per_epoch, 1);
+       epoch < plan.epochs && state.global_step < plan.total_steps; ++epoch) {
+    const std::vector<MicroBatchPlan> micro = epoch_micro_batches(train_set, epoch, ebo);
+    const int64_t windows = std::max<int64_t>(int64_t(micro.size()) / ga, 1);
+    const int64_t first_window = state.global_step - epoch * plan.steps_per_epoch;
+    for (int64_t w = std::max<int64_t>(first_window, 0); w < windows && state.global_step < plan.total_steps; ++w) {
+      const int64_t k0 = w * ga;
+      const int64_t k1 = int64_t(micro.size()) < ga ? int64_t(micro.size()) : k0 + ga;
+      std::vector<data::Batch> batches;
+      int64_t window_tokens = 0;
+      for (int64_t k = k0; k < k1; ++k) {
+        batches.push_back(collate_micro_batch(train_set, micro[size_t(k)], padding, a.model_max_length, L.pad_id, a.packing));
+        window_tokens += batches.back().target_tokens;
+      }
+      LossNormalisation norm;
+      norm.token_weighted = a.token_weighted_loss;
+      norm.accumulation_steps = k1 - k0;
+      norm.world_size = world;
+      if (a.token_weighted_loss) norm.window_tokens_all_ranks = comm.all_reduce(window_tokens, dist::ScalarOp::Sum);
+
+      std::fill(grads.begin(), grads.end(), 0.f);
+      double logged = 0;
+      int64_t step_tokens = 0;
+      for (size_t k = 0; k < batches.size(); ++k) {
+        const data::Batch& b = batches[k];
+        model::ModelInput in;
+        in.B = b.B, in.T = b.T, in.input_ids = b.input_ids.data(), in.labels = b.labels.data();
+        in.lengths = b.lengths.data(), in.positions = b.positions.data();
+        if (a.packing) in.kv_begin = b.kv_begin.data();
+        const uint64_t seed = uint64_t(a.seed) * 0x9e3779b97f4a7c15ull ^
+                              (uint64_t(state.global_step) << 20) ^ (uint64_t(k) << 8) ^ uint64_t(rank);
+        logged += run_micro_batch<float>(model, in, params.data(), grads.data(), norm, b.target_tokens, seed).logged;
+        for (int32_t len : b.lengths) step_tokens += len;
+      }
+      const double step_loss = comm.all_reduce(logged, dist::ScalarOp::Sum);
+
+      // gradients: sum over ranks (the normalisation already divided by what HF divides by)
+      if (world > 1) {
+        if (zero_stage == 2) {
+          std::vector<float> mine(size_t(shard.size()));
+          comm.reduce_scatter_sum(std::span<const float>(grads), std::span<float>(mine));
+          std::copy(mine.begin(), mine.end(), grads.begin() + shard.begin);
+        } else {
+          comm.all_reduce_sum(std::span<float>(grads));
+        }
+      }
+      double sq = kernels::sum_squares(grads.data() + shard.begin, shard.size());
+      if (zero_stage > 0) sq = comm.all_reduce(sq, dist::ScalarOp::Sum);
+      const double grad_norm = std::sqrt(sq);
+      if (!std::isfinite(step_loss) || !std::isfinite(grad_norm)) {
+        std::string ids;
+        for (int64_t k = k0; k < k1; ++k)
+          for (const auto& row : micro[size_t(k)])
+            for (size_t i : row) ids += (ids.empty() ? "" : ", ") + train_set.get(i).id;
+        throw core::Error("step " + std::to_string(state.global_step + 1),
+                          "non-finite loss (" + std::to_string(step_loss) + ") or gradient norm (" +
+                              std::to_string(grad_norm) + ") on rank " + std::to_string(rank) + ", samples " + ids,
+                          "lower --learning_rate, check those samples, or resume from the last checkpoint; nothing "
+                          "was saved from this step");
+      }
+      scale_in_place(grads.data() + shard.begin, shard.size(), clip_coefficient(grad_norm, clip));
+      const double lr = schedule.lr(state.global_step);
+      opt.step(params.data() + shard.begin, grads.data() + shard.begin, lr);
+      if (zero_stage > 0 && world > 1) {
+        std::vector<float> mine(params.begin() + shard.begin, params.begin() + shard.end);
+        comm.all_gather(std::span<const float>(mine), std::span<float>(params));
+      }
+      state.global_step += 1;
+      state.epoch = double(epoch) + double(w + 1) / double(windows);
+      state.num_input_tokens_seen += comm.all_reduce(step_tokens, dist::ScalarOp::Sum);
+      tokens_since += step_tokens;
+      logged_loss_sum += step_loss, logged_steps += 1, run_loss_sum += step_loss, run_steps += 1;
+
+      const double elapsed = run_timer.seconds();
+      const double tps = double(tokens_since) * world / std::max(since_log.seconds(), 1e-9);
+      const double eta = elapsed / double(state.global_step - start_step) * double(plan.total_steps - state.global_step);
+      progress.step(state.global_step, step_loss, lr, tps, eta);
+
+      const bool last = state.global_step >= plan.total_steps;
+      if ((plan.logging_steps > 0 && state.global_step % plan.logging_steps == 0) || last ||
+          (a.logging_first_step && state.global_step == 1)) {
+        nlohmann::json e = {{"loss", logged_loss_sum / double(logged_steps)}, {"grad_norm", grad_norm},
+                            {"learning_rate", lr}, {"epoch", state.epoch}, {"step", state.global_step},
+                            {"tokens_per_second", tps}};
+        state.log_history.push_back(e);
+        progress.log(e);
+        logged_loss_sum = 0, logged_steps = 0, tokens_since = 0;
+        since_log.reset();
+      }
+      const bool epoch_end = w + 1 == windows;
+      if (L.eval && ((plan.eval_steps > 0 && state.global_step % plan.eval_steps == 0) ||
+                     (a.evaluation_strategy == IntervalStrategy::Epoch && epoch_end) || last)) {
+        core::Timer et;
+        auto [sum, n] = evaluate(model, params.data(), *L.eval, a, L.pad_id, comm);
+        const double eval_loss = n > 0 ? sum / double(n) : NAN;
+        nlohmann::json e = {{"eval_loss", eval_loss}, {"eval_perplexity", std::exp(eval_loss)},
+                            {"eval_tokens", n}, {"eval_runtime", et.seconds()}, {"epoch", state.epoch},
+                            {"step", state.global_step}};
+        state.log_history.push_back(e);
+        progress.log(e);
+        result.last_eval_loss = eval_loss;
+      }
+      const int64_t stop_votes = comm.all_reduce(int64_t(stop_requested() ? 1 : 0), dist::ScalarOp::Max);
+      if ((plan.save_steps > 0 && state.global_step % plan.save_steps == 0) ||
+          (a.save_strategy == IntervalStrategy::Epoch && epoch_end) || stop_votes > 0)
+        save_checkpoint(state.global_step);
+      if (stop_votes > 0) {
+        progress.message("stop signal received: checkpoint-" + std::to_string(state.global_step) +
+                         " saved; run the same command again to resume");
+        result.interrupted = true;
+        result.global_step = state.global_step;
+        return result;
+      }
+    }
+  }
+
+  // Final: the adapter is always written to output_dir (FastChat skips it without a launcher).
+  if (run_steps > 0) {
+    nlohmann::json e = {{"train_runtime", run_timer.seconds()}, {"train_loss", run_loss_sum / double(run_steps)},
+                        {"train_steps_per_second", double(run_steps) / run_timer.seconds()},
+                        {"epoch", state.epoch}, {"step", state.global_step}};
+    state.log_history.push_back(e);
+    progress.log(e);
+  }
+  if (rank == 0) {
+    model::save_peft_adapter(a.output_dir, layout, params.data(), a.model_name_or_path);
+    save_trainer_state(state, (fs::path(a.output_dir) / "trainer_state.json").string());
+    write_loss_curve_svg(state.log_history, (fs::path(a.output_dir) / "loss_curve.svg").string());
+    progress.message("adapter written to " + a.output_dir + " (adapter_config.json, adapter_model.safetensors)");
+  }
+  comm.barrier();
+  result.global_step = state.global_step;
+  result.train_loss = run_steps > 0 ? run_loss_sum / double(run_steps) : 0;
+  return result;
+}
+
+double run_evaluation(const TrainArgs& a, const std::string& adapter_dir, dist::Comm& comm) {
+  core::set_num_threads(int(a.num_threads));
+  Progress log(comm.rank() != 0, 0, "");
+  TrainArgs e = a;
+  if (e.eval_data_path.empty()) e.eval_data_path = e.data_path;
+  Loaded L = load_everything(e, false, log);
+  std::unique_ptr<model::LoraLayout> layout;
+  std::vector<float> params;
+  if (!adapter_dir.empty()) {
+    layout = std::make_unique<model::LoraLayout>(L.config, model::read_peft_adapter_config(adapter_dir));
+    params.assign(size_t(layout->numel()), 0.f);
+    model::load_peft_adapter(adapter_dir, *layout, params.data());
+  }
+  model::LlamaModel<float> m(L.weights, layout.get());
+  auto [sum, n] = evaluate(m, layout ? params.data() : nullptr, *L.eval, e, L.pad_id, comm);
+  core::check(n > 0, e.eval_data_path, "has no trained tokens to evaluate", "check the data and template");
+  const double loss = sum / double(n);
+  char buf[256];
+  std::snprintf(buf, sizeof buf, "eval_loss %.6f  perplexity %.4f  tokens %lld", loss, std::exp(loss), (long long)n);
+  log.message(buf);
+  return loss;
+}
+
+}  // namespace zerolora::train

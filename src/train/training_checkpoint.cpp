@@ -1,0 +1,75 @@
+#include "train/training_checkpoint.h"
+
+#include <filesystem>
+#include <fstream>
+
+#include "core/error.h"
+#include "io/checkpoint_dir.h"
+#include "io/safetensors.h"
+#include "model/adapter_io.h"
+
+namespace zerolora::train {
+
+namespace fs = std::filesystem;
+
+void copy_tokenizer_files(const std::string& model_dir, const std::string& dir) {
+  for (const char* name : {"tokenizer.model", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"}) {
+    const fs::path src = fs::path(model_dir) / name;
+    if (fs::exists(src)) fs::copy_file(src, fs::path(dir) / name, fs::copy_options::overwrite_existing);
+  }
+}
+
+void save_training_checkpoint(const std::string& dir, const TrainingSnapshot& s, const model::LoraLayout& layout,
+                              const std::string& model_dir) {
+  const int64_t n = layout.numel();
+  core::check(int64_t(s.params.size()) == n && int64_t(s.exp_avg.size()) == n && int64_t(s.exp_avg_sq.size()) == n,
+              dir, "internal: snapshot sizes do not match the adapter layout");
+  io::AtomicDir out = io::AtomicDir::begin(dir);
+  model::save_peft_adapter(out.temp_path(), layout, s.params.data(), model_dir);
+  auto wrap = [&](const std::vector<float>& v) {
+    return core::Tensor::borrow(core::DType::F32, {n}, const_cast<float*>(v.data()), {});
+  };
+  io::write_safetensors(out.file("optimizer.safetensors"), {{"exp_avg", wrap(s.exp_avg)}, {"exp_avg_sq", wrap(s.exp_avg_sq)}},
+                        {{"optimizer", "AdamW"}, {"step", std::to_string(s.optimizer_steps)}});
+  io::write_file_synced(out.file("scheduler.json"), s.scheduler.dump(2) + "\n");
+  io::write_file_synced(out.file("training_args.json"), s.args.dump(2) + "\n");
+  save_trainer_state(s.state, out.file("trainer_state.json"));
+  copy_tokenizer_files(model_dir, out.temp_path());
+  out.commit();
+}
+
+static nlohmann::json read_json(const fs::path& path) {
+  std::ifstream f(path);
+  core::check(bool(f), path.string(), "missing from the checkpoint",
+              "the checkpoint is incomplete; resume from an earlier checkpoint-N or delete this one");
+  try {
+    return nlohmann::json::parse(f);
+  } catch (const std::exception& e) {
+    throw core::Error(path.string(), std::string("is not valid JSON: ") + e.what(),
+                      "the checkpoint is damaged; resume from an earlier checkpoint-N");
+  }
+}
+
+TrainingSnapshot load_training_checkpoint(const std::string& dir, const model::LoraLayout& layout) {
+  TrainingSnapshot s;
+  const int64_t n = layout.numel();
+  s.params.assign(size_t(n), 0.f);
+  model::load_peft_adapter(dir, layout, s.params.data());
+  const std::string opt_path = (fs::path(dir) / "optimizer.safetensors").string();
+  core::check(fs::exists(opt_path), opt_path, "missing from the checkpoint",
+              "the checkpoint is incomplete; resume from an earlier checkpoint-N");
+  io::TensorStore store = io::TensorStore::open_file(opt_path);
+  core::Tensor m = store.load("exp_avg", core::DType::F32, {n});
+  core::Tensor v = store.load("exp_avg_sq", core::DType::F32, {n});
+  s.exp_avg.assign(m.data<float>(), m.data<float>() + n);
+  s.exp_avg_sq.assign(v.data<float>(), v.data<float>() + n);
+  auto meta = io::SafetensorsFile::open(opt_path)->metadata();
+  core::check(meta.count("step") > 0, opt_path, "has no optimizer step in its metadata");
+  s.optimizer_steps = std::stoll(meta.at("step"));
+  s.scheduler = read_json(fs::path(dir) / "scheduler.json");
+  s.args = read_json(fs::path(dir) / "training_args.json");
+  s.state = load_trainer_state((fs::path(dir) / "trainer_state.json").string());
+  return s;
+}
+
+}  // namespace zerolora::train
