@@ -129,7 +129,7 @@ int main(int argc, char** argv) {
 
     model::LlamaModel<float> net(weights, nullptr);
     const int64_t B = o.batch, T = o.seq, M = B * T;
-    std::vector<int32_t> ids(size_t(M));
+    std::vector<int32_t> ids(static_cast<size_t>(M));
     for (int64_t i = 0; i < M; ++i) ids[size_t(i)] = int32_t((i * 7919 + 17) % config.vocab_size);
     model::ModelInput in;
     in.B = B, in.T = T, in.input_ids = ids.data();

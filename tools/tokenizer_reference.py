@@ -14,7 +14,7 @@ CI never runs this script; rerun it by hand when the test strings change.
                  when ../shared is absent. Needs only python3-sentencepiece.
                    /usr/bin/python3 tools/tokenizer_reference.py tiny
   sentencepiece  transformers' slow LlamaTokenizer (the tokenizer FastChat trains with), pinned to
-                 transformers 4.36.2, in both `legacy` modes, on the Llama-2 and stories260K models;
+                 transformers 4.36.2, in both `legacy` modes, on the Llama-2, stories260K and tiny models;
                  plus FastChat train.py's `preprocess` (vicuna_v1.1 masking, fastchat-spec §2.4)
                  re-implemented here on top of it, run on ../shared/data/dummy_conversation.json (Llama-2)
                  and on synthetic_conversations.json (tiny model).

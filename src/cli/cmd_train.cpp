@@ -8,6 +8,7 @@
 #include "core/error.h"
 #include "dist/comm.h"
 #include "train/args.h"
+#include "train/demo.h"
 #include "train/trainer.h"
 
 namespace zerolora::cli {
@@ -63,6 +64,15 @@ int cmd_eval(int argc, char** argv) {
   auto comm = dist::make_comm();
   train::run_evaluation(args, adapter, *comm);
   return 0;
+}
+
+int cmd_demo(int argc, char** argv) {
+  if (wants_help(argc, argv)) {
+    std::printf("usage: zerolora demo [--output_dir DIR] [--model_name_or_path DIR] [--data_path FILE] "
+                "[--max_steps N] [any train flag]\n");
+    return 0;
+  }
+  return train::run_demo(std::vector<std::string>(argv + 1, argv + argc));
 }
 
 }  // namespace zerolora::cli

@@ -10,5 +10,6 @@ int cmd_forward(int argc, char** argv);
 int cmd_train(int argc, char** argv);
 int cmd_eval(int argc, char** argv);
 int cmd_data(int argc, char** argv);
+int cmd_demo(int argc, char** argv);
 
 }  // namespace zerolora::cli

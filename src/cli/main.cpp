@@ -16,6 +16,7 @@ struct Command {
 };
 
 const Command kCommands[] = {
+    {"demo", zerolora::cli::cmd_demo, "make a small model + synthetic data, fine-tune LoRA, generate (no downloads)"},
     {"train", zerolora::cli::cmd_train, "fine-tune LoRA adapters (FastChat train_lora.py flags; mpirun for ranks)"},
     {"eval", zerolora::cli::cmd_eval, "evaluation loss and perplexity of a base model plus an adapter"},
     {"data", zerolora::cli::cmd_data, "data inspect: tokenised samples, trained-token masks, dropped samples"},

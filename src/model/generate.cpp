@@ -127,7 +127,7 @@ void KvCacheDecoder<S>::feed(const int32_t* ids, int64_t n, S* logits, bool all_
   ensure_capacity(p0 + n);
   ensure_rows(n);
   Buffers& b = *b_;
-  for (int64_t i = 0; i < n; ++i) b.positions[size_t(i)] = int32_t(p0 + i);
+  for (int64_t i = 0; i < n; ++i) b.positions[size_t(i)] = int32_t(i);
   LoraScratch<S> scratch{nullptr, nullptr};  // dropout is off and there is no backward: no scratch needed
   auto branch = [&](int layer, Proj p) {
     LoraBranch br;

@@ -193,8 +193,8 @@ const std::vector<Flag>& flag_table() {
     t.push_back(required_flag("output_dir", G::Training, &A::output_dir, "DIR",
                             "checkpoints, adapter, trainer_state.json"));
     t.push_back(bool_flag("overwrite_output_dir", G::Training, &A::overwrite_output_dir,
-                          "accepted; like FastChat it does not stop the automatic resume "
-                          "(use --resume_from_checkpoint False)"));
+                          "like FastChat it does not stop the automatic resume (use --resume_from_checkpoint "
+                          "False); it allows starting over where output_dir holds another run's checkpoints"));
     t.push_back(float_flag("num_train_epochs", G::Training, &A::num_train_epochs, "epochs (may be fractional)"));
     t.push_back(int_flag("max_steps", G::Training, &A::max_steps, "optimizer steps; > 0 overrides epochs"));
     t.push_back(int_flag("per_device_train_batch_size", G::Training, &A::per_device_train_batch_size,
@@ -499,8 +499,9 @@ void add_notes_for_no_op_flags(TrainArgs& a) {
     a.notes.push_back("--dataloader_num_workers: samples are prepared inside the trainer; use --num_threads");
   if (!a.cache_dir.empty()) a.notes.push_back("--cache_dir is unused: zerolora downloads nothing");
   if (a.overwrite_output_dir)
-    a.notes.push_back("--overwrite_output_dir does not stop the automatic resume (as in FastChat); pass "
-                      "--resume_from_checkpoint False to start fresh");
+    a.notes.push_back("--overwrite_output_dir does not stop the automatic resume of the same run (as in FastChat; "
+                      "--resume_from_checkpoint False starts fresh); it lets a different run start over in this "
+                      "output_dir");
   if (a.warmup_steps > 0 && a.warmup_ratio > 0)
     a.notes.push_back("both --warmup_steps and --warmup_ratio given: --warmup_steps wins (HF)");
 }

@@ -185,9 +185,10 @@ nlohmann::json args_json(const TrainArgs& a, int world, const std::string& data_
   return j;
 }
 
-// A resume that would silently mix two different runs is refused; harmless changes are explained.
-void check_resume_compatible(const nlohmann::json& saved, const nlohmann::json& now, const std::string& ckpt,
-                             Progress& log) {
+// A resume that would silently mix two different runs is refused (returns why); harmless changes are
+// explained.
+std::string resume_incompatibility(const nlohmann::json& saved, const nlohmann::json& now, const std::string& ckpt,
+                                   Progress& log) {
   auto differs = [&](const char* key) { return saved.contains(key) && saved[key] != now[key]; };
   std::string refused;
   for (const char* key : {"model_max_length", "conv_template", "packing", "seed", "lora_r", "lora_alpha",
@@ -199,16 +200,13 @@ void check_resume_compatible(const nlohmann::json& saved, const nlohmann::json& 
     if (saved["fingerprint"]["data"] != now["fingerprint"]["data"])
       refused += std::string(refused.empty() ? "" : ", ") + "the training data (file contents differ)";
   }
-  if (!refused.empty())
-    throw core::Error(ckpt, "cannot resume: this run differs from the checkpoint in " + refused,
-                      "restore the original settings (global batch = per_device_train_batch_size x "
-                      "gradient_accumulation_steps x ranks must stay the same), or use a new --output_dir, or "
-                      "--overwrite_output_dir True to start over");
+  if (!refused.empty()) return refused;
   for (const char* key : {"learning_rate", "lr_scheduler_type", "num_train_epochs", "max_steps", "lora_dropout",
                           "per_device_train_batch_size", "world_size"})
     if (differs(key))
       log.message("note: " + std::string(key) + " changed from " + saved[key].dump() + " to " + now[key].dump() +
                   " since " + ckpt + "; training continues with the new value");
+  return "";
 }
 
 }  // namespace
@@ -286,13 +284,22 @@ TrainResult run_training(TrainArgs a, dist::Comm& comm) {
     core::check(!(a.resume_mode == ResumeMode::Latest && resume_dir.empty()), "--resume_from_checkpoint",
                 "no checkpoint-N folder in " + a.output_dir, "drop the flag to start a fresh run");
   }
-  if (!resume_dir.empty() && a.overwrite_output_dir && a.resume_mode == ResumeMode::Auto) {
-    log.message("--overwrite_output_dir: not resuming from " + resume_dir + "; starting over");
-    resume_dir.clear();
-  }
+  std::optional<TrainingSnapshot> snapshot;
   if (!resume_dir.empty()) {
-    TrainingSnapshot snap = load_training_checkpoint(resume_dir, layout);
-    check_resume_compatible(snap.args, run_args, resume_dir, log);
+    snapshot = load_training_checkpoint(resume_dir, layout);
+    const std::string why = resume_incompatibility(snapshot->args, run_args, resume_dir, log);
+    if (!why.empty() && !(a.overwrite_output_dir && a.resume_mode == ResumeMode::Auto))
+      throw core::Error(resume_dir, "cannot resume: this run differs from the checkpoint in " + why,
+                        "restore the original settings (global batch = per_device_train_batch_size x "
+                        "gradient_accumulation_steps x ranks must stay the same), or use a new --output_dir, or "
+                        "--overwrite_output_dir True to start over there");
+    if (!why.empty()) {
+      log.message("--overwrite_output_dir: " + resume_dir + " belongs to another run (" + why + "); starting over");
+      snapshot.reset();
+    }
+  }
+  if (snapshot) {
+    TrainingSnapshot& snap = *snapshot;
     std::copy(snap.params.begin(), snap.params.end(), params.begin());
     // world-size independent: take this rank's slice of the full moments
     for (int64_t i = shard.begin; i < std::min(shard.end, numel); ++i) {

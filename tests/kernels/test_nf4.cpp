@@ -141,7 +141,9 @@ TEST(Nf4DynamicMap, MatchesBitsandbytesGoldenAndItsConstruction) {
   for (size_t k = 0; k < 256; ++k) {
     const double ulp = std::abs(double(std::nextafter(map[k], 2.0f)) - double(map[k]));
     EXPECT_LE(std::abs(double(map[k]) - exact[k]), 2 * ulp) << k;
-    if (k) EXPECT_LT(map[k - 1], map[k]) << k;
+    if (k) {
+      EXPECT_LT(map[k - 1], map[k]) << k;
+    }
   }
   EXPECT_EQ(map[127], 0.0f);
   EXPECT_EQ(map[255], 1.0f);

@@ -158,6 +158,14 @@ TEST(Rope, RotateHalfPairingByHand) {
   EXPECT_EQ(y, (Vec{1, 2, 3, 4}));
 }
 
+TEST(Rope, OddHeadDimThrows) {
+  Vec x(6), cs(6);
+  std::vector<int32_t> pos = {0};
+  std::vector<double> f = {1.0};
+  EXPECT_THROW(rope_forward<double>(x.data(), cs.data(), pos.data(), 1, 2, 3), core::Error);
+  EXPECT_THROW(rope_table<double>(cs.data(), f.data(), 1, 3), core::Error);
+}
+
 TEST(Rope, BackwardUndoesForward) {
   const int64_t M = 6, H = 3, HD = 16, P = 50;
   auto f = inv_freq(HD, 10000.0);

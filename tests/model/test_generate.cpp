@@ -34,8 +34,8 @@ model::LoraLayout all_targets_layout(const io::HfConfig& c) {
 }
 
 std::vector<int32_t> random_ids(int64_t T, int64_t V, uint64_t seed) {
-  std::mt19937 rng(uint32_t(seed));
-  std::vector<int32_t> ids(size_t(T));
+  std::mt19937 rng(static_cast<uint32_t>(seed));
+  std::vector<int32_t> ids(static_cast<size_t>(T));
   for (auto& id : ids) id = int32_t(rng() % uint32_t(V));
   return ids;
 }
@@ -64,12 +64,15 @@ double max_diff(const std::vector<S>& a, const std::vector<S>& b) {
   return d;
 }
 
+// tol is absolute for F32/F64 storage; for BF16 storage it is relative to the largest logit, because
+// linear_forward rounds its input to bf16 there: a 1e-7 difference in accumulation order (flash attention
+// over the whole sequence vs one query over the cache) can flip an input's bf16 rounding, a 0.4% step.
 template <typename S>
 void expect_cached_equals_full(core::DType storage, bool with_adapter, double tol) {
   const io::HfConfig c = tiny_config();
   auto w = test::random_weights(c, core::dtype_of<S>(), storage, 5, 0.1);
   model::LoraLayout layout = all_targets_layout(c);
-  std::vector<S> params = test::random_lora_params<S>(layout, 9, 0.2);
+  std::vector<S> params = test::random_lora_params<S>(layout, 9, 0.1);
   const model::LoraLayout* lora = with_adapter ? &layout : nullptr;
   const S* p = with_adapter ? params.data() : nullptr;
   const int64_t T = 23, V = c.vocab_size;
@@ -81,16 +84,18 @@ void expect_cached_equals_full(core::DType storage, bool with_adapter, double to
   std::vector<S> want(size_t(T * V));
   full.forward_logits(in, p, want.data());
 
+  double biggest = 0;
+  for (S v : want) biggest = std::max(biggest, std::abs(double(v)));
+  if (storage == core::DType::BF16) tol *= biggest;
+  // the logits are not trivially small (the comparison would prove nothing)
+  EXPECT_GT(biggest, 100 * tol);
+
   model::KvCacheDecoder<S> dec(w, lora, p);
   const auto got = incremental_logits(dec, ids, V, 6);
   EXPECT_LE(max_diff(got, want), tol);
   // a reset decoder starts over: the same answer again, with a different split
   const auto again = incremental_logits(dec, ids, V, 9);
   EXPECT_LE(max_diff(again, want), tol);
-  // and the logits are not trivially small (the comparison would prove nothing)
-  double biggest = 0;
-  for (S v : want) biggest = std::max(biggest, std::abs(double(v)));
-  EXPECT_GT(biggest, 100 * tol);
 }
 
 }  // namespace
@@ -103,14 +108,14 @@ TEST(KvCacheDecoder, MatchesFullForwardWithAdapterOnEveryProjection) {
 
 TEST(KvCacheDecoder, MatchesFullForwardInDoubleAndWithBf16Weights) {
   expect_cached_equals_full<double>(core::DType::F64, true, 1e-10);
-  expect_cached_equals_full<float>(core::DType::BF16, true, 1e-4);
+  expect_cached_equals_full<float>(core::DType::BF16, true, 5e-3);
 }
 
 TEST(KvCacheDecoder, RejectsIdsOutsideTheVocabulary) {
   const io::HfConfig c = tiny_config();
   auto w = test::random_weights(c, core::DType::F32, core::DType::F32);
   model::KvCacheDecoder<float> dec(w, nullptr, nullptr);
-  std::vector<float> logits(size_t(c.vocab_size));
+  std::vector<float> logits(static_cast<size_t>(c.vocab_size));
   const int32_t bad = int32_t(c.vocab_size);
   EXPECT_THROW(dec.feed(&bad, 1, logits.data()), core::Error);
 }

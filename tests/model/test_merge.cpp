@@ -120,7 +120,9 @@ TEST(Merge, ShardsAboveTheSizeLimitAndStillLoads) {
   EXPECT_TRUE(fs::exists(tmp / "sharded" / "model.safetensors.index.json"));
   EXPECT_FALSE(fs::exists(tmp / "sharded" / "model.safetensors"));
   for (const auto& e : fs::directory_iterator(tmp / "sharded"))
-    if (e.path().extension() == ".safetensors") EXPECT_LE(fs::file_size(e.path()), 100'000u + 4096u) << e.path();
+    if (e.path().extension() == ".safetensors") {
+      EXPECT_LE(fs::file_size(e.path()), 100'000u + 4096u) << e.path();
+    }
   EXPECT_EQ(logits_of((tmp / "sharded").string(), nullptr, nullptr, kIds),
             logits_of((tmp / "single").string(), nullptr, nullptr, kIds));
 }

@@ -3,17 +3,29 @@
 //   backward: the transpose, i.e. rotation by -angle:
 //             d[i]  = d'[i] c + d'[i+h] s, d[i+h]  = d'[i+h] c - d'[i] s
 #include <cmath>
+#include <string>
 #include <type_traits>
 
+#include "core/error.h"
 #include "kernels/kernels.h"
 
 namespace zerolora::kernels {
+
+namespace {
+
+void check_head_dim(int64_t HD, const char* fn) {
+  core::check(HD > 0 && HD % 2 == 0, fn, "head dim " + std::to_string(HD) + " is not a positive even number",
+              "check head_dim / hidden_size / num_attention_heads in config.json");
+}
+
+}  // namespace
 
 // For float the angle is formed as HF does (fp32 product of fp32 inv_freq and the position) and its
 // cos/sin rounded to float, so tables match transformers' LlamaRotaryEmbedding to ~1 ulp; double
 // keeps the exact angle.
 template <typename S>
 void rope_table(S* cos_sin, const double* inv_freq, int64_t max_pos, int64_t HD) {
+  check_head_dim(HD, "rope_table");
   const int64_t half = HD / 2;
 #pragma omp parallel for schedule(static) if (max_pos * half > 65536)
   for (int64_t p = 0; p < max_pos; ++p)
@@ -33,6 +45,7 @@ namespace {
 // sign = +1: rotate by +angle (forward); -1: by -angle (backward)
 template <typename S>
 void rope_rotate(S* x, const S* cos_sin, const int32_t* positions, int64_t M, int64_t H, int64_t HD, S sign) {
+  check_head_dim(HD, "rope");
   const int64_t half = HD / 2;
 #pragma omp parallel for schedule(static) if (M * H * HD > 16384)
   for (int64_t m = 0; m < M; ++m) {

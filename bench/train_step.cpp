@@ -1,0 +1,295 @@
+// One LoRA training step of a random LLaMA model built in memory: forward_backward over a B x T
+// micro-batch + AdamW on the flat LoRA buffer. Reports tokens/s, peak RSS and MFU. One configuration
+// per process, so the peak RSS is that configuration's own (bench/run loops over configurations).
+//
+//   bench_train_step [--preset tinyllama-1.1b] [--layers N] [--seq 512] [--batch 1] [--dtype bf16|f32]
+//                    [--lora-r 8] [--lora-targets q_proj,v_proj | all] [--checkpointing]
+//                    [--steps 3] [--threads 0] [--prepack] [--no-gemm] [--json-only]
+//
+// Timing: one warm-up step (arena, rope table, oneDNN primitives), then the median of --steps steps.
+//
+// MFU = model FLOPs per second / the bf16 GEMM rate measured in this process on the model's own
+// shapes (linear_forward through bf16 FrozenWeights [I, C] and [C, C] with M = B*T rows). Model FLOPs
+// are the GEMM FLOPs a LoRA step needs without recomputation (docs/PERFORMANCE.md):
+//   forward   2 * P_lin * M                      every frozen linear, lm_head included
+//           + L * B * 2 * T^2 * NH*HD            attention QK^T and PV, causal (half counted)
+//   backward  2 * P_lin * M                      activation gradients through every frozen linear
+//           + L * B * 4 * T^2 * NH*HD            attention backward (2x its forward)
+//   LoRA      6 * M * r * (in + out) per adapted projection (2 forward GEMMs, 4 backward)
+// No weight gradient for frozen weights, no recomputation (gradient checkpointing's extra forward is
+// not counted, so it shows as lower MFU).
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "core/dtype.h"
+#include "core/error.h"
+#include "core/runtime.h"
+#include "kernels/kernels.h"
+#include "model/llama.h"
+#include "model/lora.h"
+#include "model/random_model.h"
+#include "train/optimizer.h"
+
+using namespace zerolora;
+
+namespace {
+
+struct Options {
+  std::string preset = "tinyllama-1.1b";
+  int64_t seq = 512, batch = 1, layers = 0, lora_r = 8;
+  std::string dtype = "bf16", lora_targets = "q_proj,v_proj";
+  double lora_alpha = 16, lora_dropout = 0.05;
+  bool checkpointing = false, prepack = false, gemm = true, json_only = false;
+  int steps = 3, threads = 0;
+};
+
+[[noreturn]] void usage(const char* msg) {
+  std::fprintf(stderr,
+               "%s\nusage: bench_train_step [--preset NAME] [--layers N] [--seq T] [--batch B] [--dtype bf16|f32]\n"
+               "         [--lora-r R] [--lora-alpha A] [--lora-dropout P] [--lora-targets q_proj,v_proj|all]\n"
+               "         [--checkpointing] [--steps N] [--threads N] [--prepack] [--no-gemm] [--json-only]\n",
+               msg);
+  std::exit(2);
+}
+
+Options parse(int argc, char** argv) {
+  Options o;
+  for (int i = 1; i < argc; ++i) {
+    std::string a = argv[i];
+    auto value = [&]() -> std::string {
+      if (i + 1 >= argc) usage(("missing value after " + a).c_str());
+      return argv[++i];
+    };
+    if (a == "--preset") o.preset = value();
+    else if (a == "--layers") o.layers = std::stoll(value());
+    else if (a == "--seq") o.seq = std::stoll(value());
+    else if (a == "--batch") o.batch = std::stoll(value());
+    else if (a == "--dtype") o.dtype = value();
+    else if (a == "--lora-r") o.lora_r = std::stoll(value());
+    else if (a == "--lora-alpha") o.lora_alpha = std::stod(value());
+    else if (a == "--lora-dropout") o.lora_dropout = std::stod(value());
+    else if (a == "--lora-targets") o.lora_targets = value();
+    else if (a == "--checkpointing") o.checkpointing = true;
+    else if (a == "--steps") o.steps = std::stoi(value());
+    else if (a == "--threads") o.threads = std::stoi(value());
+    else if (a == "--prepack") o.prepack = true;
+    else if (a == "--no-gemm") o.gemm = false;
+    else if (a == "--json-only") o.json_only = true;
+    else if (a == "-h" || a == "--help") usage("");
+    else usage(("unknown argument " + a).c_str());
+  }
+  if (o.dtype != "bf16" && o.dtype != "f32") usage("--dtype must be bf16 or f32");
+  if (o.seq < 2 || o.batch < 1 || o.steps < 1 || o.lora_r < 1) usage("--seq >= 2, --batch/--steps/--lora-r >= 1");
+  return o;
+}
+
+std::vector<std::string> split_targets(const std::string& s) {
+  if (s == "all") return {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"};
+  std::vector<std::string> out;
+  std::stringstream ss(s);
+  for (std::string item; std::getline(ss, item, ',');)
+    if (!item.empty()) out.push_back(item);
+  return out;
+}
+
+// Same fast random source as bench_forward (see there): uniform, std 0.02, straight in the wanted dtype.
+model::TensorSource fast_random_source() {
+  return [](const std::string& name, core::DType dtype, const core::Shape& shape) {
+    uint64_t seed = 1469598103934665603ull;
+    for (char ch : name) seed = (seed ^ uint8_t(ch)) * 1099511628211ull;
+    const bool ones = name.find("norm.weight") != std::string::npos;
+    core::Tensor t = core::Tensor::empty(dtype, shape);
+    const int64_t n = t.numel();
+    const float half_width = 0.02f * std::sqrt(3.0f);
+    auto value = [&](int64_t i) -> float {
+      if (ones) return 1.0f;
+      uint64_t z = seed + uint64_t(i) * 0x9e3779b97f4a7c15ull;
+      z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+      z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+      z ^= z >> 31;
+      return half_width * (float(z >> 40) * (2.0f / 16777216.0f) - 1.0f);
+    };
+    if (dtype == core::DType::BF16) {
+      uint16_t* p = t.bits16();
+#pragma omp parallel for schedule(static)
+      for (int64_t i = 0; i < n; ++i) p[i] = core::f32_to_bf16(value(i));
+    } else if (dtype == core::DType::F32) {
+      float* p = t.data<float>();
+#pragma omp parallel for schedule(static)
+      for (int64_t i = 0; i < n; ++i) p[i] = value(i);
+    } else {
+      throw core::Error("bench", "unsupported dtype for the random source", "use bf16 or f32");
+    }
+    return t;
+  };
+}
+
+double median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  const size_t n = v.size();
+  return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
+}
+
+struct FlopCount {
+  double linear = 0, attention = 0, lora = 0;
+  double total() const { return linear + attention + lora; }
+};
+
+// The model FLOPs of one LoRA step (see the header comment and docs/PERFORMANCE.md).
+FlopCount model_flops(const model::LlamaWeights& w, const model::LoraLayout& lora, int64_t B, int64_t T) {
+  const auto& c = w.config;
+  const double M = double(B) * double(T);
+  double p_lin = double(w.lm_head.N) * double(w.lm_head.K);
+  for (const auto& layer : w.layers)
+    for (const auto& p : layer.proj) p_lin += double(p.N) * double(p.K);
+  FlopCount f;
+  f.linear = 4.0 * p_lin * M;  // forward 2 P M + activation-gradient backward 2 P M
+  f.attention = 6.0 * double(c.num_hidden_layers) * double(B) * double(T) * double(T) *
+                double(c.num_attention_heads * c.head_dim);
+  for (const auto& s : lora.slots()) f.lora += 6.0 * M * double(s.r) * double(s.in + s.out);
+  return f;
+}
+
+// GFLOP/s of linear_forward on one weight shape [N, K] with M rows: median of reps after a warm-up.
+double gemm_rate(core::DType dtype, int64_t N, int64_t K, int64_t M, bool prepack, int reps) {
+  core::Tensor wt = fast_random_source()("gemm.weight", dtype, {N, K});
+  kernels::FrozenWeight w = kernels::FrozenWeight::make(wt);
+  if (prepack) w.prepack(M);
+  std::vector<float> x(size_t(M * K)), y(size_t(M * N));
+  for (size_t i = 0; i < x.size(); ++i) x[i] = float(int64_t(i * 2654435761u % 2001) - 1000) * 1e-3f;
+  kernels::linear_forward<float>(y.data(), x.data(), w, M);
+  std::vector<double> times;
+  for (int r = 0; r < reps; ++r) {
+    core::Timer t;
+    kernels::linear_forward<float>(y.data(), x.data(), w, M);
+    times.push_back(t.seconds());
+  }
+  return 2.0 * double(M) * double(N) * double(K) / median(times) * 1e-9;
+}
+
+// The rate over the model's two main shapes together (gate/up [I, C] and q/o [C, C]): total FLOPs over
+// total median time, so neither shape dominates by its size alone more than it does in the model.
+double model_gemm_rate(core::DType dtype, const io::HfConfig& c, int64_t M, bool prepack) {
+  const int64_t I = c.intermediate_size, C = c.hidden_size;
+  const double r1 = gemm_rate(dtype, I, C, M, prepack, 3), r2 = gemm_rate(dtype, C, C, M, prepack, 3);
+  const double f1 = 2.0 * double(M) * double(I) * double(C), f2 = 2.0 * double(M) * double(C) * double(C);
+  return (f1 + f2) / (f1 / r1 + f2 / r2);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  const Options o = parse(argc, argv);
+  try {
+    core::set_num_threads(o.threads);
+    io::HfConfig config = model::preset_config(o.preset);
+    if (o.layers > 0) config.num_hidden_layers = o.layers;
+    const core::DType storage = o.dtype == "bf16" ? core::DType::BF16 : core::DType::F32;
+    const int64_t B = o.batch, T = o.seq, M = B * T;
+
+    core::Timer build_timer;
+    model::LlamaWeights weights = model::build_llama_weights(config, core::DType::F32, storage, fast_random_source());
+    bool packed = false;
+    if (o.prepack) {
+      for (auto& layer : weights.layers)
+        for (auto& p : layer.proj) packed = p.prepack(M) || packed;
+      packed = weights.lm_head.prepack(M) || packed;
+    }
+    const double build_s = build_timer.seconds();
+
+    model::LoraConfig lc;
+    lc.r = o.lora_r;
+    lc.alpha = o.lora_alpha;
+    lc.dropout = o.lora_dropout;
+    lc.target_modules = split_targets(o.lora_targets);
+    model::LoraLayout layout(config, lc);
+    std::vector<float> params(size_t(layout.numel())), grads(size_t(layout.numel()));
+    model::init_lora_params(layout, params.data(), 1234);
+    // PEFT starts with B = 0; give B small values so the LoRA branch carries real numbers from step one
+    // (the timing does not depend on it, but a zero branch could hide a wrong benchmark).
+    for (const auto& s : layout.slots())
+      for (int64_t i = 0; i < s.out * s.r; ++i) params[size_t(s.b_offset + i)] = 1e-3f * float((i % 7) - 3);
+    train::AdamW optimizer(layout.numel(), train::AdamWConfig{0.9, 0.999, 1e-8, 0.0});
+
+    model::TrainOptions topt;
+    topt.gradient_checkpointing = o.checkpointing;
+    model::LlamaModel<float> net(weights, &layout, topt);
+
+    std::vector<int32_t> ids(static_cast<size_t>(M));
+    for (int64_t i = 0; i < M; ++i) ids[size_t(i)] = int32_t((i * 7919 + 17) % config.vocab_size);
+    model::ModelInput in;
+    in.B = B, in.T = T, in.input_ids = ids.data(), in.labels = ids.data();
+    const double grad_scale = 1.0 / double(B * (T - 1));  // mean loss over the B*(T-1) targets
+
+    double last_loss = 0;
+    auto step = [&](int index) {
+      std::fill(grads.begin(), grads.end(), 0.0f);
+      model::LossResult res = net.forward_backward(in, params.data(), grads.data(), grad_scale, uint64_t(index));
+      optimizer.step(params.data(), grads.data(), 2e-4);
+      last_loss = res.loss_sum / double(std::max<int64_t>(res.tokens, 1));
+    };
+    core::Timer warm_timer;
+    step(0);
+    const double warmup_s = warm_timer.seconds();
+    std::vector<double> times;
+    for (int s = 1; s <= o.steps; ++s) {
+      core::Timer t;
+      step(s);
+      times.push_back(t.seconds());
+    }
+    const int64_t peak_rss = core::peak_rss_bytes();  // before the GEMM probe allocates its own buffers
+    const double med = median(times);
+    const double tok_s = double(M) / med;
+    const FlopCount flops = model_flops(weights, layout, B, T);
+    const double achieved = flops.total() / med * 1e-9;
+
+    double gemm_bf16 = 0, gemm_f32 = 0;
+    if (o.gemm) {
+      gemm_bf16 = model_gemm_rate(core::DType::BF16, config, M, o.prepack);
+      gemm_f32 = model_gemm_rate(core::DType::F32, config, M, o.prepack);
+    }
+    const double mfu = gemm_bf16 > 0 ? achieved / gemm_bf16 : 0;
+    const double gib = 1024.0 * 1024.0 * 1024.0;
+    const std::string lora_name = o.lora_targets + ":r" + std::to_string(o.lora_r);
+
+    if (!o.json_only) {
+      std::printf("train_step %s %s layers=%lld B=%lld T=%lld lora=%s ckpt=%d threads=%d\n", o.preset.c_str(),
+                  o.dtype.c_str(), (long long)config.num_hidden_layers, (long long)B, (long long)T, lora_name.c_str(),
+                  int(o.checkpointing), core::num_threads());
+      std::printf("  step %.3f s (median of %d, min %.3f; warm-up %.3f s; build %.1f s%s)  %.1f tokens/s  loss %.4f\n",
+                  med, o.steps, *std::min_element(times.begin(), times.end()), warmup_s, build_s,
+                  o.prepack ? (packed ? ", prepacked" : ", prepack no-op on this CPU") : "", tok_s, last_loss);
+      std::printf("  model %.1f GFLOP/step (linear %.1f, attention %.1f, LoRA %.2f) -> %.1f GFLOP/s\n",
+                  flops.total() * 1e-9, flops.linear * 1e-9, flops.attention * 1e-9, flops.lora * 1e-9, achieved);
+      if (o.gemm)
+        std::printf("  GEMM probe (linear_forward, M=%lld): bf16 %.1f GFLOP/s, f32 %.1f GFLOP/s -> MFU %.1f%% "
+                    "(vs f32 rate %.1f%%)\n",
+                    (long long)M, gemm_bf16, gemm_f32, 100 * mfu, gemm_f32 > 0 ? 100 * achieved / gemm_f32 : 0.0);
+      std::printf("  peak RSS %.2f GiB (frozen weights %.2f GiB, activation arena %.2f GiB, LoRA %lld params)\n",
+                  double(peak_rss) / gib, double(weights.frozen_bytes()) / gib, double(net.activation_bytes()) / gib,
+                  (long long)layout.numel());
+    }
+    std::printf("{\"bench\":\"train_step\",\"impl\":\"zerolora\",\"preset\":\"%s\",\"dtype\":\"%s\",\"layers\":%lld,"
+                "\"batch\":%lld,\"seq\":%lld,\"lora_r\":%lld,\"lora_targets\":\"%s\",\"checkpointing\":%s,"
+                "\"threads\":%d,\"steps\":%d,\"prepacked\":%s,\"seconds_median\":%.6f,\"seconds_min\":%.6f,"
+                "\"warmup_seconds\":%.6f,\"tokens_per_s\":%.3f,\"peak_rss_bytes\":%lld,\"loss\":%.6f,"
+                "\"trainable_params\":%lld,\"activation_bytes\":%lld,\"frozen_bytes\":%lld,\"model_gflop\":%.3f,"
+                "\"achieved_gflops\":%.3f,\"gemm_gflops_bf16\":%.3f,\"gemm_gflops_f32\":%.3f,\"mfu\":%.5f}\n",
+                o.preset.c_str(), o.dtype.c_str(), (long long)config.num_hidden_layers, (long long)B, (long long)T,
+                (long long)o.lora_r, o.lora_targets.c_str(), o.checkpointing ? "true" : "false", core::num_threads(),
+                o.steps, packed ? "true" : "false", med, *std::min_element(times.begin(), times.end()), warmup_s,
+                tok_s, (long long)peak_rss, last_loss, (long long)layout.numel(), (long long)net.activation_bytes(),
+                (long long)weights.frozen_bytes(), flops.total() * 1e-9, achieved, gemm_bf16, gemm_f32, mfu);
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "bench_train_step: %s\n", e.what());
+    return 1;
+  }
+  return 0;
+}
