@@ -2,16 +2,20 @@
 """NF4 + double quantisation as bitsandbytes does it (deepspeed-peft-spec §5), in numpy float32, and the
 goldens that tests/kernels/test_nf4.cpp compares the C++ kernels with bit for bit.
 
-bitsandbytes itself is not installed; this is its documented algorithm, written out step by step:
+bitsandbytes itself is not installed; this is its published algorithm (functional.py quantize_4bit /
+quantize_blockwise / create_dynamic_map, csrc/kernels.cu kQuantizeBlockwise, dQuantizeNF4, dQuantize,
+kDequantizeBlockwise), written out step by step:
 
   first level (quantize_4bit, quant_type "nf4", blocksize 64)
     flatten row-major; per block of 64 (the last one partial): absmax = max |w| (fp32);
     x = w * (1 / absmax)             -- a reciprocal, then a product, as the CUDA kernel does
-    q = number of NF4 midpoints t_j < x (t_j = fp32 midpoint of code[j], code[j+1]: exactly the
-        literals of bitsandbytes' dQuantizeNF4 decision tree, checked below); NaN (absmax 0) -> 0
+    q = number of thresholds t_j < x, t_j = the literals of bitsandbytes' dQuantizeNF4 decision tree
+        (the midpoints of code[j], code[j+1], see NF4_TREE_LITERALS); NaN (absmax 0) -> 0
     byte k = q[2k] << 4 | q[2k+1]; an odd count is padded with the code of the value 0.0
   double quantisation (compress_statistics=True)
-    offset = mean(absmax); c = absmax - offset (fp32)
+    offset = mean(absmax), rounded once to fp32 (torch's fp32 .mean() sums in fp32 in a device-dependent
+             order and can differ in the last bit; the offset is stored, so a checkpoint stays consistent)
+    c = absmax - offset (fp32)
     per block of 256 absmax values: absmax2 = max |c|; x = c * (1 / absmax2)
     qabsmax = index of the nearest value of the signed 8-bit dynamic map (number of map midpoints < x;
               checked against an emulation of the CUDA dQuantize binary search below); NaN -> 0
@@ -31,6 +35,7 @@ import json
 import math
 import os
 import sys
+from fractions import Fraction
 
 import numpy as np
 import torch
@@ -48,12 +53,29 @@ NF4_CODE = np.array([
     0.24611230194568634, 0.33791524171829224, 0.44070982933044434, 0.5626170039176941, 0.7229568362236023, 1.0
 ], dtype=F32)
 
-# the thresholds of bitsandbytes' dQuantizeNF4 decision tree (csrc/kernels.cu), sorted
-NF4_TREE_THRESHOLDS = np.sort(np.array([
-    0.03979014977812767, 0.3893125355243683, 0.6427869200706482, 0.8614784181118011, 0.5016634166240692,
-    0.2035212516784668, 0.2920137718319893, 0.1202552504837513, -0.33967943489551544, -0.13791173323988914,
-    -0.045525018125772476, -0.23460740596055984, -0.6106329262256622, -0.4599952697753906, -0.8480964004993439
-], dtype=F32))
+# The thresholds of bitsandbytes' dQuantizeNF4 decision tree (csrc/kernels.cu), as the float literals
+# `0.8614784181118011f` etc. that nvcc (and any C++ compiler) rounds straight from decimal to fp32. Each
+# literal is the double midpoint of two code values; for 4 of the 15 that midpoint is an exact fp32 tie, and
+# the decimal -> fp32 rounding lands one ulp away from the fp32 midpoint (code[j] + code[j+1]) * 0.5f (and
+# from np.float32(double), which rounds twice). So the literals are used, converted with one rounding.
+NF4_TREE_LITERALS = [
+    "0.03979014977812767", "0.3893125355243683", "0.6427869200706482", "0.8614784181118011", "0.5016634166240692",
+    "0.2035212516784668", "0.2920137718319893", "0.1202552504837513", "-0.33967943489551544",
+    "-0.13791173323988914", "-0.045525018125772476", "-0.23460740596055984", "-0.6106329262256622",
+    "-0.4599952697753906", "-0.8480964004993439"]
+
+
+def decimal_to_f32(text):
+    """the fp32 nearest to the decimal text (ties to even), rounding once, as a C++ float literal."""
+    exact = Fraction(text)
+    guess = F32(float(text))
+    candidates = [np.nextafter(guess, F32(-np.inf)), guess, np.nextafter(guess, F32(np.inf))]
+    def key(c):
+        return (abs(Fraction(float(c)) - exact), int(np.array([c], dtype=F32).view(np.uint32)[0]) & 1)
+    return min(candidates, key=key)
+
+
+NF4_TREE_THRESHOLDS = np.sort(np.array([decimal_to_f32(t) for t in NF4_TREE_LITERALS], dtype=F32))
 
 
 def create_normal_map_check():
@@ -154,7 +176,7 @@ def quantize_nf4(w, dynamic_map):
     padded[:n] = x
     with np.errstate(invalid="ignore"):
         scaled = (padded.reshape(nb, BLOCK) * inv[:, None]).reshape(-1).astype(F32)
-    q = nearest_by_midpoints(scaled, midpoints(NF4_CODE))
+    q = nearest_by_midpoints(scaled, NF4_TREE_THRESHOLDS)
     q = q[:n + (n % 2)]
     packed = ((q[0::2] << 4) | q[1::2]).astype(np.uint8)
 
@@ -185,7 +207,8 @@ def make_cases():
     # 185 elements: two full blocks and a partial one, odd count (padded low nibble)
     rng = np.random.default_rng(1)
     cases.append(("odd_partial", 5, 37, (rng.standard_normal((5, 37)) * 0.02).astype(F32)))
-    # 12 blocks: an all-zero block, a block with one non-zero value, values exactly at +-absmax and 0
+    # 12 blocks: an all-zero block, a block with one non-zero value, values exactly at +-absmax and 0,
+    # values on the NF4 decision thresholds
     rng = np.random.default_rng(2)
     w = (rng.standard_normal((8, 96)) * 0.05).astype(F32)
     flat = w.reshape(-1)
@@ -194,6 +217,11 @@ def make_cases():
     flat[5 * BLOCK + 17] = -0.125
     flat[7 * BLOCK:7 * BLOCK + 8] = [0.5, -0.5, 0.0, 0.25, -0.25, 0.5, 0.0, -0.0]
     flat[7 * BLOCK + 8:8 * BLOCK] = 0.0
+    # block 8 has absmax 1, so its values are their own normalised values: every decision threshold, the fp32
+    # midpoint where that differs from the threshold by an ulp, and the next float above the threshold
+    flat[8 * BLOCK] = 1.0
+    for j, t in enumerate(NF4_TREE_THRESHOLDS):
+        flat[8 * BLOCK + 1 + 3 * j:8 * BLOCK + 4 + 3 * j] = [t, midpoints(NF4_CODE)[j], np.nextafter(t, F32(2))]
     cases.append(("zero_block", 8, 96, w))
     # 269 blocks -> two nested blocks (256 + 13), rows with very different scales (outlier rows)
     rng = np.random.default_rng(3)
@@ -219,7 +247,8 @@ def write(path, array):
 
 def main():
     create_normal_map_check()
-    assert (NF4_TREE_THRESHOLDS == midpoints(NF4_CODE)).all(), "NF4 midpoints differ from bitsandbytes' tree"
+    ulps = (NF4_TREE_THRESHOLDS.view(np.int32) - midpoints(NF4_CODE).view(np.int32))
+    assert np.abs(ulps).max() <= 1 and np.count_nonzero(ulps) == 4, ulps  # see NF4_TREE_LITERALS
     dynamic_map = create_dynamic_map()
     assert dynamic_map[127] == 0 and dynamic_map[255] == 1.0 and (np.diff(dynamic_map) > 0).all()
     if "--print-cpp-table" in sys.argv:

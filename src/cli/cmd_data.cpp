@@ -7,14 +7,13 @@
 #include <fstream>
 #include <iostream>
 
+#include "cli/commands.h"
 #include "core/error.h"
 #include "data/dataset.h"
 #include "data/inspect.h"
 #include "tokenizer/tokenizer.h"
 
 namespace zerolora::cli {
-
-int cmd_data(int argc, char** argv);  // declared here until cli/commands.h lists it
 
 int cmd_data(int argc, char** argv) {
   CLI::App app{"Inspect conversation data as the trainer sees it: tokens, trained tokens, masked-out samples"};

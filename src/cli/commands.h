@@ -11,5 +11,7 @@ int cmd_train(int argc, char** argv);
 int cmd_eval(int argc, char** argv);
 int cmd_data(int argc, char** argv);
 int cmd_demo(int argc, char** argv);
+int cmd_merge(int argc, char** argv);
+int cmd_generate(int argc, char** argv);
 
 }  // namespace zerolora::cli

@@ -1,16 +1,19 @@
 // QLoRA's 4-bit NormalFloat (NF4) frozen weights with double quantisation, as bitsandbytes stores them
 // (deepspeed-peft-spec §5), and the linear layers that multiply through them without ever holding the
-// whole dequantised model: a tile of W rows (forward) or columns (backward) is dequantised into a reused
-// thread-local buffer and handed to the GEMM.
+// whole dequantised model: a tile of W rows is dequantised into a reused thread-local buffer and handed to
+// the GEMM (forward and backward alike).
 //
 // Layout (bitsandbytes quantize_4bit, quant_type "nf4", blocksize 64, compress_statistics=True):
 //   W [N, K] is flattened row-major and cut into blocks of 64 elements (the last one partial);
 //   packed[k] = code(w[2k]) << 4 | code(w[2k+1])   element 2k in the HIGH nibble; an odd count is
 //                                                    padded with the code of 0.0
-//   code(w) = index of the nearest NF4 value to w * (1/absmax_b)  (fp32 midpoints; 0 when absmax_b = 0,
-//             which is what bitsandbytes' kernels produce for 0 * inf = NaN)
-//   double quantisation: offset = mean(absmax); (absmax - offset) in blocks of 256 is quantised to the
-//   signed 8-bit dynamic map with one fp32 absmax2 per block of 256;
+//   code(w) = index of the nearest NF4 value to w * (1/absmax_b): the number of bitsandbytes' decision
+//             thresholds (the midpoints, as fp32 literals) below it; 0 when absmax_b = 0, which is what
+//             bitsandbytes' kernels produce for 0 * inf = NaN (so with double quantisation an all-zero
+//             block comes back as -absmax_b, the small error of its quantised zero absmax, not as 0)
+//   double quantisation: offset = mean(absmax) (summed in double, rounded once); (absmax - offset) in
+//   blocks of 256 is quantised the same way (reciprocal of the block's max |.|, nearest value by fp32
+//   midpoints) to the signed 8-bit dynamic map, with one fp32 absmax2 per block of 256;
 //   dequantised absmax_b = dynamic_map[absmax_q[b]] * absmax2[b / 256] + offset  (two fp32 roundings)
 //   dequantised w        = nf4_code[q] * absmax_b                                   (one fp32 rounding)
 // With double_quant = false the fp32 absmax is kept as is (HF's BitsAndBytesConfig default).
@@ -82,7 +85,9 @@ void nf4_linear_backward_input(float* dinp, const float* dout, const Nf4Weight& 
 // How much of W one GEMM call sees: whole rows, about tile_elems dequantised elements (fp32: 4 bytes
 // each). Adjustable so that tests reach the tile edges and the portable bf16 path on any CPU.
 struct Nf4Tiling {
-  int64_t tile_elems = int64_t(1) << 19;  // 2 MiB of fp32: 256 rows of K = 2048
+  // 4 MiB of fp32 (512 rows of K = 2048): fits the L3 of the target CPUs; fewer, larger tiles mean fewer
+  // OpenMP fork/join pairs (dequantise, then GEMM) per call
+  int64_t tile_elems = int64_t(1) << 20;
   bool bf16_force_portable = false;       // BF16 compute through sgemm even where oneDNN has bf16 matmul
 };
 Nf4Tiling& nf4_tiling();

@@ -89,7 +89,9 @@ void KvCacheDecoder<S>::attend(int l, int64_t n) {
   const S* K = k_cache_[l].data();
   const S* Vc = v_cache_[l].data();
   S* att = b_->att.data();
-#pragma omp parallel
+  // Decoding one token of a small model is microseconds of work: waking threads would cost more.
+  const bool worth_threads = n * NH * (p0 + n) * HD > (int64_t(1) << 16);
+#pragma omp parallel if (worth_threads)
   {
     std::vector<double> score(static_cast<size_t>(p0 + n)), acc(static_cast<size_t>(HD));
 #pragma omp for schedule(dynamic)
@@ -124,10 +126,15 @@ void KvCacheDecoder<S>::feed(const int32_t* ids, int64_t n, S* logits, bool all_
   const auto& c = w_.config;
   const int64_t C = c.hidden_size, NH = c.num_attention_heads, NKV = c.num_key_value_heads, HD = c.head_dim;
   const int64_t KV = NKV * HD, I = c.intermediate_size, p0 = length_;
+  // Mistral/Qwen2 sliding-window attention is not implemented: past the window the math would differ.
+  core::check(c.sliding_window <= 0 || p0 + n <= c.sliding_window, c.path + ":sliding_window",
+              "the sequence (" + std::to_string(p0 + n) + " tokens) is longer than the attention window (" +
+                  std::to_string(c.sliding_window) + "), which zerolora does not implement",
+              "keep prompt + --max_new_tokens within sliding_window");
   ensure_capacity(p0 + n);
   ensure_rows(n);
   Buffers& b = *b_;
-  for (int64_t i = 0; i < n; ++i) b.positions[size_t(i)] = int32_t(i);
+  for (int64_t i = 0; i < n; ++i) b.positions[size_t(i)] = int32_t(p0 + i);
   LoraScratch<S> scratch{nullptr, nullptr};  // dropout is off and there is no backward: no scratch needed
   auto branch = [&](int layer, Proj p) {
     LoraBranch br;

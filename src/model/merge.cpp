@@ -163,9 +163,9 @@ MergeReport merge_adapter(const std::string& base_dir, const std::string& adapte
   try {
     layout = LoraLayout(config, lora);
   } catch (const core::Error& e) {
+    // e's own message already says how to fix it
     throw core::Error((fs::path(adapter_dir) / "adapter_config.json").string(),
-                      std::string("does not fit the base model: ") + e.what(),
-                      "merge the adapter into the base model it was trained on");
+                      "does not fit the base model " + base_dir + ": " + e.what());
   }
   std::vector<float> params(size_t(layout.numel()));
   load_peft_adapter(adapter_dir, layout, params.data());

@@ -10,7 +10,10 @@
 #include "core/error.h"
 #include "dist/comm.h"
 #include "io/checkpoint_dir.h"
+#include "model/adapter_io.h"
+#include "model/generate.h"
 #include "model/random_model.h"
+#include "tokenizer/tokenizer.h"
 #include "tokenizer/bpe_trainer.h"
 #include "train/args.h"
 #include "train/trainer.h"
@@ -73,6 +76,39 @@ void write_demo_model(const std::string& dir, const std::vector<std::string>& co
   model::write_random_model(dir, c, init, core::DType::F32);
 }
 
+namespace {
+
+// A generation prompt in the template the run trained with.
+std::string generation_prompt(const std::string& conv_template, const std::string& question) {
+  if (conv_template == "chatml")
+    return "<|im_start|>user\n" + question + "<|im_end|>\n<|im_start|>assistant\n";
+  return "A chat between a curious user and an artificial intelligence assistant. The assistant gives helpful, "
+         "detailed, and polite answers to the user's questions. USER: " + question + " ASSISTANT:";
+}
+
+// Greedy answers to a few questions with the trained adapter, so the user sees what it learned.
+void generate_samples(const std::string& model_dir, const std::string& adapter_dir, const std::string& conv_template) {
+  auto tok = tokenizer::load_tokenizer(model_dir);
+  auto weights = model::load_llama_weights(model_dir, core::DType::F32, core::DType::F32);
+  model::LoraLayout layout(weights.config, model::read_peft_adapter_config(adapter_dir));
+  std::vector<float> params(size_t(layout.numel()));
+  model::load_peft_adapter(adapter_dir, layout, params.data());
+  model::KvCacheDecoder<float> decoder(weights, &layout, params.data());
+  model::GenerationOptions go;
+  go.max_new_tokens = 24;
+  go.stop_ids = model::model_stop_ids(model_dir, weights.config);
+  for (const char* stop : {"<|im_end|>", "</s>"})
+    if (tok->token_id(stop) >= 0) go.stop_ids.push_back(tok->token_id(stop));
+  std::printf("\ngenerating with the adapter (greedy):\n");
+  for (const char* q : {"What is the capital of Japan?", "What colour is the grass?", "What is 3 plus 4?"}) {
+    auto prompt = tok->encode(generation_prompt(conv_template, q), true);
+    auto res = model::generate(decoder, prompt, go);
+    std::printf("  Q: %s\n  A: %s\n", q, tok->decode(res.tokens, true).c_str());
+  }
+}
+
+}  // namespace
+
 int run_demo(const std::vector<std::string>& argv) {
   std::string out = "zerolora-demo", model_dir, data_path, steps = "150";
   std::vector<std::string> extra;
@@ -124,6 +160,7 @@ int run_demo(const std::vector<std::string>& argv) {
   TrainResult r = run_training(args, *comm);
   std::printf("\ndemo: %lld steps, mean loss %.4f; adapter in %s/run\n", (long long)r.global_step, r.train_loss,
               out.c_str());
+  if (comm->rank() == 0) generate_samples(model_dir, (fs::path(out) / "run").string(), conv_template);
   return 0;
 }
 

@@ -9,6 +9,7 @@
 #include <nlohmann/json.hpp>
 
 #include "core/error.h"
+#include "core/runtime.h"
 #include "model/generate.h"
 #include "model/llama.h"
 #include "model_test_util.h"
@@ -17,6 +18,14 @@
 using namespace zerolora;
 
 namespace {
+
+// Decoding these tiny models token by token is microseconds of work per step; on a loaded machine each
+// thread wake-up (ours and oneDNN's) can cost milliseconds, so the loop-heavy tests run on one thread.
+struct OneThread {
+  int saved = core::num_threads();
+  OneThread() { core::set_num_threads(1); }
+  ~OneThread() { core::set_num_threads(saved); }
+};
 
 io::HfConfig tiny_config() {
   io::HfConfig c = model::preset_config("tiny");  // GQA 4/2, untied
@@ -68,14 +77,15 @@ double max_diff(const std::vector<S>& a, const std::vector<S>& b) {
 // linear_forward rounds its input to bf16 there: a 1e-7 difference in accumulation order (flash attention
 // over the whole sequence vs one query over the cache) can flip an input's bf16 rounding, a 0.4% step.
 template <typename S>
-void expect_cached_equals_full(core::DType storage, bool with_adapter, double tol) {
+void expect_cached_equals_full(core::DType storage, bool with_adapter, double tol, int64_t T = 23,
+                               int64_t prefill = 6) {
   const io::HfConfig c = tiny_config();
   auto w = test::random_weights(c, core::dtype_of<S>(), storage, 5, 0.1);
   model::LoraLayout layout = all_targets_layout(c);
   std::vector<S> params = test::random_lora_params<S>(layout, 9, 0.1);
   const model::LoraLayout* lora = with_adapter ? &layout : nullptr;
   const S* p = with_adapter ? params.data() : nullptr;
-  const int64_t T = 23, V = c.vocab_size;
+  const int64_t V = c.vocab_size;
   const auto ids = random_ids(T, V, 11);
 
   model::LlamaModel<S> full(w, lora);
@@ -91,10 +101,10 @@ void expect_cached_equals_full(core::DType storage, bool with_adapter, double to
   EXPECT_GT(biggest, 100 * tol);
 
   model::KvCacheDecoder<S> dec(w, lora, p);
-  const auto got = incremental_logits(dec, ids, V, 6);
+  const auto got = incremental_logits(dec, ids, V, prefill);
   EXPECT_LE(max_diff(got, want), tol);
   // a reset decoder starts over: the same answer again, with a different split
-  const auto again = incremental_logits(dec, ids, V, 9);
+  const auto again = incremental_logits(dec, ids, V, prefill + 3);
   EXPECT_LE(max_diff(again, want), tol);
 }
 
@@ -104,6 +114,11 @@ TEST(KvCacheDecoder, MatchesFullForwardWithoutAdapter) { expect_cached_equals_fu
 
 TEST(KvCacheDecoder, MatchesFullForwardWithAdapterOnEveryProjection) {
   expect_cached_equals_full<float>(core::DType::F32, true, 1e-5);
+}
+
+TEST(KvCacheDecoder, MatchesFullForwardAfterALongPrefillOnAllThreads) {
+  // a prefill long enough for the cache attention to run on several threads
+  expect_cached_equals_full<float>(core::DType::F32, true, 1e-5, 160, 150);
 }
 
 TEST(KvCacheDecoder, MatchesFullForwardInDoubleAndWithBf16Weights) {
@@ -121,6 +136,7 @@ TEST(KvCacheDecoder, RejectsIdsOutsideTheVocabulary) {
 }
 
 TEST(Generate, Stories260KGreedyContinuationMatchesReference) {
+  OneThread one_thread;
   ZL_REQUIRE_SHARED(ref_path, "models/stories260K-hf/reference_outputs.json");
   std::ifstream f(ref_path);
   const auto j = nlohmann::json::parse(f);
@@ -143,6 +159,7 @@ TEST(Generate, Stories260KGreedyContinuationMatchesReference) {
 }
 
 TEST(Generate, TinyTopPTowardZeroIsGreedyAndSamplingIsSeeded) {
+  OneThread one_thread;
   const io::HfConfig c = tiny_config();
   auto w = test::random_weights(c, core::DType::F32, core::DType::F32, 3, 0.1);
   model::KvCacheDecoder<float> dec(w, nullptr, nullptr);
@@ -175,6 +192,7 @@ TEST(Generate, TinyTopPTowardZeroIsGreedyAndSamplingIsSeeded) {
 }
 
 TEST(Generate, StopsAtStopIdsAndWhenTheCallbackSaysSo) {
+  OneThread one_thread;
   const io::HfConfig c = tiny_config();
   auto w = test::random_weights(c, core::DType::F32, core::DType::F32, 3, 0.1);
   model::KvCacheDecoder<float> dec(w, nullptr, nullptr);

@@ -220,7 +220,7 @@ TEST(LossScaler, RefusesInvalidSettings) {
 
 TEST(HasInfOrNan, FindsEveryNonFiniteValueAnywhere) {
   const float inf = std::numeric_limits<float>::infinity(), nan = std::numeric_limits<float>::quiet_NaN();
-  std::vector<float> g(1 << 19, 0.5f);
+  std::vector<float> g((1 << 18) + 5, 0.5f);  // above the threading threshold, not a multiple of 8
   g[7] = std::numeric_limits<float>::max();
   g[8] = -std::numeric_limits<float>::max();
   g[9] = std::numeric_limits<float>::denorm_min();
@@ -228,10 +228,12 @@ TEST(HasInfOrNan, FindsEveryNonFiniteValueAnywhere) {
   EXPECT_FALSE(has_inf_or_nan(nullptr, 0));
   for (float bad : {inf, -inf, nan, -nan}) {
     for (size_t at : {size_t(0), size_t(12345), g.size() - 1}) {
-      std::vector<float> h = g;
-      h[at] = bad;
-      EXPECT_TRUE(has_inf_or_nan(h.data(), int64_t(h.size()))) << bad << " at " << at;
+      const float saved = g[at];
+      g[at] = bad;
+      EXPECT_TRUE(has_inf_or_nan(g.data(), int64_t(g.size()))) << bad << " at " << at;
+      g[at] = saved;
     }
+    EXPECT_FALSE(has_inf_or_nan(g.data(), int64_t(g.size())));
     std::vector<float> small = {1.0f, 2.0f, bad};
     EXPECT_TRUE(has_inf_or_nan(small.data(), 3));
   }

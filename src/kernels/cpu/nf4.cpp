@@ -80,28 +80,31 @@ constexpr std::array<float, 256> kDynamicMap = {
     0x1.eep-1f, 0x1.f53332p-1f, 0x1.fc6666p-1f, 0x1p+0f,
 };
 
-// Decision thresholds: the fp32 midpoints between neighbouring code values, exactly the literals of
-// bitsandbytes' dQuantizeNF4 tree.
-constexpr std::array<float, 15> make_nf4_midpoints() {
-  std::array<float, 15> m{};
-  for (size_t j = 0; j < m.size(); ++j) m[j] = (kNf4Code[j] + kNf4Code[j + 1]) * 0.5f;
-  return m;
-}
-constexpr std::array<float, 15> kNf4Midpoints = make_nf4_midpoints();
+// Decision thresholds: the float literals of bitsandbytes' dQuantizeNF4 tree, sorted. Each is the exact
+// (double) midpoint of two code values, written as its shortest decimal. Four of them (indices 0, 8, 12,
+// 14) lie exactly halfway between two floats: (code[j] + code[j+1]) * 0.5f rounds that tie to even, but the
+// decimal literal is a hair off the tie and rounds to the other float, one ulp away. The literals are what
+// bitsandbytes compares with, so they are used as written (the golden's zero_block case pins it).
+constexpr std::array<float, 15> kNf4Thresholds = {
+    -0.8480964004993439f, -0.6106329262256622f, -0.4599952697753906f, -0.33967943489551544f,
+    -0.23460740596055984f, -0.13791173323988914f, -0.045525018125772476f, 0.03979014977812767f,
+    0.1202552504837513f, 0.2035212516784668f, 0.2920137718319893f, 0.3893125355243683f,
+    0.5016634166240692f, 0.6427869200706482f, 0.8614784181118011f};
 
-std::array<float, 255> make_dynamic_midpoints() {
+// the dynamic map's decision points, computed in fp32 as bitsandbytes' dQuantize does: (upper + val) * 0.5f
+constexpr std::array<float, 255> make_dynamic_midpoints() {
   std::array<float, 255> m{};
   for (size_t j = 0; j < m.size(); ++j) m[j] = (kDynamicMap[j] + kDynamicMap[j + 1]) * 0.5f;
   return m;
 }
-const std::array<float, 255> kDynamicMidpoints = make_dynamic_midpoints();
+constexpr std::array<float, 255> kDynamicMidpoints = make_dynamic_midpoints();
 
-// Nearest NF4 code of a normalised value: the number of midpoints below x, so a value on a midpoint
+// Nearest NF4 code of a normalised value: the number of thresholds below x, so a value on a threshold
 // takes the lower code (bitsandbytes' `x > t`), and NaN (0 * inf from an all-zero block) gives 0, as the
 // bitsandbytes kernels do.
 inline uint8_t nf4_index(float x) {
   int q = 0;
-  for (float t : kNf4Midpoints) q += x > t;
+  for (float t : kNf4Thresholds) q += x > t;
   return uint8_t(q);
 }
 
@@ -112,10 +115,20 @@ inline uint8_t dynamic_index(float x) {
                  kDynamicMidpoints.begin());
 }
 
-// fp32 a * b + c with the product rounded first, as bitsandbytes' two kernels do: the double product
-// of two floats is exact, so narrowing it is the fp32 product, and the narrowing keeps the compiler from
-// contracting the two operations into one FMA (GCC contracts across statements under -std=gnu++).
-inline float mul_then_add(float a, float b, float c) { return float(double(a) * double(b)) + c; }
+// fp32 a * b + c with the product rounded first, as bitsandbytes' two kernels do. GCC contracts a * b + c
+// into one FMA even across statements (-ffp-contract=fast is its default under -std=gnu++), which changes
+// the result by up to half an ulp of c: with c = the absmax mean and a * b close to -c, that is many ulps
+// of the dequantised absmax. The empty asm makes the rounded product opaque, so it cannot be fused.
+inline float mul_then_add(float a, float b, float c) {
+  float product = a * b;
+#if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
+  __asm__("" : "+x"(product));
+#else
+  volatile float opaque = product;
+  product = opaque;
+#endif
+  return product + c;
+}
 
 inline uint8_t code_at(const uint8_t* packed, int64_t e) {
   const uint8_t byte = packed[e >> 1];
