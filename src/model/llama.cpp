@@ -145,6 +145,20 @@ void LlamaModel<S>::ensure_rope(const ModelInput& in) {
   rope_positions_ = n;
 }
 
+// The LoRA branch of projection p in layer l (layer -1: lm_head); empty when it is not adapted.
+template <typename S>
+LoraBranch LlamaModel<S>::lora_branch(int l, Proj p, bool training, uint64_t seed) const {
+  LoraBranch br;
+  if (lora_) br.slot = lora_->find(l, p);
+  if (br.slot) {
+    br.slot_index = int(br.slot - lora_->slots().data());
+    br.scale = lora_->scale();
+    br.dropout = training ? lora_->config().dropout : 0.0;
+    br.dropout_seed = seed;
+  }
+  return br;
+}
+
 template <typename S>
 void LlamaModel<S>::forward_layer(int l, const ModelInput& in, const S* params, bool training, uint64_t seed) {
   Arena& a = *a_;
@@ -157,17 +171,7 @@ void LlamaModel<S>::forward_layer(int l, const ModelInput& in, const S* params, 
   const int32_t* lengths = in.lengths ? in.lengths : a.lengths.data();
   const S* x = a.resid[l];
   LoraScratch<S> scratch{a.lora_h, a.lora_du};
-  auto branch = [&](Proj p) {
-    LoraBranch br;
-    if (lora_) br.slot = lora_->find(l, p);
-    if (br.slot) {
-      br.slot_index = int(br.slot - lora_->slots().data());
-      br.scale = lora_->scale();
-      br.dropout = training ? lora_->config().dropout : 0.0;
-      br.dropout_seed = seed;
-    }
-    return br;
-  };
+  auto branch = [&](Proj p) { return lora_branch(l, p, training, seed); };
 
   kernels::rmsnorm_forward<S>(s.xn1, s.rstd1, x, W.input_norm.data<S>(), M, C, c.rms_norm_eps);
   lora_linear_forward<S>(s.q, s.u[0], s.xn1, W.proj[0], branch(Proj::Q), params, scratch, M);
@@ -200,17 +204,7 @@ void LlamaModel<S>::backward_layer(int l, const ModelInput& in, const S* params,
   const int32_t* lengths = in.lengths ? in.lengths : a.lengths.data();
   const S* x = a.resid[l];
   LoraScratch<S> scratch{a.lora_h, a.lora_du};
-  auto branch = [&](Proj p) {
-    LoraBranch br;
-    if (lora_) br.slot = lora_->find(l, p);
-    if (br.slot) {
-      br.slot_index = int(br.slot - lora_->slots().data());
-      br.scale = lora_->scale();
-      br.dropout = lora_->config().dropout;
-      br.dropout_seed = seed;
-    }
-    return br;
-  };
+  auto branch = [&](Proj p) { return lora_branch(l, p, true, seed); };
   // a.dres holds d loss / d resid[l+1]; on return it holds d loss / d resid[l].
   std::fill(a.dact, a.dact + M * I, S(0));
   lora_linear_backward<S>(a.dact, grads, a.dres, s.act, s.u[6], W.proj[6], branch(Proj::Down), params, scratch, M);
@@ -254,11 +248,7 @@ template <typename S>
 void LlamaModel<S>::forward_logits(const ModelInput& in, const S* params, S* logits) {
   forward_layers(in, params, false, 0);
   Arena& a = *a_;
-  LoraBranch br;
-  if (lora_ && params) {
-    br.slot = lora_->find(-1, Proj::LmHead);
-    if (br.slot) br.slot_index = int(br.slot - lora_->slots().data()), br.scale = lora_->scale();
-  }
+  LoraBranch br = params ? lora_branch(-1, Proj::LmHead, false, 0) : LoraBranch{};
   lora_linear_forward<S>(logits, a.u_lm, a.xf, w_.lm_head, br, params, {a.lora_h, a.lora_du}, a.M);
 }
 
@@ -274,14 +264,7 @@ LossResult LlamaModel<S>::forward_backward(const ModelInput& in, const S* params
   // causal shift: position t is scored against labels[t+1]; the last position of a row has no target
   for (int64_t m = 0; m < M; ++m) a.targets[m] = (m % T + 1 < T) ? in.labels[m + 1] : -100;
 
-  LoraBranch br;
-  if (lora_) br.slot = lora_->find(-1, Proj::LmHead);
-  if (br.slot) {
-    br.slot_index = int(br.slot - lora_->slots().data());
-    br.scale = lora_->scale();
-    br.dropout = training ? lora_->config().dropout : 0.0;
-    br.dropout_seed = dropout_seed;
-  }
+  const LoraBranch br = lora_branch(-1, Proj::LmHead, training, dropout_seed);
   LossResult result;
   if (training) std::fill(a.dxn, a.dxn + M * C, S(0));
   for (int64_t r0 = 0; r0 < M; r0 += opt_.loss_chunk_rows) {

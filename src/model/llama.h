@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "model/lora.h"
+#include "model/lora_linear.h"
 #include "model/weights.h"
 
 namespace zerolora::model {
@@ -71,6 +72,7 @@ class LlamaModel {
   void forward_layer(int l, const ModelInput& in, const S* params, bool training, uint64_t seed);
   void backward_layer(int l, const ModelInput& in, const S* params, S* grads, uint64_t seed);
   void ensure_arena(int64_t B, int64_t T);
+  LoraBranch lora_branch(int layer, Proj p, bool training, uint64_t seed) const;
   void ensure_rope(const ModelInput& in);
 
   const LlamaWeights& w_;
