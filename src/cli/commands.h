@@ -13,5 +13,6 @@ int cmd_data(int argc, char** argv);
 int cmd_demo(int argc, char** argv);
 int cmd_merge(int argc, char** argv);
 int cmd_generate(int argc, char** argv);
+int cmd_chat(int argc, char** argv);
 
 }  // namespace zerolora::cli

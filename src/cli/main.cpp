@@ -20,6 +20,7 @@ const Command kCommands[] = {
     {"train", zerolora::cli::cmd_train, "fine-tune LoRA adapters (FastChat train_lora.py flags; mpirun for ranks)"},
     {"eval", zerolora::cli::cmd_eval, "evaluation loss and perplexity of a base model plus an adapter"},
     {"generate", zerolora::cli::cmd_generate, "generate text with a base model and an optional adapter (KV cache)"},
+    {"chat", zerolora::cli::cmd_chat, "chat with a model + adapter in its conversation template (stdin lines)"},
     {"merge", zerolora::cli::cmd_merge, "merge an adapter into the base weights: an HF model folder (apply_lora)"},
     {"data", zerolora::cli::cmd_data, "data inspect: tokenised samples, trained-token masks, dropped samples"},
     {"init-model", zerolora::cli::cmd_init_model, "write a random model folder in HF format (--preset, --out)"},

@@ -41,6 +41,21 @@ TEST(TrainE2E, WritesAdapterCheckpointsAndLossFalls) {
   ASSERT_GE(losses.size(), 12u);
   const double first = (losses[0] + losses[1] + losses[2]) / 3, last = (losses[9] + losses[10] + losses[11]) / 3;
   EXPECT_LT(last, first) << log;
+
+  // the adapter is usable: generation and a two-turn chat in the training template
+  ASSERT_EQ(run_command(zerolora_binary() + " generate " + run.model + " --adapter " + out +
+                            " --prompt 'What is 2 plus 3?' --max_new_tokens 5",
+                        &log),
+            0)
+      << log;
+  ASSERT_EQ(run_command("printf 'What is 2 plus 3?\\nWhat colour is the sky?\\n' | " + zerolora_binary() + " chat " +
+                            run.model + " --adapter " + out + " --conv_template chatml --max_new_tokens 6 --temperature 0",
+                        &log),
+            0)
+      << log;
+  size_t replies = 0;
+  for (size_t p = log.find("ASSISTANT: "); p != std::string::npos; p = log.find("ASSISTANT: ", p + 1)) ++replies;
+  EXPECT_EQ(replies, 2u) << log;
 }
 
 TEST(TrainE2E, RotationKeepsExactlySaveTotalLimit) {
