@@ -183,12 +183,12 @@ const std::vector<Flag>& flag_table() {
                  [](A& a, const Values& v) { a.lora_target_modules = v; },
                  [](const A& a) { return show_list(a.lora_target_modules); }});
     t.push_back(string_flag("lora_weight_path", G::Lora, &A::lora_weight_path, "PATH",
-                            "accepted; FastChat never reads it (no warm start)"));
+                            "PEFT adapter folder to start from (FastChat parses it but never reads it; we do)"));
     t.push_back(choice_flag<LoraBias>("lora_bias", G::Lora, &A::lora_bias,
                                       {{"none", LoraBias::None}, {"all", LoraBias::All},
                                        {"lora_only", LoraBias::LoraOnly}},
                                       "which biases train (LLaMA has none, so all three are the same)"));
-    t.push_back(bool_flag("q_lora", G::Lora, &A::q_lora, "QLoRA: frozen weights stored as NF4 + double quant"));
+    t.push_back(bool_flag("q_lora", G::Lora, &A::q_lora, "QLoRA (NF4 frozen weights): not available in this build yet; True is refused"));
     // training
     t.push_back(required_flag("output_dir", G::Training, &A::output_dir, "DIR",
                             "checkpoints, adapter, trainer_state.json"));
@@ -242,7 +242,7 @@ const std::vector<Flag>& flag_table() {
                  [](const A&) { return std::string("automatic"); }});
     // precision / distributed
     t.push_back(bool_flag("bf16", G::Precision, &A::bf16, "bf16 weights/activations, fp32 master weights"));
-    t.push_back(bool_flag("fp16", G::Precision, &A::fp16, "fp16 with dynamic loss scaling (DeepSpeed rules)"));
+    t.push_back(bool_flag("fp16", G::Precision, &A::fp16, "fp16 with dynamic loss scaling: not available in this build yet; True is refused (use --bf16)"));
     t.push_back({"tf32", G::Precision, Arity::OptionalValue, "BOOL", "accepted; no effect on the CPU build",
                  [](A& a, const Values& v) { a.tf32 = v.empty() ? true : parse_bool("tf32", only(v)); },
                  [](const A& a) { return a.tf32 ? show_bool(*a.tf32) : std::string("None"); }});
@@ -491,9 +491,6 @@ void add_notes_for_no_op_flags(TrainArgs& a) {
   if (a.flash_attn)
     a.notes.push_back("--flash_attn: attention is always computed tile by tile without the T x T matrix, "
                       "skipping padding, with GQA support; the flag changes nothing");
-  if (!a.lora_weight_path.empty())
-    a.notes.push_back("--lora_weight_path is ignored, as in FastChat (it never reads it): training starts "
-                      "from a fresh adapter");
   if (a.local_rank >= 0) a.notes.push_back("--local_rank is ignored: ranks come from MPI (mpirun -np N)");
   if (a.dataloader_num_workers > 0)
     a.notes.push_back("--dataloader_num_workers: samples are prepared inside the trainer; use --num_threads");

@@ -99,9 +99,14 @@ void refuse_unsupported(const TrainArgs& a, const ResolvedDeepSpeedConfig* ds) {
     throw core::Error(ds->path + ":zero_optimization.stage", "ZeRO stage 3 (sharded frozen weights) is not "
                       "available in this build yet", "use stage 2: for LoRA it holds the same trainable state "
                       "sharded and avoids gathering the base model twice per micro-batch");
-  if (a.lora_bias != LoraBias::None)
-    throw core::Error("--lora_bias", "only \"none\" is supported (training biases is not implemented)",
-                      "LLaMA projections have no biases; use --lora_bias none");
+}
+
+// --lora_bias all/lora_only train the biases of the adapted layers; LLaMA/Mistral have none, so the
+// three modes are the same there (as in FastChat). Models with biases (Qwen2) would need bias training.
+void refuse_bias_training(const TrainArgs& a, const io::HfConfig& c) {
+  if (a.lora_bias != LoraBias::None && (c.qkv_bias || c.attention_bias))
+    throw core::Error("--lora_bias", "training biases (" + to_string(a.lora_bias) + ") is not implemented, and " +
+                      c.path + " has projection biases", "use --lora_bias none (the biases stay frozen)");
 }
 
 struct Loaded {
@@ -227,6 +232,7 @@ TrainResult run_training(TrainArgs a, dist::Comm& comm) {
     for (const auto& n : ds->notes) log.message("deepspeed: " + n);
   }
   refuse_unsupported(a, ds ? &*ds : nullptr);
+  refuse_bias_training(a, peek);
   const int zero_stage = ds ? int(ds->zero.stage) : 0;
   const double clip = ds ? ds->gradient_clipping : a.max_grad_norm;
   const double base_lr = ds ? ds->learning_rate : a.learning_rate;

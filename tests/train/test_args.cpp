@@ -180,7 +180,7 @@ TEST(TrainArgs, NotesForFlagsWithoutEffect) {
                                      "0.1", "--save_safetensors", "False"});
   EXPECT_TRUE(has_note(a, "--trust_remote_code"));
   EXPECT_TRUE(has_note(a, "--flash_attn"));
-  EXPECT_TRUE(has_note(a, "--lora_weight_path"));
+  EXPECT_FALSE(has_note(a, "--lora_weight_path"));  // honoured by the trainer, not a no-op
   EXPECT_TRUE(has_note(a, "--do_train"));
   EXPECT_TRUE(has_note(a, "--cache_dir"));
   EXPECT_TRUE(has_note(a, "--warmup_steps wins"));
