@@ -185,7 +185,7 @@ TEST(TrainArgs, NotesForFlagsWithoutEffect) {
   EXPECT_TRUE(has_note(a, "--cache_dir"));
   EXPECT_TRUE(has_note(a, "--warmup_steps wins"));
   EXPECT_TRUE(has_note(a, "--save_safetensors"));
-  EXPECT_EQ(a.notes.size(), 7u);
+  EXPECT_EQ(a.notes.size(), 6u);
 }
 
 TEST(TrainArgsErrors, UnknownFlagSuggestsNearest) {
