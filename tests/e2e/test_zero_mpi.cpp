@@ -3,9 +3,16 @@
 // whole global batch, dropout off, f32), and a run saved with 3 ranks resumes with 2.
 #include <gtest/gtest.h>
 
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
 #include <cmath>
+#include <thread>
 
 #include "e2e_util.h"
+#include "io/checkpoint_dir.h"
 #include "io/safetensors.h"
 
 using namespace zerolora;
@@ -106,4 +113,52 @@ TEST(ZeroMpi, SavedWithThreeRanksResumesWithTwo) {
   const auto a = logged_losses(ref), b = logged_losses(out);
   ASSERT_EQ(b.size(), a.size());
   for (size_t i = 4; i < a.size(); ++i) EXPECT_NEAR(b[i], a[i], 1e-5 * std::abs(a[i])) << "step " << i + 1;
+}
+
+TEST(ZeroMpi, KillingOneRankStopsAllRanksAndKeepsCheckpoints) {
+  TinyRun run(128);
+  const std::string out = (run.dir / "killed-rank").string();
+  const std::string cmd = mpirun(2) + run.train_cmd(out, "--max_steps 100000 --per_device_train_batch_size 2 "
+                                                          "--save_steps 2 --save_total_limit 2 --lora_r 4") +
+                          " > " + (run.dir / "mpirun.log").string() + " 2>&1";
+  pid_t launcher = fork();
+  if (launcher == 0) {
+    execl("/bin/sh", "sh", "-c", cmd.c_str(), (char*)nullptr);
+    _exit(127);
+  }
+  // wait until a checkpoint exists, then kill -9 one rank (a zerolora process writing to this output_dir)
+  for (int i = 0; i < 1200 && io::find_last_checkpoint(out).empty(); ++i)
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  ASSERT_FALSE(io::find_last_checkpoint(out).empty());
+  std::string pids;
+  // a rank process (its name is zerolora), not the shell or mpirun whose command lines match too
+  const std::string find_ranks = "for p in $(pgrep -f 'zerolora train .*" + out +
+                                 "'); do [ \"$(cat /proc/$p/comm 2>/dev/null)\" = zerolora ] && echo $p; done";
+  ASSERT_EQ(run_command(find_ranks + " | head -1", &pids), 0);
+  ASSERT_FALSE(pids.empty());
+  const pid_t victim = pid_t(std::stol(pids));
+  const auto t0 = std::chrono::steady_clock::now();
+  ASSERT_EQ(kill(victim, SIGKILL), 0);
+  int status = 0;
+  waitpid(launcher, &status, 0);
+  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  EXPECT_LT(seconds, 30.0);
+  ASSERT_TRUE(WIFEXITED(status));
+  EXPECT_NE(WEXITSTATUS(status), 0);
+  const std::string log = read_file(run.dir / "mpirun.log");
+  EXPECT_NE(log.find("rank"), std::string::npos) << log;
+  // no rank is left running, and the last checkpoint is whole: the same command on one rank resumes from it
+  std::string left;
+  run_command(find_ranks, &left);
+  EXPECT_TRUE(left.empty()) << left;
+  const std::string last = io::find_last_checkpoint(out);
+  std::string rlog;
+  ASSERT_EQ(run_command(mpirun(2) + run.train_cmd(out, "--max_steps " + std::to_string(*io::checkpoint_step_from_name(
+                                                                             fs::path(last).filename().string()) + 1) +
+                                                          " --per_device_train_batch_size 2 --save_steps 2 "
+                                                          "--save_total_limit 2 --lora_r 4"),
+                        &rlog),
+            0)
+      << rlog;
+  EXPECT_NE(rlog.find("resumed from " + last), std::string::npos) << rlog;
 }
