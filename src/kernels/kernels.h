@@ -32,6 +32,8 @@ void gemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, S alpha, 
 
 // A backend's private copy of a frozen weight in the blocked layout its matmul prefers (see prepack).
 struct PackedWeight;
+// A weight stored as NF4 with double quantisation (QLoRA; kernels/nf4.h).
+struct Nf4Weight;
 
 // A frozen weight W [N, K] in nn.Linear layout (y = x W^T), stored F32, F64 or BF16, with an
 // optional bias [N] (F32 or F64, same as the activations). Prepared once at load; read-only after.
@@ -40,10 +42,16 @@ struct FrozenWeight {
   core::Tensor bias;    // [N] or undefined (numel 0)
   int64_t N = 0, K = 0;
   std::shared_ptr<const PackedWeight> packed;  // set by prepack(); null = plain layout only
+  // QLoRA: when set, the weight lives only here (4-bit codes + scales; `weight` is empty) and the linear
+  // functions dequantise it tile by tile (float activations only).
+  std::shared_ptr<const Nf4Weight> nf4;
   bool has_bias() const { return bias.numel() > 0; }
   // Throws core::Error unless weight is 2-D F32/F64/BF16 and bias is empty or [N] (F64 for an F64
   // weight, F32 otherwise).
   static FrozenWeight make(core::Tensor weight, core::Tensor bias = {});
+  static FrozenWeight make_nf4(std::shared_ptr<const Nf4Weight> nf4);
+  // Resident bytes of the weight (plain, NF4 codes and scales, bias).
+  int64_t resident_bytes() const;
   // Optional, once at load (F32/BF16 weights): reorders a copy of the weight into the blocked layout
   // oneDNN's matmul picks for M ~ m_hint rows on this CPU; linear_forward then multiplies with it
   // (any M). The plain weight stays (linear_backward_input and the tensor itself use it), so this

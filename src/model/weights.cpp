@@ -5,6 +5,7 @@
 
 #include "core/error.h"
 #include "io/safetensors.h"
+#include "kernels/nf4.h"
 
 namespace zerolora::model {
 
@@ -65,13 +66,13 @@ int64_t LlamaWeights::frozen_bytes() const {
   int64_t n = int64_t(embed.nbytes()) + int64_t(final_norm.nbytes());
   for (const auto& l : layers) {
     n += int64_t(l.input_norm.nbytes() + l.post_norm.nbytes());
-    for (const auto& w : l.proj) n += int64_t(w.weight.nbytes() + w.bias.nbytes());
+    for (const auto& w : l.proj) n += w.resident_bytes();
   }
   if (!config.tie_word_embeddings) n += int64_t(lm_head.weight.nbytes());
   return n;
 }
 
-LlamaWeights load_llama_weights(const std::string& model_dir, core::DType compute, core::DType storage) {
+LlamaWeights load_llama_weights(const std::string& model_dir, core::DType compute, core::DType storage, bool nf4) {
   const std::string config_path = (std::filesystem::path(model_dir) / "config.json").string();
   io::HfConfig c = io::load_hf_config(config_path);
   io::TensorStore store = io::TensorStore::open_model_dir(model_dir);
@@ -90,11 +91,13 @@ LlamaWeights load_llama_weights(const std::string& model_dir, core::DType comput
   return build_llama_weights(c, compute, storage,
                              [&](const std::string& name, core::DType dtype, const core::Shape& shape) {
                                return store.load(name, dtype, shape);
-                             });
+                             },
+                             nf4);
 }
 
 LlamaWeights build_llama_weights(const io::HfConfig& c, core::DType compute, core::DType storage,
-                                 const TensorSource& source) {
+                                 const TensorSource& source, bool nf4) {
+  core::check(!nf4 || compute == core::DType::F32, "model", "NF4 weights need F32 activations");
   core::check(compute == core::DType::F32 || compute == core::DType::F64, "model", "compute dtype must be F32/F64");
   core::check(storage == compute || (storage == core::DType::BF16 && compute == core::DType::F32), "model",
               "unsupported storage/compute dtype pair");
@@ -102,6 +105,7 @@ LlamaWeights build_llama_weights(const io::HfConfig& c, core::DType compute, cor
   w.config = c;
   w.compute = compute;
   w.storage = storage;
+  w.nf4 = nf4;
   w.embed = source("model.embed_tokens.weight", storage, {c.vocab_size, c.hidden_size});
   w.layers.resize(c.num_hidden_layers);
   for (int l = 0; l < c.num_hidden_layers; ++l) {
@@ -111,9 +115,18 @@ LlamaWeights build_llama_weights(const io::HfConfig& c, core::DType compute, cor
     L.post_norm = source(p + ".post_attention_layernorm.weight", compute, {c.hidden_size});
     for (int j = 0; j < 7; ++j) {
       core::Shape ws = proj_weight_shape(c, Proj(j));
-      core::Tensor weight = source(layer_tensor(l, Proj(j), "weight"), storage, ws);
       core::Tensor bias;
       if (has_bias(c, Proj(j))) bias = source(layer_tensor(l, Proj(j), "bias"), compute, {ws[0]});
+      if (nf4) {
+        // quantised one projection at a time: the full-precision copy lives only for this loop turn
+        core::Tensor dense = source(layer_tensor(l, Proj(j), "weight"), core::DType::F32, ws);
+        auto q = std::make_shared<kernels::Nf4Weight>(kernels::nf4_quantize(dense.data<float>(), ws[0], ws[1]));
+        q->compute_dtype = core::DType::BF16;
+        if (bias.numel() > 0) q->bias.assign(bias.data<float>(), bias.data<float>() + bias.numel());
+        L.proj[j] = kernels::FrozenWeight::make_nf4(std::move(q));
+        continue;
+      }
+      core::Tensor weight = source(layer_tensor(l, Proj(j), "weight"), storage, ws);
       L.proj[j] = kernels::FrozenWeight::make(std::move(weight), std::move(bias));
     }
   }

@@ -20,6 +20,7 @@ struct LlamaWeights {
   io::HfConfig config;
   core::DType compute = core::DType::F32;  // activations: F32 (engine) or F64 (gradient checks)
   core::DType storage = core::DType::F32;  // big frozen matrices: F32, F64 or BF16
+  bool nf4 = false;                        // QLoRA: the 7 projections are NF4 (embedding/lm_head stay `storage`)
   core::Tensor embed;                      // [V, C], storage dtype
   std::vector<LayerWeights> layers;
   core::Tensor final_norm;                 // [C], compute dtype
@@ -29,12 +30,16 @@ struct LlamaWeights {
 };
 
 // compute must be F32 or F64; storage F32/F64 (= compute) or BF16 (with compute F32).
-LlamaWeights load_llama_weights(const std::string& model_dir, core::DType compute, core::DType storage);
+// nf4: QLoRA — the seven projections of every layer are quantised to NF4 with double quantisation
+// (bitsandbytes' format) at load, and multiplied in bf16 (bnb_4bit_compute_dtype bfloat16); embeddings,
+// lm_head and norms keep `storage` / `compute`, as bitsandbytes + PEFT keep them.
+LlamaWeights load_llama_weights(const std::string& model_dir, core::DType compute, core::DType storage,
+                                bool nf4 = false);
 
 // Where build_llama_weights gets each tensor: (HF name, wanted dtype, expected shape) -> tensor.
 using TensorSource = std::function<core::Tensor(const std::string&, core::DType, const core::Shape&)>;
 LlamaWeights build_llama_weights(const io::HfConfig& config, core::DType compute, core::DType storage,
-                                 const TensorSource& source);
+                                 const TensorSource& source, bool nf4 = false);
 
 // HF tensor names of a model (in file order), with their shapes — shared by the loader, the random
 // model writer and merge.

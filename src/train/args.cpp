@@ -188,7 +188,7 @@ const std::vector<Flag>& flag_table() {
                                       {{"none", LoraBias::None}, {"all", LoraBias::All},
                                        {"lora_only", LoraBias::LoraOnly}},
                                       "which biases train (LLaMA has none, so all three are the same)"));
-    t.push_back(bool_flag("q_lora", G::Lora, &A::q_lora, "QLoRA (NF4 frozen weights): not available in this build yet; True is refused"));
+    t.push_back(bool_flag("q_lora", G::Lora, &A::q_lora, "QLoRA: projections stored as NF4 + double quant (bitsandbytes' format), bf16 compute"));
     // training
     t.push_back(required_flag("output_dir", G::Training, &A::output_dir, "DIR",
                             "checkpoints, adapter, trainer_state.json"));

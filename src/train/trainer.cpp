@@ -88,9 +88,6 @@ data::DataOptions data_options(const TrainArgs& a) {
 }
 
 void refuse_unsupported(const TrainArgs& a, const ResolvedDeepSpeedConfig* ds) {
-  if (a.q_lora)
-    throw core::Error("--q_lora", "QLoRA (NF4 base weights) is not available in this build yet",
-                      "train with --bf16 True (LoRA on bf16 weights)");
   if (a.fp16 || (ds && ds->fp16))
     throw core::Error(a.fp16 ? "--fp16" : ds->path + ":fp16.enabled",
                       "fp16 mixed precision with loss scaling is not available in this build yet",
@@ -130,13 +127,15 @@ Loaded load_everything(const TrainArgs& a, bool need_train_data, Progress& log) 
     L.eval.emplace(data::Dataset::load(a.eval_data_path, *L.tok, data_options(a)));
     log.message(L.eval->report().summary(a.eval_data_path));
   }
+  // --q_lora: the projections become NF4 (double quantised, bf16 compute); embeddings and lm_head bf16
   L.weights = model::load_llama_weights(a.model_name_or_path, core::DType::F32,
-                                        a.bf16 ? core::DType::BF16 : core::DType::F32);
+                                        (a.bf16 || a.q_lora) ? core::DType::BF16 : core::DType::F32, a.q_lora);
   L.config = L.weights.config;
   char buf[256];
-  std::snprintf(buf, sizeof buf, "loaded %s (%s, %.1f M params, frozen %s in %s) and data in %.1f s",
+  std::snprintf(buf, sizeof buf, "loaded %s (%s, %.1f M params, frozen %s: %s) and data in %.1f s",
                 a.model_name_or_path.c_str(), L.config.architecture.c_str(), double(L.weights.parameter_count()) / 1e6,
-                a.bf16 ? "bf16" : "f32", "memory", t.seconds());
+                a.q_lora ? "NF4 projections + bf16" : a.bf16 ? "bf16" : "f32",
+                (std::to_string(L.weights.frozen_bytes() >> 20) + " MiB").c_str(), t.seconds());
   log.message(buf);
   return L;
 }
@@ -181,6 +180,7 @@ nlohmann::json args_json(const TrainArgs& a, int world, const std::string& data_
   j["packing"] = a.packing;
   j["token_weighted_loss"] = a.token_weighted_loss;
   j["bf16"] = a.bf16;
+  j["q_lora"] = a.q_lora;
   j["lora_r"] = a.lora_r;
   j["lora_alpha"] = a.lora_alpha;
   j["lora_dropout"] = a.lora_dropout;

@@ -12,7 +12,9 @@
 #include "core/error.h"
 #include "kernels/cpu/common.h"
 #include "kernels/cpu/onednn.h"
+#include "kernels/nf4.h"
 #include "kernels/kernels.h"
+#include "kernels/nf4.h"
 
 namespace zerolora::kernels {
 
@@ -337,8 +339,26 @@ bool FrozenWeight::prepack(int64_t m_hint) {
   }
 }
 
+FrozenWeight FrozenWeight::make_nf4(std::shared_ptr<const Nf4Weight> q) {
+  core::check(q != nullptr, "linear weight", "empty NF4 weight");
+  FrozenWeight w;
+  w.N = q->N;
+  w.K = q->K;
+  w.nf4 = std::move(q);
+  return w;
+}
+
+int64_t FrozenWeight::resident_bytes() const {
+  int64_t n = int64_t(weight.nbytes() + bias.nbytes());
+  if (nf4) n += nf4->storage_bytes() + int64_t(nf4->bias.size() * sizeof(float));
+  return n;
+}
+
 template <typename S>
 void linear_forward(S* out, const S* inp, const FrozenWeight& w, int64_t M) {
+  if constexpr (std::is_same_v<S, float>)
+    if (w.nf4) return nf4_linear_forward(out, inp, *w.nf4, M);
+  core::check(!w.nf4, "linear_forward", "an NF4 weight needs float activations");
   check_types<S>(w, "linear_forward");
   if (M <= 0 || w.N == 0) return;
   const int64_t N = w.N, K = w.K;
@@ -352,6 +372,9 @@ void linear_forward(S* out, const S* inp, const FrozenWeight& w, int64_t M) {
 
 template <typename S>
 void linear_backward_input(S* dinp, const S* dout, const FrozenWeight& w, int64_t M) {
+  if constexpr (std::is_same_v<S, float>)
+    if (w.nf4) return nf4_linear_backward_input(dinp, dout, *w.nf4, M);
+  core::check(!w.nf4, "linear_backward_input", "an NF4 weight needs float activations");
   check_types<S>(w, "linear_backward_input");
   if (M <= 0 || w.K == 0 || w.N == 0) return;
   if constexpr (std::is_same_v<S, float>)
