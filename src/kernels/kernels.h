@@ -45,6 +45,9 @@ struct FrozenWeight {
   // QLoRA: when set, the weight lives only here (4-bit codes + scales; `weight` is empty) and the linear
   // functions dequantise it tile by tile (float activations only).
   std::shared_ptr<const Nf4Weight> nf4;
+  // --fp16: the activations entering this GEMM are rounded through IEEE half first (the weight itself
+  // already holds half-representable values), so products see fp16 inputs; accumulation stays fp32.
+  bool fp16_inputs = false;
   bool has_bias() const { return bias.numel() > 0; }
   // Throws core::Error unless weight is 2-D F32/F64/BF16 and bias is empty or [N] (F64 for an F64
   // weight, F32 otherwise).

@@ -72,6 +72,25 @@ int64_t LlamaWeights::frozen_bytes() const {
   return n;
 }
 
+void round_frozen_weights_to_fp16(LlamaWeights& w) {
+  core::check(w.storage == core::DType::F32 && !w.nf4, "--fp16", "needs f32 frozen weights",
+              "do not combine --fp16 with --bf16 or --q_lora");
+  auto round = [](core::Tensor& t) {
+    if (t.numel() == 0) return;
+    std::vector<uint16_t> half(size_t(t.numel()));
+    core::convert(t.raw(), core::DType::F32, half.data(), core::DType::F16, half.size());
+    core::convert(half.data(), core::DType::F16, t.raw(), core::DType::F32, half.size());
+  };
+  round(w.embed);  // the tied lm_head shares this memory
+  for (auto& l : w.layers)
+    for (auto& p : l.proj) {
+      round(p.weight);
+      p.fp16_inputs = true;
+    }
+  if (!w.config.tie_word_embeddings) round(w.lm_head.weight);
+  w.lm_head.fp16_inputs = true;
+}
+
 LlamaWeights load_llama_weights(const std::string& model_dir, core::DType compute, core::DType storage, bool nf4) {
   const std::string config_path = (std::filesystem::path(model_dir) / "config.json").string();
   io::HfConfig c = io::load_hf_config(config_path);

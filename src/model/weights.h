@@ -41,6 +41,11 @@ using TensorSource = std::function<core::Tensor(const std::string&, core::DType,
 LlamaWeights build_llama_weights(const io::HfConfig& config, core::DType compute, core::DType storage,
                                  const TensorSource& source, bool nf4 = false);
 
+// --fp16: rounds every frozen matrix (embedding, projections, lm_head) to IEEE-half values in place and
+// makes the projections and lm_head round their input activations to half as well: fp16 GEMM inputs
+// with fp32 accumulation and fp32 activations in between. Needs F32 storage.
+void round_frozen_weights_to_fp16(LlamaWeights& weights);
+
 // HF tensor names of a model (in file order), with their shapes — shared by the loader, the random
 // model writer and merge.
 std::vector<std::pair<std::string, core::Shape>> llama_tensor_shapes(const io::HfConfig& c);

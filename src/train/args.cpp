@@ -242,7 +242,7 @@ const std::vector<Flag>& flag_table() {
                  [](const A&) { return std::string("automatic"); }});
     // precision / distributed
     t.push_back(bool_flag("bf16", G::Precision, &A::bf16, "bf16 weights/activations, fp32 master weights"));
-    t.push_back(bool_flag("fp16", G::Precision, &A::fp16, "fp16 with dynamic loss scaling: not available in this build yet; True is refused (use --bf16)"));
+    t.push_back(bool_flag("fp16", G::Precision, &A::fp16, "fp16: frozen weights and GEMM inputs in IEEE half, fp32 master weights, dynamic loss scaling (DeepSpeed)"));
     t.push_back({"tf32", G::Precision, Arity::OptionalValue, "BOOL", "accepted; no effect on the CPU build",
                  [](A& a, const Values& v) { a.tf32 = v.empty() ? true : parse_bool("tf32", only(v)); },
                  [](const A& a) { return a.tf32 ? show_bool(*a.tf32) : std::string("None"); }});

@@ -26,7 +26,7 @@ MicroBatchLoss run_micro_batch(model::LlamaModel<S>& model, const model::ModelIn
   MicroBatchLoss out;
   if (micro_tokens <= 0) return out;
   const double scale = micro_batch_grad_scale(norm, micro_tokens);
-  auto res = model.forward_backward(input, params, grads, scale, dropout_seed);
+  auto res = model.forward_backward(input, params, grads, scale * norm.loss_scale, dropout_seed);
   out.loss_sum = res.loss_sum;
   out.tokens = res.tokens;
   out.logged = res.loss_sum * scale;  // summed over micro-batches and ranks: the window's loss

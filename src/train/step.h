@@ -17,6 +17,7 @@ struct LossNormalisation {
   int64_t accumulation_steps = 1;
   int world_size = 1;
   int64_t window_tokens_all_ranks = 0;  // needed when token_weighted
+  double loss_scale = 1.0;              // fp16: gradients carry this factor (the logged loss does not)
 };
 
 // The factor micro-batch loss_sum is multiplied by, so that summing gradients over micro-batches and

@@ -20,6 +20,7 @@
 #include "tokenizer/tokenizer.h"
 #include "train/deepspeed_config.h"
 #include "train/epoch_batches.h"
+#include "train/loss_scaler.h"
 #include "train/lr_schedule.h"
 #include "train/optimizer.h"
 #include "train/progress.h"
@@ -88,10 +89,6 @@ data::DataOptions data_options(const TrainArgs& a) {
 }
 
 void refuse_unsupported(const TrainArgs& a, const ResolvedDeepSpeedConfig* ds) {
-  if (a.fp16 || (ds && ds->fp16))
-    throw core::Error(a.fp16 ? "--fp16" : ds->path + ":fp16.enabled",
-                      "fp16 mixed precision with loss scaling is not available in this build yet",
-                      "use --bf16 True (no loss scaling needed), or set fp16.enabled false");
   if (ds && ds->zero.stage == 3)
     throw core::Error(ds->path + ":zero_optimization.stage", "ZeRO stage 3 (sharded frozen weights) is not "
                       "available in this build yet", "use stage 2: for LoRA it holds the same trainable state "
@@ -244,7 +241,15 @@ TrainResult run_training(TrainArgs a, dist::Comm& comm) {
   // Every rank must run the same configuration, or collectives would mismatch later.
   dist::check_same_on_all_ranks(comm, "training arguments", args_json(a, world, "", "").dump());
 
+  const bool fp16 = ds ? ds->fp16 : a.fp16;
   Loaded L = load_everything(a, true, log);
+  if (fp16) {
+    model::round_frozen_weights_to_fp16(L.weights);
+    log.message("fp16: frozen weights and GEMM inputs in IEEE half (fp32 accumulation, fp32 master weights), "
+                "dynamic loss scaling with DeepSpeed's rules");
+  }
+  DynamicLossScaler scaler(ds ? ds->loss_scale : LossScaleConfig{});
+  int64_t skipped_steps = 0;  // fp16 overflow steps: counted in global_step, not in the LR schedule
   data::Dataset& train_set = *L.train;
   core::check(train_set.size() > 0, a.data_path, "holds no samples", "check the file");
   dist::check_same_on_all_ranks(comm, "training data size", std::to_string(train_set.size()));
@@ -314,6 +319,9 @@ TrainResult run_training(TrainArgs a, dist::Comm& comm) {
     }
     opt.set_steps(snap.optimizer_steps);
     state = snap.state;
+    skipped_steps = snap.scheduler.value("skipped_steps", int64_t(0));
+    if (snap.scheduler.contains("loss_scaler"))
+      scaler = DynamicLossScaler::from_json(snap.scheduler["loss_scaler"], resume_dir + "/scheduler.json");
     log.message("resumed from " + resume_dir + " at step " + std::to_string(state.global_step));
   }
   state.max_steps = plan.total_steps;
@@ -360,7 +368,8 @@ TrainResult run_training(TrainArgs a, dist::Comm& comm) {
       snap.optimizer_steps = opt.steps();
       snap.state = state;
       snap.scheduler = {{"type", to_string(a.lr_scheduler_type)}, {"base_lr", base_lr},
-                        {"total_steps", plan.total_steps}, {"warmup_steps", plan.warmup_steps}, {"last_step", step}};
+                        {"total_steps", plan.total_steps}, {"warmup_steps", plan.warmup_steps}, {"last_step", step},
+                        {"skipped_steps", skipped_steps}, {"loss_scaler", scaler.to_json()}};
       snap.args = run_args;
       const std::string dir = (fs::path(a.output_dir) / ("checkpoint-" + std::to_string(step))).string();
       save_training_checkpoint(dir, snap, layout, a.model_name_or_path);
@@ -397,6 +406,7 @@ TrainResult run_training(TrainArgs a, dist::Comm& comm) {
       norm.token_weighted = a.token_weighted_loss;
       norm.accumulation_steps = k1 - k0;
       norm.world_size = world;
+      norm.loss_scale = fp16 ? scaler.scale() : 1.0;
       if (a.token_weighted_loss) norm.window_tokens_all_ranks = comm.all_reduce(window_tokens, dist::ScalarOp::Sum);
 
       std::fill(grads.begin(), grads.end(), 0.f);
@@ -425,6 +435,23 @@ TrainResult run_training(TrainArgs a, dist::Comm& comm) {
           comm.all_reduce_sum(std::span<float>(grads));
         }
       }
+      if (fp16) {
+        // the gradients as fp16 would hold them: any value past half's range (or inf/nan) is an overflow
+        int64_t overflow = 0;
+        const float* g = grads.data() + shard.begin;
+        for (int64_t i = 0; i < shard.size() && !overflow; ++i) overflow = !(std::abs(g[i]) <= 65504.0f);
+        if (comm.all_reduce(overflow, dist::ScalarOp::Max) > 0) {
+          const double scale_was = scaler.scale();
+          scaler.update(true);  // throws DeepSpeed's error at the minimum scale
+          state.global_step += 1, skipped_steps += 1;
+          nlohmann::json e = {{"step", state.global_step}, {"skipped", true}, {"loss_scale", scale_was},
+                              {"next_loss_scale", scaler.scale()}, {"epoch", state.epoch}};
+          state.log_history.push_back(e);
+          progress.log(e);
+          continue;
+        }
+        scale_in_place(grads.data() + shard.begin, shard.size(), 1.0 / scaler.scale());
+      }
       double sq = kernels::sum_squares(grads.data() + shard.begin, shard.size());
       if (zero_stage > 0) sq = comm.all_reduce(sq, dist::ScalarOp::Sum);
       const double grad_norm = std::sqrt(sq);
@@ -440,8 +467,10 @@ TrainResult run_training(TrainArgs a, dist::Comm& comm) {
                           "was saved from this step");
       }
       scale_in_place(grads.data() + shard.begin, shard.size(), clip_coefficient(grad_norm, clip));
-      const double lr = schedule.lr(state.global_step);
+      const double lr = schedule.lr(state.global_step - skipped_steps);
       opt.step(params.data() + shard.begin, grads.data() + shard.begin, lr);
+      const double loss_scale_used = scaler.scale();
+      if (fp16) scaler.update(false);
       if (zero_stage > 0 && world > 1) {
         std::vector<float> mine(params.begin() + shard.begin, params.begin() + shard.end);
         comm.all_gather(std::span<const float>(mine), std::span<float>(params));
@@ -463,6 +492,7 @@ TrainResult run_training(TrainArgs a, dist::Comm& comm) {
         nlohmann::json e = {{"loss", logged_loss_sum / double(logged_steps)}, {"grad_norm", grad_norm},
                             {"learning_rate", lr}, {"epoch", state.epoch}, {"step", state.global_step},
                             {"tokens_per_second", tps}};
+        if (fp16) e["loss_scale"] = loss_scale_used;
         state.log_history.push_back(e);
         progress.log(e);
         logged_loss_sum = 0, logged_steps = 0, tokens_since = 0;

@@ -354,10 +354,23 @@ int64_t FrozenWeight::resident_bytes() const {
   return n;
 }
 
+// rows x cols activations rounded through IEEE half into a reused per-thread buffer (--fp16)
+static const float* rounded_to_fp16(const float* x, int64_t n) {
+  thread_local std::vector<float> buf;
+  thread_local std::vector<uint16_t> half;
+  buf.resize(size_t(n));
+  half.resize(size_t(n));
+  core::convert(x, DType::F32, half.data(), DType::F16, size_t(n));
+  core::convert(half.data(), DType::F16, buf.data(), DType::F32, size_t(n));
+  return buf.data();
+}
+
 template <typename S>
 void linear_forward(S* out, const S* inp, const FrozenWeight& w, int64_t M) {
-  if constexpr (std::is_same_v<S, float>)
+  if constexpr (std::is_same_v<S, float>) {
     if (w.nf4) return nf4_linear_forward(out, inp, *w.nf4, M);
+    if (w.fp16_inputs) inp = rounded_to_fp16(inp, M * w.K);
+  }
   core::check(!w.nf4, "linear_forward", "an NF4 weight needs float activations");
   check_types<S>(w, "linear_forward");
   if (M <= 0 || w.N == 0) return;
@@ -372,8 +385,10 @@ void linear_forward(S* out, const S* inp, const FrozenWeight& w, int64_t M) {
 
 template <typename S>
 void linear_backward_input(S* dinp, const S* dout, const FrozenWeight& w, int64_t M) {
-  if constexpr (std::is_same_v<S, float>)
+  if constexpr (std::is_same_v<S, float>) {
     if (w.nf4) return nf4_linear_backward_input(dinp, dout, *w.nf4, M);
+    if (w.fp16_inputs) dout = rounded_to_fp16(dout, M * w.N);
+  }
   core::check(!w.nf4, "linear_backward_input", "an NF4 weight needs float activations");
   check_types<S>(w, "linear_backward_input");
   if (M <= 0 || w.K == 0 || w.N == 0) return;
