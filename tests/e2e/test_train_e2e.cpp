@@ -154,8 +154,11 @@ TEST(TrainE2E, BadFlagsStopWithOneLine) {
   EXPECT_EQ(run_command(run.train_cmd((run.dir / "o").string(), "--learning_rat 1e-3"), &log), 1);
   EXPECT_NE(log.find("--learning_rat"), std::string::npos) << log;
   EXPECT_NE(log.find("did you mean --learning_rate"), std::string::npos) << log;
-  EXPECT_EQ(run_command(run.train_cmd((run.dir / "o").string(), "--q_lora True"), &log), 1);
+  EXPECT_EQ(run_command(run.train_cmd((run.dir / "o").string(), "--q_lora True --fp16 True"), &log), 1);
+  EXPECT_NE(log.find("--fp16"), std::string::npos) << log;
   EXPECT_NE(log.find("--q_lora"), std::string::npos) << log;
+  EXPECT_EQ(run_command(run.train_cmd((run.dir / "o").string(), "--bf16 True --fp16 True"), &log), 1);
+  EXPECT_NE(log.find("only one half precision"), std::string::npos) << log;
   EXPECT_EQ(run_command(run.train_cmd((run.dir / "o").string(), "--lora_target_modules q_proj,v_proj"), &log), 1);
   EXPECT_NE(log.find("lora_target_modules"), std::string::npos) << log;
 }
