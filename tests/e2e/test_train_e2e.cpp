@@ -75,7 +75,7 @@ TEST(TrainE2E, RotationKeepsExactlySaveTotalLimit) {
 
 TEST(TrainE2E, ResumeAfterKillMinus9IsExact) {
   TinyRun run;
-  const std::string flags = "--max_steps 24 --per_device_train_batch_size 4 --save_steps 3 --lora_r 4";
+  const std::string flags = "--max_steps 48 --per_device_train_batch_size 4 --save_steps 3 --lora_r 4";
   const std::string ref = (run.dir / "ref").string();
   std::string log;
   ASSERT_EQ(run_command(run.train_cmd(ref, flags), &log), 0) << log;
@@ -91,7 +91,7 @@ TEST(TrainE2E, ResumeAfterKillMinus9IsExact) {
       execl("/bin/sh", "sh", "-c", ("exec " + cmd).c_str(), (char*)nullptr);
       _exit(127);
     }
-    std::this_thread::sleep_for(std::chrono::milliseconds(150 + rng() % 900));
+    std::this_thread::sleep_for(std::chrono::milliseconds(20 + rng() % 400));
     if (kill(pid, SIGKILL) == 0) ++kills;
     int status = 0;
     waitpid(pid, &status, 0);
@@ -103,13 +103,14 @@ TEST(TrainE2E, ResumeAfterKillMinus9IsExact) {
   EXPECT_EQ(read_file(fs::path(out) / "adapter_model.safetensors"), want)
       << "the resumed run's adapter differs from the uninterrupted run's";
   auto state = read_json_file(fs::path(out) / "trainer_state.json");
-  EXPECT_EQ(state["global_step"], 24);
+  EXPECT_EQ(state["global_step"], 48);
 }
 
-TEST(TrainE2E, SigtermSavesAndExitsZeroThenResumes) {
+TEST(TrainE2E, SigtermSavesACheckpointAndExitsZero) {
   TinyRun run;
   const std::string out = (run.dir / "out").string();
-  const std::string flags = "--max_steps 400 --per_device_train_batch_size 2 --save_steps 1000 --lora_r 4";
+  // far more steps than can run before the signal arrives, whatever the machine's speed
+  const std::string flags = "--max_steps 1000000 --per_device_train_batch_size 2 --save_steps 10000000 --lora_r 4";
   pid_t pid = fork();
   if (pid == 0) {
     execl("/bin/sh", "sh", "-c", ("exec " + run.train_cmd(out, flags) + " > /dev/null 2>&1").c_str(), (char*)nullptr);
@@ -127,7 +128,7 @@ TEST(TrainE2E, SigtermSavesAndExitsZeroThenResumes) {
   ASSERT_FALSE(last.empty()) << "SIGTERM must leave a checkpoint";
   const int64_t step = *io::checkpoint_step_from_name(fs::path(last).filename().string());
   EXPECT_GT(step, 0);
-  EXPECT_LT(step, 400);
+  EXPECT_LT(step, 1000000);
 }
 
 TEST(TrainE2E, ResumeWithDifferentGlobalBatchIsRefused) {
