@@ -1,0 +1,12 @@
+// config.json validation (io::parse_hf_config).
+#include "fuzz_util.h"
+#include "io/hf_config.h"
+
+extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
+  ZL_FUZZ_BODY({
+    auto j = nlohmann::json::parse(fuzz_text(data, size));
+    auto c = zerolora::io::parse_hf_config(j, "config.json");
+    (void)zerolora::io::hf_config_to_json(c);
+  });
+  return 0;
+}
