@@ -4,8 +4,13 @@
 #include "train/trainer_state.h"
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
+  nlohmann::json j;
+  try {
+    j = nlohmann::json::parse(fuzz_text(data, size));  // the file reader wraps this step (tested there)
+  } catch (const nlohmann::json::exception&) {
+    return 0;
+  }
   ZL_FUZZ_BODY({
-    auto j = nlohmann::json::parse(fuzz_text(data, size));
     auto s = zerolora::train::trainer_state_from_json(j, "trainer_state.json");
     (void)zerolora::train::trainer_state_to_json(s);
     (void)zerolora::train::DynamicLossScaler::from_json(j, "scheduler.json");

@@ -69,7 +69,13 @@ bool byte_level_decode(std::string_view text, std::string* bytes) {
 
 BpeTokenizer::BpeTokenizer(const std::string& json_text, const std::string& where, const BpeSpecialNames& names)
     : where_(where) {
-  load(json_text, names);
+  try {
+    load(json_text, names);
+  } catch (const json::exception& e) {
+    // a field of the wrong type somewhere in the file: still one clear error, never a crash
+    throw core::Error(where_, std::string("has a malformed field (") + e.what() + ")",
+                      "restore tokenizer.json from the model's original folder");
+  }
 }
 
 std::unique_ptr<BpeTokenizer> BpeTokenizer::from_folder(const std::string& model_dir) {

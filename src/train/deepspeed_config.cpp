@@ -300,7 +300,7 @@ DeepSpeedConfig parse_deepspeed_config(const std::string& json_text, const std::
   json root;
   try {
     root = json::parse(json_text);
-  } catch (const json::parse_error& e) {
+  } catch (const json::exception& e) {  // parse errors and numbers out of range
     throw Error(path, std::string("is not valid JSON: ") + e.what(), "fix the syntax (a trailing comma?)");
   }
   if (!root.is_object()) throw Error(path, "expected a JSON object {...} at the top", "check the --deepspeed file");

@@ -161,7 +161,7 @@ TrainerState load_trainer_state(const std::string& path) {
   json j;
   try {
     j = json::parse(text.str());
-  } catch (const json::parse_error& e) {
+  } catch (const json::exception& e) {  // parse errors and numbers out of range
     throw core::Error(path, std::string("is not valid JSON: ") + e.what(),
                       "repair it, or resume from an earlier checkpoint-<step>");
   }
