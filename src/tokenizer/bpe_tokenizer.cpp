@@ -1,5 +1,6 @@
 #include "tokenizer/bpe_tokenizer.h"
 
+#include <climits>
 #include <algorithm>
 #include <array>
 #include <filesystem>
@@ -67,6 +68,14 @@ bool byte_level_decode(std::string_view text, std::string* bytes) {
   return true;
 }
 
+// A token id from the file: an integer in [0, 2^31); anything else is a clear error, never a narrowing.
+static int32_t token_id_from_json(const json& v, const std::string& where) {
+  core::check(v.is_number_integer() && v.get<int64_t>() >= 0 && v.get<int64_t>() <= INT32_MAX, where,
+              "token id " + v.dump() + " is not an integer in [0, 2^31)",
+              "restore tokenizer.json from the model's original folder");
+  return static_cast<int32_t>(v.get<int64_t>());
+}
+
 BpeTokenizer::BpeTokenizer(const std::string& json_text, const std::string& where, const BpeSpecialNames& names)
     : where_(where) {
   try {
@@ -125,14 +134,14 @@ void BpeTokenizer::load(const std::string& json_text, const BpeSpecialNames& nam
   core::check(model.contains("vocab") && model["vocab"].is_object(), where_ + ":model.vocab", "is missing",
               "restore tokenizer.json from the model's original folder");
   int32_t max_id = -1;
-  for (const auto& [text, id_json] : model["vocab"].items()) max_id = std::max(max_id, id_json.get<int32_t>());
+  for (const auto& [text, id_json] : model["vocab"].items()) max_id = std::max(max_id, token_id_from_json(id_json, where_ + ":model.vocab"));
   token_strings_.assign(static_cast<size_t>(max_id + 1), "");
   token_raw_bytes_.assign(static_cast<size_t>(max_id + 1), "");
   id_by_bytes_.reserve(static_cast<size_t>(max_id + 1) * 2);
   std::fill(std::begin(byte_token_), std::end(byte_token_), -1);
   std::string bytes;
   for (const auto& [text, id_json] : model["vocab"].items()) {
-    const int32_t id = id_json.get<int32_t>();
+    const int32_t id = token_id_from_json(id_json, where_ + ":model.vocab");
     core::check(id >= 0, where_ + ":model.vocab", "token \"" + text + "\" has a negative id",
                 "restore tokenizer.json from the model's original folder");
     token_strings_[id] = text;
@@ -182,7 +191,7 @@ void BpeTokenizer::load(const std::string& json_text, const BpeSpecialNames& nam
     for (const json& t : j["added_tokens"]) {
       AddedToken a;
       a.content = t.value("content", std::string());
-      a.id = t.value("id", -1);
+      a.id = t.contains("id") ? token_id_from_json(t["id"], where_ + ":added_tokens") : -1;
       a.special = t.value("special", false);
       a.lstrip = t.value("lstrip", false);
       a.rstrip = t.value("rstrip", false);
@@ -259,7 +268,7 @@ void BpeTokenizer::load(const std::string& json_text, const BpeSpecialNames& nam
                     "template token \"" + name + "\" has no entry in special_tokens",
                     "restore tokenizer.json from the model's original folder");
         for (const json& id : p["special_tokens"][name].value("ids", json::array()))
-          (after_sequence ? suffix_ids_ : prefix_ids_).push_back(id.get<int32_t>());
+          (after_sequence ? suffix_ids_ : prefix_ids_).push_back(token_id_from_json(id, where_ + ":post_processor"));
       }
     }
   }
