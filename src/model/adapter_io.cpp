@@ -84,6 +84,8 @@ LoraConfig read_peft_adapter_config(const std::string& dir) {
               "is not \"LORA\"", "only LoRA adapters are supported");
   LoraConfig c;
   try {
+    core::check(j.at("r").is_number_integer() && j["r"].get<int64_t>() >= 1, path.string() + ":r",
+                "must be a positive integer, got " + j["r"].dump());
     c.r = j.at("r").get<int64_t>();
     c.alpha = j.value("lora_alpha", 8.0);
     c.dropout = j.value("lora_dropout", 0.0);
