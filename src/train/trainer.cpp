@@ -230,6 +230,11 @@ TrainResult run_training(TrainArgs a, dist::Comm& comm) {
   }
   refuse_unsupported(a, ds ? &*ds : nullptr);
   refuse_bias_training(a, peek);
+  // Mistral/Qwen2 sliding-window attention is not implemented: refuse sequences that would need it.
+  if (peek.sliding_window > 0 && a.model_max_length > peek.sliding_window)
+    throw core::Error("--model_max_length", std::to_string(a.model_max_length) + " exceeds the model's sliding_window " +
+                      std::to_string(peek.sliding_window) + " (" + peek.path + "), and sliding-window attention is not "
+                      "implemented", "use --model_max_length <= " + std::to_string(peek.sliding_window));
   const int zero_stage = ds ? int(ds->zero.stage) : 0;
   const double clip = ds ? ds->gradient_clipping : a.max_grad_norm;
   const double base_lr = ds ? ds->learning_rate : a.learning_rate;

@@ -1,1 +1,0 @@
-// placeholder translation unit for a module that has no sources yet
