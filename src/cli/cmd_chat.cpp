@@ -44,14 +44,8 @@ int cmd_chat(int argc, char** argv) {
   const data::TemplateStyle style = data::find_template(conv_template);
   auto tok = tokenizer::load_tokenizer(model_dir);
   auto weights = model::load_llama_weights(model_dir, core::DType::F32, bf16 ? core::DType::BF16 : core::DType::F32);
-  std::unique_ptr<model::LoraLayout> layout;
-  std::vector<float> params;
-  if (!adapter_dir.empty()) {
-    layout = std::make_unique<model::LoraLayout>(weights.config, model::read_peft_adapter_config(adapter_dir));
-    params.resize(size_t(layout->numel()));
-    model::load_peft_adapter(adapter_dir, *layout, params.data());
-  }
-  model::KvCacheDecoder<float> decoder(weights, layout.get(), layout ? params.data() : nullptr);
+  const model::LoadedAdapter adapter = model::load_adapter_for_model(weights.config, adapter_dir);
+  model::KvCacheDecoder<float> decoder(weights, adapter.layout.get(), adapter.data());
   model::GenerationOptions go;
   go.max_new_tokens = max_new_tokens;
   go.sampling.temperature = temperature;

@@ -91,14 +91,8 @@ int cmd_generate(int argc, char** argv) {
   if (!stop_text.empty())
     for (int32_t id : parse_id_list(stop_text, "--stop_ids")) options.stop_ids.push_back(id);
 
-  std::unique_ptr<model::LoraLayout> layout;
-  std::vector<float> params;
-  if (!adapter_dir.empty()) {
-    layout = std::make_unique<model::LoraLayout>(weights.config, model::read_peft_adapter_config(adapter_dir));
-    params.resize(size_t(layout->numel()));
-    model::load_peft_adapter(adapter_dir, *layout, params.data());
-  }
-  model::KvCacheDecoder<float> decoder(weights, layout.get(), layout ? params.data() : nullptr);
+  const model::LoadedAdapter adapter = model::load_adapter_for_model(weights.config, adapter_dir);
+  model::KvCacheDecoder<float> decoder(weights, adapter.layout.get(), adapter.data());
 
   model::GenerationResult result;
   if (tok) {

@@ -101,6 +101,15 @@ LoraConfig read_peft_adapter_config(const std::string& dir) {
   return c;
 }
 
+LoadedAdapter load_adapter_for_model(const io::HfConfig& config, const std::string& dir) {
+  LoadedAdapter a;
+  if (dir.empty()) return a;
+  a.layout = std::make_unique<LoraLayout>(config, read_peft_adapter_config(dir));
+  a.params.assign(size_t(a.layout->numel()), 0.f);
+  load_peft_adapter(dir, *a.layout, a.params.data());
+  return a;
+}
+
 void load_peft_adapter(const std::string& dir, const LoraLayout& layout, float* params) {
   const std::string path = (fs::path(dir) / "adapter_model.safetensors").string();
   core::check(fs::exists(path), path, "not found",

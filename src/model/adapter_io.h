@@ -2,6 +2,7 @@
 // Keys: base_model.model.<module>.lora_A.weight [r, in] and .lora_B.weight [out, r].
 // (This lives in model rather than io because the names come from the model's module tree.)
 #pragma once
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -28,6 +29,15 @@ LoraConfig read_peft_adapter_config(const std::string& dir);
 // Loads adapter tensors into params (layout.numel() floats). Every slot of the layout must be present
 // with the right shape; extra LoRA tensors (a target the layout lacks) are an error naming them.
 void load_peft_adapter(const std::string& dir, const LoraLayout& layout, float* params);
+// An adapter folder read for a model: its layout (from adapter_config.json) and its flat parameters.
+// An empty dir gives an empty adapter (layout null): the base model alone.
+struct LoadedAdapter {
+  std::unique_ptr<LoraLayout> layout;
+  std::vector<float> params;
+  const float* data() const { return layout ? params.data() : nullptr; }
+};
+LoadedAdapter load_adapter_for_model(const io::HfConfig& config, const std::string& dir);
+
 // The same from one safetensors file holding PEFT-named adapter tensors.
 void load_adapter_tensors(const std::string& safetensors_path, const LoraLayout& layout, float* params);
 

@@ -68,7 +68,9 @@ void write_demo_model(const std::string& dir, const std::vector<std::string>& co
   nlohmann::json tok = tokenizer::train_byte_level_bpe(corpus, bo);
   io::write_file_synced((fs::path(dir) / "tokenizer.json").string(), tok.dump() + "\n");
   io::HfConfig c = model::preset_config("small");
-  c.vocab_size = 512;
+  // the model's vocabulary is exactly the tokenizer's (a small corpus may yield fewer merges than asked
+  // for), so every id the model can emit decodes
+  c.vocab_size = int64_t(tok["model"]["vocab"].size());
   c.bos_token_id = 1;
   c.eos_token_ids = {2};
   model::RandomInit init;
@@ -90,10 +92,8 @@ std::string generation_prompt(const std::string& conv_template, const std::strin
 void generate_samples(const std::string& model_dir, const std::string& adapter_dir, const std::string& conv_template) {
   auto tok = tokenizer::load_tokenizer(model_dir);
   auto weights = model::load_llama_weights(model_dir, core::DType::F32, core::DType::F32);
-  model::LoraLayout layout(weights.config, model::read_peft_adapter_config(adapter_dir));
-  std::vector<float> params(size_t(layout.numel()));
-  model::load_peft_adapter(adapter_dir, layout, params.data());
-  model::KvCacheDecoder<float> decoder(weights, &layout, params.data());
+  const model::LoadedAdapter adapter = model::load_adapter_for_model(weights.config, adapter_dir);
+  model::KvCacheDecoder<float> decoder(weights, adapter.layout.get(), adapter.data());
   model::GenerationOptions go;
   go.max_new_tokens = 24;
   go.stop_ids = model::model_stop_ids(model_dir, weights.config);

@@ -556,15 +556,9 @@ double run_evaluation(const TrainArgs& a, const std::string& adapter_dir, dist::
   TrainArgs e = a;
   if (e.eval_data_path.empty()) e.eval_data_path = e.data_path;
   Loaded L = load_everything(e, false, log);
-  std::unique_ptr<model::LoraLayout> layout;
-  std::vector<float> params;
-  if (!adapter_dir.empty()) {
-    layout = std::make_unique<model::LoraLayout>(L.config, model::read_peft_adapter_config(adapter_dir));
-    params.assign(size_t(layout->numel()), 0.f);
-    model::load_peft_adapter(adapter_dir, *layout, params.data());
-  }
-  model::LlamaModel<float> m(L.weights, layout.get());
-  auto [sum, n] = evaluate(m, layout ? params.data() : nullptr, *L.eval, e, L.pad_id, comm);
+  const model::LoadedAdapter adapter = model::load_adapter_for_model(L.config, adapter_dir);
+  model::LlamaModel<float> m(L.weights, adapter.layout.get());
+  auto [sum, n] = evaluate(m, adapter.data(), *L.eval, e, L.pad_id, comm);
   core::check(n > 0, e.eval_data_path, "has no trained tokens to evaluate", "check the data and template");
   const double loss = sum / double(n);
   char buf[256];

@@ -27,9 +27,10 @@ struct TinyRun {
     std::filesystem::create_directories(model);
     tokenizer::BpeTrainerOptions bo;
     bo.vocab_size = 320;
-    write_file(std::filesystem::path(model) / "tokenizer.json", tokenizer::train_byte_level_bpe(corpus, bo).dump());
+    const auto tok = tokenizer::train_byte_level_bpe(corpus, bo);
+    write_file(std::filesystem::path(model) / "tokenizer.json", tok.dump());
     io::HfConfig c = model::preset_config("tiny");
-    c.vocab_size = 320;
+    c.vocab_size = int64_t(tok["model"]["vocab"].size());  // every id the model emits decodes
     model::RandomInit init;
     init.seed = 3;
     init.init_std = 0.05;
