@@ -79,32 +79,9 @@ TEST(Fp16E2E, AbortsAtTheMinimumScale) {
 TEST(Fp16E2E, EvalLossWithinOnePercentOfF32) {
   ZL_REQUIRE_SHARED(model, "models/stories260K-hf");
   ZL_REQUIRE_SHARED(data, "data/dummy_conversation.json");
-  TempDir dir;
-  auto rows = nlohmann::json::parse(read_file(data));
-  nlohmann::json eval_rows = nlohmann::json::array();
-  for (size_t i = 0; i < 32; ++i) eval_rows.push_back(rows[i]);
-  const std::string eval_path = (dir / "eval.json").string();
-  write_file(eval_path, eval_rows.dump());
-  auto final_eval = [&](const std::string& name, const std::string& precision) {
-    const std::string out = (dir / name).string();
-    std::string log;
-    EXPECT_EQ(run_command(zerolora_binary() + " train --model_name_or_path " + model + " --data_path " + data +
-                              " --eval_data_path " + eval_path + " --output_dir " + out +
-                              " --max_steps 100 --per_device_train_batch_size 4 --learning_rate 2e-3"
-                              " --model_max_length 160 --padding longest --lora_target_modules q_proj k_proj v_proj"
-                              " o_proj gate_proj up_proj down_proj --logging_steps 10 --save_strategy no"
-                              " --num_threads 2 " + precision,
-                          &log),
-              0)
-        << log;
-    const auto state = read_json_file(fs::path(out) / "trainer_state.json");
-    double eval = NAN;
-    for (const auto& e : state["log_history"])
-      if (e.contains("eval_loss")) eval = e["eval_loss"].get<double>();
-    return eval;
-  };
-  const double f32 = final_eval("f32", "");
-  const double half = final_eval("fp16", "--fp16 True");
+  const Stories260KPrecisionRuns runs(model, data);
+  const double f32 = runs.final_eval("f32", "");
+  const double half = runs.final_eval("fp16", "--fp16 True");
   EXPECT_LT(std::abs(half - f32) / f32, 0.01) << "f32 " << f32 << " fp16 " << half;
   std::printf("eval loss after 100 steps: f32 %.5f, fp16 %.5f (%.2f%%)\n", f32, half, 100 * (half - f32) / f32);
 }
