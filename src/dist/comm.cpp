@@ -149,6 +149,9 @@ Request Comm::all_gather_async(std::span<const uint16_t> bf16_input, std::span<u
   return all_gather_checked(bf16_input.data(), bf16_input.size(), bf16_output.data(),
                             bf16_output.size(), DType::BF16);
 }
+Request Comm::all_gather_async(std::span<const uint8_t> input, std::span<uint8_t> output) {
+  return all_gather_checked(input.data(), input.size(), output.data(), output.size(), DType::U8);
+}
 
 void Comm::broadcast_checked(void* data, size_t count_elements, DType dtype, int root) {
   check_root("dist::Comm::broadcast", root, size());

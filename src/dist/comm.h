@@ -129,6 +129,8 @@ class Comm {
   }
   Request all_gather_async(std::span<const float> input, std::span<float> output);
   Request all_gather_async(std::span<const uint16_t> bf16_input, std::span<uint16_t> bf16_output);
+  // Raw bytes (ZeRO-3's frozen weights in whatever storage they have: bf16, f32, NF4 codes).
+  Request all_gather_async(std::span<const uint8_t> input, std::span<uint8_t> output);
 
   // Every rank receives root's data.
   void broadcast(std::span<float> data, int root);
@@ -150,7 +152,7 @@ class Comm {
 
  protected:
   // The backend's primitives. Arguments are validated and stats counted before these are called.
-  // dtype is F32 or BF16. counts has size() entries; input holds sum(counts) elements.
+  // dtype is F32 or BF16 (U8 for all_gather). counts has size() entries; input holds sum(counts) elements.
   virtual Request start_all_reduce_sum(void* data, size_t count, core::DType dtype) = 0;
   virtual Request start_reduce_scatter_sum(const void* input, void* output,
                                            std::span<const int64_t> counts, core::DType dtype) = 0;

@@ -75,7 +75,9 @@ void release_mpi() {
   if (p.we_initialised) MPI_Finalize();
 }
 
-MPI_Datatype mpi_type(DType dtype) { return dtype == DType::BF16 ? MPI_UINT16_T : MPI_FLOAT; }
+MPI_Datatype mpi_type(DType dtype) {
+  return dtype == DType::BF16 ? MPI_UINT16_T : dtype == DType::U8 ? MPI_BYTE : MPI_FLOAT;
+}
 MPI_Op sum_op(DType dtype) { return dtype == DType::BF16 ? mpi_process().bf16_sum : MPI_SUM; }
 MPI_Op scalar_op(ScalarOp op) {
   switch (op) {

@@ -358,6 +358,16 @@ std::vector<std::string> TensorStore::names() const {
   return out;
 }
 
+// The copy is made: drop the mapping's pages of this tensor from the resident set (they come back from
+// the page cache if read again), so loading a model never holds the file and its converted copy in
+// memory at once. Only whole pages inside the tensor are dropped; neighbours are untouched.
+static void release_mapped_pages(const TensorInfo& t) {
+  const uintptr_t page = uintptr_t(sysconf(_SC_PAGESIZE));
+  const uintptr_t begin = (reinterpret_cast<uintptr_t>(t.data) + page - 1) / page * page;
+  const uintptr_t end = (reinterpret_cast<uintptr_t>(t.data) + t.nbytes) / page * page;
+  if (end > begin) madvise(reinterpret_cast<void*>(begin), end - begin, MADV_DONTNEED);
+}
+
 core::Tensor TensorStore::load(const std::string& name, core::DType dtype, const core::Shape& expected_shape) const {
   const TensorInfo& t = info(name);
   if (!expected_shape.empty() && expected_shape != t.shape)
@@ -373,6 +383,7 @@ core::Tensor TensorStore::load(const std::string& name, core::DType dtype, const
   if (out.numel() == 0) return out;
   if (same_dtype) {
     std::memcpy(out.raw(), t.data, t.nbytes);
+    release_mapped_pages(t);
     return out;
   }
   // Offsets are only byte-aligned (another writer may put an F64 after an odd-length BF16 tensor), and
@@ -385,6 +396,7 @@ core::Tensor TensorStore::load(const std::string& name, core::DType dtype, const
     source = aligned_copy.get();
   }
   core::convert(source, t.dtype, out.raw(), dtype, size_t(out.numel()));
+  release_mapped_pages(t);
   return out;
 }
 

@@ -160,10 +160,38 @@ LoraBranch LlamaModel<S>::lora_branch(int l, Proj p, bool training, uint64_t see
 }
 
 template <typename S>
-void LlamaModel<S>::forward_layer(int l, const ModelInput& in, const S* params, bool training, uint64_t seed) {
+const core::Tensor& LlamaModel<S>::embedding_part() {
+  return stream_ ? stream_->acquire_embedding() : w_.embed;
+}
+template <typename S>
+const LayerWeights& LlamaModel<S>::layer_part(int l) {
+  return stream_ ? stream_->acquire_layer(l) : w_.layers[size_t(l)];
+}
+template <typename S>
+const kernels::FrozenWeight& LlamaModel<S>::lm_head_part() {
+  return stream_ ? stream_->acquire_lm_head() : w_.lm_head;
+}
+template <typename S>
+void LlamaModel<S>::release_part() {
+  if (stream_) stream_->release();
+}
+
+// The flat LoRA buffer is in forward order (layer by layer, lm_head last), so once block l's backward
+// is done every slot from block l's first one to the end is final.
+template <typename S>
+void LlamaModel<S>::report_gradients_final(int first_final_layer) {
+  if (!grad_ready_ || !lora_) return;
+  int64_t from = lora_->numel();
+  for (const auto& s : lora_->slots())
+    if (s.layer == -1 || s.layer >= first_final_layer) from = std::min({from, s.a_offset, s.b_offset});
+  grad_ready_(from);
+}
+
+template <typename S>
+void LlamaModel<S>::forward_layer(int l, const LayerWeights& W, const ModelInput& in, const S* params,
+                                  bool training, uint64_t seed) {
   Arena& a = *a_;
   const auto& c = w_.config;
-  const LayerWeights& W = w_.layers[l];
   auto& s = a.layers[opt_.gradient_checkpointing ? 0 : l];
   const int64_t M = a.M, C = c.hidden_size, NH = c.num_attention_heads, NKV = c.num_key_value_heads;
   const int64_t HD = c.head_dim, I = c.intermediate_size;
@@ -193,10 +221,10 @@ void LlamaModel<S>::forward_layer(int l, const ModelInput& in, const S* params, 
 }
 
 template <typename S>
-void LlamaModel<S>::backward_layer(int l, const ModelInput& in, const S* params, S* grads, uint64_t seed) {
+void LlamaModel<S>::backward_layer(int l, const LayerWeights& W, const ModelInput& in, const S* params, S* grads,
+                                   uint64_t seed) {
   Arena& a = *a_;
   const auto& c = w_.config;
-  const LayerWeights& W = w_.layers[l];
   auto& s = a.layers[opt_.gradient_checkpointing ? 0 : l];
   const int64_t M = a.M, C = c.hidden_size, NH = c.num_attention_heads, NKV = c.num_key_value_heads;
   const int64_t HD = c.head_dim, I = c.intermediate_size, Q = NH * HD;
@@ -238,18 +266,25 @@ void LlamaModel<S>::forward_layers(const ModelInput& in, const S* params, bool t
     for (int64_t b = 0; b < in.B; ++b)
       core::check(in.lengths[b] >= 0 && in.lengths[b] <= in.T, "model input",
                   "row " + std::to_string(b) + " length " + std::to_string(in.lengths[b]) + " outside [0, T]");
-  kernels::embedding_forward<S>(a.resid[0], in.input_ids, w_.embed, a.M);
-  for (int l = 0; l < w_.config.num_hidden_layers; ++l) forward_layer(l, in, params, training, seed);
+  kernels::embedding_forward<S>(a.resid[0], in.input_ids, embedding_part(), a.M);
+  release_part();
+  for (int l = 0; l < w_.config.num_hidden_layers; ++l) {
+    forward_layer(l, layer_part(l), in, params, training, seed);
+    release_part();
+  }
   kernels::rmsnorm_forward<S>(a.xf, a.rstdf, a.resid.back(), w_.final_norm.data<S>(), a.M, w_.config.hidden_size,
                               w_.config.rms_norm_eps);
 }
 
 template <typename S>
 void LlamaModel<S>::forward_logits(const ModelInput& in, const S* params, S* logits) {
+  if (stream_) stream_->begin_pass(false);
   forward_layers(in, params, false, 0);
   Arena& a = *a_;
   LoraBranch br = params ? lora_branch(-1, Proj::LmHead, false, 0) : LoraBranch{};
-  lora_linear_forward<S>(logits, a.u_lm, a.xf, w_.lm_head, br, params, {a.lora_h, a.lora_du}, a.M);
+  lora_linear_forward<S>(logits, a.u_lm, a.xf, lm_head_part(), br, params, {a.lora_h, a.lora_du}, a.M);
+  release_part();
+  if (stream_) stream_->end_pass();
 }
 
 template <typename S>
@@ -257,6 +292,7 @@ LossResult LlamaModel<S>::forward_backward(const ModelInput& in, const S* params
                                            uint64_t dropout_seed) {
   core::check(in.labels != nullptr, "model input", "labels are required for a loss");
   const bool training = grads != nullptr;
+  if (stream_) stream_->begin_pass(training);
   forward_layers(in, params, training, dropout_seed);
   Arena& a = *a_;
   const auto& c = w_.config;
@@ -267,6 +303,7 @@ LossResult LlamaModel<S>::forward_backward(const ModelInput& in, const S* params
   const LoraBranch br = lora_branch(-1, Proj::LmHead, training, dropout_seed);
   LossResult result;
   if (training) std::fill(a.dxn, a.dxn + M * C, S(0));
+  const kernels::FrozenWeight& lm_head = lm_head_part();
   for (int64_t r0 = 0; r0 < M; r0 += opt_.loss_chunk_rows) {
     const int64_t rows = std::min(opt_.loss_chunk_rows, M - r0);
     // rows whose targets are all ignored contribute nothing: skip their lm_head work
@@ -278,23 +315,32 @@ LossResult LlamaModel<S>::forward_backward(const ModelInput& in, const S* params
     LoraBranch cbr = br;
     cbr.dropout_seed = dropout_seed + uint64_t(r0) * 0x9e3779b97f4a7c15ull;
     S* u = a.u_lm ? a.u_lm + r0 * lora_->config().r : nullptr;
-    lora_linear_forward<S>(a.logits, u, a.xf + r0 * C, w_.lm_head, cbr, params, {a.lora_h, a.lora_du}, rows);
+    lora_linear_forward<S>(a.logits, u, a.xf + r0 * C, lm_head, cbr, params, {a.lora_h, a.lora_du}, rows);
     int64_t count = 0;
     result.loss_sum += kernels::cross_entropy_forward_backward<S>(a.logits, a.targets.data() + r0, rows, V,
                                                                   training ? grad_scale : 0.0, &count);
     result.tokens += count;
     if (training)
-      lora_linear_backward<S>(a.dxn + r0 * C, grads, a.logits, a.xf + r0 * C, u, w_.lm_head, cbr, params,
+      lora_linear_backward<S>(a.dxn + r0 * C, grads, a.logits, a.xf + r0 * C, u, lm_head, cbr, params,
                               {a.lora_h, a.lora_du}, rows);
   }
-  if (!training) return result;
+  release_part();
+  if (!training) {
+    if (stream_) stream_->end_pass();
+    return result;
+  }
+  report_gradients_final(c.num_hidden_layers);
 
   std::fill(a.dres, a.dres + M * C, S(0));
   kernels::rmsnorm_backward<S>(a.dres, a.dxn, a.resid.back(), w_.final_norm.data<S>(), a.rstdf, M, C);
   for (int l = c.num_hidden_layers - 1; l >= 0; --l) {
-    if (opt_.gradient_checkpointing) forward_layer(l, in, params, true, dropout_seed);  // recompute
-    backward_layer(l, in, params, grads, dropout_seed);
+    const LayerWeights& W = layer_part(l);
+    if (opt_.gradient_checkpointing) forward_layer(l, W, in, params, true, dropout_seed);  // recompute
+    backward_layer(l, W, in, params, grads, dropout_seed);
+    release_part();
+    report_gradients_final(l);
   }
+  if (stream_) stream_->end_pass();
   return result;
 }
 

@@ -16,7 +16,9 @@
 
 #include "model/lora.h"
 #include "model/lora_linear.h"
+#include "model/weight_stream.h"
 #include "model/weights.h"
+#include <functional>
 
 namespace zerolora::model {
 
@@ -56,6 +58,17 @@ class LlamaModel {
   LossResult forward_backward(const ModelInput& in, const S* params, S* grads, double grad_scale,
                               uint64_t dropout_seed);
 
+  // ZeRO-3: take the embedding, blocks and lm_head from `stream` (gathered per part) instead of
+  // weights(); null = all resident. weights() still supplies the config and the final norm.
+  void set_weight_stream(FrozenWeightStream* stream) { stream_ = stream; }
+
+  // Called during forward_backward with grads, each time the gradients of a suffix of the flat LoRA
+  // buffer are final for this micro-batch: after the lm_head and after each block's backward, with the
+  // offset where that suffix starts (layout order is forward order, so backward finishes it from the
+  // end). A data-parallel trainer launches gradient buckets from here to overlap them with the rest
+  // of the backward pass.
+  void set_gradient_ready_hook(std::function<void(int64_t final_from)> hook) { grad_ready_ = std::move(hook); }
+
   // Bytes held by the activation arena right now.
   int64_t activation_bytes() const;
   // Bytes the arena will take for a B x T micro-batch (without allocating it).
@@ -69,8 +82,16 @@ class LlamaModel {
   static void plan_arena(Arena& a, std::vector<std::pair<S**, int64_t>>& plan, const io::HfConfig& c,
                          const LoraLayout* lora, const TrainOptions& opt, int64_t B, int64_t T);
   void forward_layers(const ModelInput& in, const S* params, bool training, uint64_t seed);
-  void forward_layer(int l, const ModelInput& in, const S* params, bool training, uint64_t seed);
-  void backward_layer(int l, const ModelInput& in, const S* params, S* grads, uint64_t seed);
+  void forward_layer(int l, const LayerWeights& W, const ModelInput& in, const S* params, bool training,
+                     uint64_t seed);
+  void backward_layer(int l, const LayerWeights& W, const ModelInput& in, const S* params, S* grads,
+                      uint64_t seed);
+  // The parts of the frozen model, resident or from the stream; release_part() after each use.
+  const core::Tensor& embedding_part();
+  const LayerWeights& layer_part(int l);
+  const kernels::FrozenWeight& lm_head_part();
+  void release_part();
+  void report_gradients_final(int first_final_layer);  // -1: only the lm_head's
   void ensure_arena(int64_t B, int64_t T);
   LoraBranch lora_branch(int layer, Proj p, bool training, uint64_t seed) const;
   void ensure_rope(const ModelInput& in);
@@ -82,6 +103,8 @@ class LlamaModel {
   std::vector<S> rope_;  // [max_pos, HD/2, 2]
   int64_t rope_positions_ = 0;
   std::vector<double> inv_freq_;
+  FrozenWeightStream* stream_ = nullptr;
+  std::function<void(int64_t)> grad_ready_;
 };
 
 }  // namespace zerolora::model

@@ -72,15 +72,19 @@ int64_t LlamaWeights::frozen_bytes() const {
   return n;
 }
 
+void round_to_fp16_in_place(core::Tensor& t) {
+  core::check(t.numel() == 0 || t.dtype() == core::DType::F32, "--fp16", "needs f32 frozen weights",
+              "do not combine --fp16 with --bf16 or --q_lora");
+  if (t.numel() == 0) return;
+  std::vector<uint16_t> half(size_t(t.numel()));
+  core::convert(t.raw(), core::DType::F32, half.data(), core::DType::F16, half.size());
+  core::convert(half.data(), core::DType::F16, t.raw(), core::DType::F32, half.size());
+}
+
 void round_frozen_weights_to_fp16(LlamaWeights& w) {
   core::check(w.storage == core::DType::F32 && !w.nf4, "--fp16", "needs f32 frozen weights",
               "do not combine --fp16 with --bf16 or --q_lora");
-  auto round = [](core::Tensor& t) {
-    if (t.numel() == 0) return;
-    std::vector<uint16_t> half(size_t(t.numel()));
-    core::convert(t.raw(), core::DType::F32, half.data(), core::DType::F16, half.size());
-    core::convert(half.data(), core::DType::F16, t.raw(), core::DType::F32, half.size());
-  };
+  auto round = round_to_fp16_in_place;
   round(w.embed);  // the tied lm_head shares this memory
   for (auto& l : w.layers)
     for (auto& p : l.proj) {
@@ -91,11 +95,8 @@ void round_frozen_weights_to_fp16(LlamaWeights& w) {
   w.lm_head.fp16_inputs = true;
 }
 
-LlamaWeights load_llama_weights(const std::string& model_dir, core::DType compute, core::DType storage, bool nf4) {
-  const std::string config_path = (std::filesystem::path(model_dir) / "config.json").string();
-  io::HfConfig c = io::load_hf_config(config_path);
+io::TensorStore open_model_tensors(const std::string& model_dir, const io::HfConfig& c) {
   io::TensorStore store = io::TensorStore::open_model_dir(model_dir);
-
   // Refuse tensors we would otherwise silently ignore: they mean a model feature we do not implement.
   std::set<std::string> expected;
   for (const auto& [name, shape] : llama_tensor_shapes(c)) expected.insert(name);
@@ -107,11 +108,43 @@ LlamaWeights load_llama_weights(const std::string& model_dir, core::DType comput
                       "this tensor belongs to a feature zerolora does not support; check config.json matches "
                       "the weights");
   }
+  return store;
+}
+
+LlamaWeights load_llama_weights(const std::string& model_dir, core::DType compute, core::DType storage, bool nf4) {
+  const std::string config_path = (std::filesystem::path(model_dir) / "config.json").string();
+  io::HfConfig c = io::load_hf_config(config_path);
+  io::TensorStore store = open_model_tensors(model_dir, c);
   return build_llama_weights(c, compute, storage,
                              [&](const std::string& name, core::DType dtype, const core::Shape& shape) {
                                return store.load(name, dtype, shape);
                              },
                              nf4);
+}
+
+LayerWeights build_layer_weights(const io::HfConfig& c, int l, core::DType compute, core::DType storage,
+                                 const TensorSource& source, bool nf4) {
+  LayerWeights L;
+  const std::string p = "model.layers." + std::to_string(l);
+  L.input_norm = source(p + ".input_layernorm.weight", compute, {c.hidden_size});
+  L.post_norm = source(p + ".post_attention_layernorm.weight", compute, {c.hidden_size});
+  for (int j = 0; j < 7; ++j) {
+    core::Shape ws = proj_weight_shape(c, Proj(j));
+    core::Tensor bias;
+    if (has_bias(c, Proj(j))) bias = source(layer_tensor(l, Proj(j), "bias"), compute, {ws[0]});
+    if (nf4) {
+      // quantised one projection at a time: the full-precision copy lives only for this loop turn
+      core::Tensor dense = source(layer_tensor(l, Proj(j), "weight"), core::DType::F32, ws);
+      auto q = std::make_shared<kernels::Nf4Weight>(kernels::nf4_quantize(dense.data<float>(), ws[0], ws[1]));
+      q->compute_dtype = core::DType::BF16;
+      if (bias.numel() > 0) q->bias.assign(bias.data<float>(), bias.data<float>() + bias.numel());
+      L.proj[j] = kernels::FrozenWeight::make_nf4(std::move(q));
+      continue;
+    }
+    core::Tensor weight = source(layer_tensor(l, Proj(j), "weight"), storage, ws);
+    L.proj[j] = kernels::FrozenWeight::make(std::move(weight), std::move(bias));
+  }
+  return L;
 }
 
 LlamaWeights build_llama_weights(const io::HfConfig& c, core::DType compute, core::DType storage,
@@ -127,28 +160,7 @@ LlamaWeights build_llama_weights(const io::HfConfig& c, core::DType compute, cor
   w.nf4 = nf4;
   w.embed = source("model.embed_tokens.weight", storage, {c.vocab_size, c.hidden_size});
   w.layers.resize(c.num_hidden_layers);
-  for (int l = 0; l < c.num_hidden_layers; ++l) {
-    LayerWeights& L = w.layers[l];
-    const std::string p = "model.layers." + std::to_string(l);
-    L.input_norm = source(p + ".input_layernorm.weight", compute, {c.hidden_size});
-    L.post_norm = source(p + ".post_attention_layernorm.weight", compute, {c.hidden_size});
-    for (int j = 0; j < 7; ++j) {
-      core::Shape ws = proj_weight_shape(c, Proj(j));
-      core::Tensor bias;
-      if (has_bias(c, Proj(j))) bias = source(layer_tensor(l, Proj(j), "bias"), compute, {ws[0]});
-      if (nf4) {
-        // quantised one projection at a time: the full-precision copy lives only for this loop turn
-        core::Tensor dense = source(layer_tensor(l, Proj(j), "weight"), core::DType::F32, ws);
-        auto q = std::make_shared<kernels::Nf4Weight>(kernels::nf4_quantize(dense.data<float>(), ws[0], ws[1]));
-        q->compute_dtype = core::DType::BF16;
-        if (bias.numel() > 0) q->bias.assign(bias.data<float>(), bias.data<float>() + bias.numel());
-        L.proj[j] = kernels::FrozenWeight::make_nf4(std::move(q));
-        continue;
-      }
-      core::Tensor weight = source(layer_tensor(l, Proj(j), "weight"), storage, ws);
-      L.proj[j] = kernels::FrozenWeight::make(std::move(weight), std::move(bias));
-    }
-  }
+  for (int l = 0; l < c.num_hidden_layers; ++l) w.layers[l] = build_layer_weights(c, l, compute, storage, source, nf4);
   w.final_norm = source("model.norm.weight", compute, {c.hidden_size});
   w.lm_head = c.tie_word_embeddings
                   ? kernels::FrozenWeight::make(w.embed)

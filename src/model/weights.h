@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "io/hf_config.h"
+#include "io/safetensors.h"
 #include "kernels/kernels.h"
 #include "model/lora.h"
 
@@ -36,10 +37,21 @@ struct LlamaWeights {
 LlamaWeights load_llama_weights(const std::string& model_dir, core::DType compute, core::DType storage,
                                 bool nf4 = false);
 
+// The model folder's tensors, checked to hold nothing this config does not explain (an unexpected tensor
+// means a feature zerolora does not implement: core::Error naming it).
+io::TensorStore open_model_tensors(const std::string& model_dir, const io::HfConfig& config);
+
 // Where build_llama_weights gets each tensor: (HF name, wanted dtype, expected shape) -> tensor.
 using TensorSource = std::function<core::Tensor(const std::string&, core::DType, const core::Shape&)>;
 LlamaWeights build_llama_weights(const io::HfConfig& config, core::DType compute, core::DType storage,
                                  const TensorSource& source, bool nf4 = false);
+
+// One block's weights (as build_llama_weights makes them), for loaders that stream the model block by block.
+LayerWeights build_layer_weights(const io::HfConfig& config, int layer, core::DType compute, core::DType storage,
+                                 const TensorSource& source, bool nf4 = false);
+
+// An F32 tensor's values rounded to the nearest IEEE half, in place (what --fp16 does to frozen weights).
+void round_to_fp16_in_place(core::Tensor& t);
 
 // --fp16: rounds every frozen matrix (embedding, projections, lm_head) to IEEE-half values in place and
 // makes the projections and lm_head round their input activations to half as well: fp16 GEMM inputs

@@ -215,6 +215,8 @@ void parse_zero(Section& top, DeepSpeedConfig& cfg) {
   cfg.zero_stage3_param_persistence_threshold = s.auto_integer("stage3_param_persistence_threshold");
   z.stage3_max_live_parameters = s.integer("stage3_max_live_parameters", z.stage3_max_live_parameters);
   z.stage3_max_reuse_distance = s.integer("stage3_max_reuse_distance", z.stage3_max_reuse_distance);
+  z.stage3_model_persistence_threshold =
+      s.integer("stage3_model_persistence_threshold", z.stage3_model_persistence_threshold);
   z.stage3_gather_16bit_weights_on_model_save =
       s.boolean("stage3_gather_16bit_weights_on_model_save",
                 s.boolean("stage3_gather_fp16_weights_on_model_save", false));  // old name
@@ -240,7 +242,7 @@ void parse_zero(Section& top, DeepSpeedConfig& cfg) {
   if (z.offload_optimizer.device != "none" && z.stage == 0)
     s.fail("offload_optimizer", "optimizer offload needs ZeRO stage 1, 2 or 3", "set \"stage\" or remove it");
   s.ignore({"allgather_partitions", "use_multi_rank_bucket_allreduce", "round_robin_gradients",
-            "load_from_fp32_weights", "stage3_model_persistence_threshold", "stage3_module_granularity_threshold",
+            "load_from_fp32_weights", "stage3_module_granularity_threshold",
             "stage3_use_all_reduce_for_fetch_params", "ignore_unused_parameters", "zero_hpz_partition_size",
             "zero_quantized_weights", "zero_quantized_gradients", "zero_quantized_nontrainable_weights",
             "elastic_checkpoint", "legacy_stage1", "mics_shard_size", "mics_hierarchical_params_gather",

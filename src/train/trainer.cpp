@@ -26,6 +26,8 @@
 #include "train/progress.h"
 #include "train/step.h"
 #include "train/training_checkpoint.h"
+#include "train/gradient_sync.h"
+#include "train/zero3_weights.h"
 
 namespace zerolora::train {
 
@@ -88,13 +90,6 @@ data::DataOptions data_options(const TrainArgs& a) {
   return o;
 }
 
-void refuse_unsupported(const TrainArgs& a, const ResolvedDeepSpeedConfig* ds) {
-  if (ds && ds->zero.stage == 3)
-    throw core::Error(ds->path + ":zero_optimization.stage", "ZeRO stage 3 (sharded frozen weights) is not "
-                      "available in this build yet", "use stage 2: for LoRA it holds the same trainable state "
-                      "sharded and avoids gathering the base model twice per micro-batch");
-}
-
 // --lora_bias all/lora_only train the biases of the adapted layers; LLaMA/Mistral have none, so the
 // three modes are the same there (as in FastChat). Models with biases (Qwen2) would need bias training.
 void refuse_bias_training(const TrainArgs& a, const io::HfConfig& c) {
@@ -107,11 +102,29 @@ struct Loaded {
   io::HfConfig config;
   std::unique_ptr<tokenizer::Tokenizer> tok;
   std::optional<data::Dataset> train, eval;
-  model::LlamaWeights weights;
+  model::LlamaWeights resident;               // the frozen model (stages 0-2)
+  std::unique_ptr<Zero3FrozenWeights> zero3;  // stage 3: this rank's slices, gathered per part
   int32_t pad_id = 0;
+  const model::LlamaWeights& weights() const { return zero3 ? zero3->skeleton() : resident; }
+  int64_t frozen_bytes() const { return zero3 ? zero3->memory().resident_bytes() : resident.frozen_bytes(); }
 };
 
-Loaded load_everything(const TrainArgs& a, bool need_train_data, Progress& log) {
+Zero3Options zero3_options(const TrainArgs& a, const ResolvedDeepSpeedConfig& ds) {
+  Zero3Options o;
+  o.storage = (a.bf16 || a.q_lora) && !ds.fp16 ? core::DType::BF16 : core::DType::F32;
+  o.nf4 = a.q_lora;
+  o.fp16 = ds.fp16;
+  o.param_persistence_threshold = ds.zero.stage3_param_persistence_threshold;
+  o.model_persistence_threshold = ds.zero.stage3_model_persistence_threshold;
+  o.prefetch_bucket_size = ds.zero.stage3_prefetch_bucket_size;
+  o.max_live_parameters = ds.zero.stage3_max_live_parameters;
+  o.max_reuse_distance = ds.zero.stage3_max_reuse_distance;
+  return o;
+}
+
+// ds: the resolved DeepSpeed config when there is one (stage 3 loads only this rank's slices).
+Loaded load_everything(const TrainArgs& a, bool need_train_data, Progress& log,
+                       const ResolvedDeepSpeedConfig* ds = nullptr, dist::Comm* comm = nullptr) {
   Loaded L;
   core::Timer t;
   L.tok = tokenizer::load_tokenizer(a.model_name_or_path);
@@ -125,15 +138,27 @@ Loaded load_everything(const TrainArgs& a, bool need_train_data, Progress& log) 
     log.message(L.eval->report().summary(a.eval_data_path));
   }
   // --q_lora: the projections become NF4 (double quantised, bf16 compute); embeddings and lm_head bf16
-  L.weights = model::load_llama_weights(a.model_name_or_path, core::DType::F32,
-                                        (a.bf16 || a.q_lora) ? core::DType::BF16 : core::DType::F32, a.q_lora);
-  L.config = L.weights.config;
-  char buf[256];
-  std::snprintf(buf, sizeof buf, "loaded %s (%s, %.1f M params, frozen %s: %s) and data in %.1f s",
-                a.model_name_or_path.c_str(), L.config.architecture.c_str(), double(L.weights.parameter_count()) / 1e6,
+  if (ds && ds->zero.stage == 3 && comm) {
+    L.zero3 = std::make_unique<Zero3FrozenWeights>(a.model_name_or_path, zero3_options(a, *ds), *comm);
+  } else {
+    L.resident = model::load_llama_weights(a.model_name_or_path, core::DType::F32,
+                                           (a.bf16 || a.q_lora) ? core::DType::BF16 : core::DType::F32, a.q_lora);
+  }
+  L.config = L.weights().config;
+  char buf[384];
+  std::snprintf(buf, sizeof buf, "loaded %s (%s, %.1f M params, frozen %s: %s%s) and data in %.1f s",
+                a.model_name_or_path.c_str(), L.config.architecture.c_str(), double(L.weights().parameter_count()) / 1e6,
                 a.q_lora ? "NF4 projections + bf16" : a.bf16 ? "bf16" : "f32",
-                (std::to_string(L.weights.frozen_bytes() >> 20) + " MiB").c_str(), t.seconds());
+                (std::to_string(L.frozen_bytes() >> 20) + " MiB").c_str(), L.zero3 ? " on this rank" : "", t.seconds());
   log.message(buf);
+  if (L.zero3) {
+    const Zero3Memory m = L.zero3->memory();
+    std::snprintf(buf, sizeof buf, "ZeRO-3: frozen model %.1f MiB; this rank holds %.1f MiB of slices + %.1f MiB "
+                  "persistent + %.1f MiB gather buffers", double(m.full_model_bytes) / 1048576.0,
+                  double(m.sharded_bytes) / 1048576.0, double(m.persistent_bytes) / 1048576.0,
+                  double(m.gather_buffer_bytes) / 1048576.0);
+    log.message(buf);
+  }
   return L;
 }
 
@@ -228,7 +253,6 @@ TrainResult run_training(TrainArgs a, dist::Comm& comm) {
     ds = resolve_deepspeed_config(load_deepspeed_config(a.deepspeed), a, world, peek.hidden_size);
     for (const auto& n : ds->notes) log.message("deepspeed: " + n);
   }
-  refuse_unsupported(a, ds ? &*ds : nullptr);
   refuse_bias_training(a, peek);
   // Mistral/Qwen2 sliding-window attention is not implemented: refuse sequences that would need it.
   if (peek.sliding_window > 0 && a.model_max_length > peek.sliding_window)
@@ -247,9 +271,9 @@ TrainResult run_training(TrainArgs a, dist::Comm& comm) {
   dist::check_same_on_all_ranks(comm, "training arguments", args_json(a, world, "", "").dump());
 
   const bool fp16 = ds ? ds->fp16 : a.fp16;
-  Loaded L = load_everything(a, true, log);
+  Loaded L = load_everything(a, true, log, ds ? &*ds : nullptr, &comm);
   if (fp16) {
-    model::round_frozen_weights_to_fp16(L.weights);
+    if (!L.zero3) model::round_frozen_weights_to_fp16(L.resident);  // stage 3 rounds while loading
     log.message("fp16: frozen weights and GEMM inputs in IEEE half (fp32 accumulation, fp32 master weights), "
                 "dynamic loss scaling with DeepSpeed's rules");
   }
@@ -340,7 +364,12 @@ TrainResult run_training(TrainArgs a, dist::Comm& comm) {
 
   model::TrainOptions mopt;
   mopt.gradient_checkpointing = a.gradient_checkpointing;
-  model::LlamaModel<float> model(L.weights, &layout, mopt);
+  model::LlamaModel<float> model(L.weights(), &layout, mopt);
+  if (L.zero3) model.set_weight_stream(L.zero3.get());
+  // stages 2/3: DeepSpeed's reduce_bucket_size (default 5e8 elements, "auto" hidden^2) and overlap_comm
+  GradientSync grad_sync(comm, zero_stage, layout, part, ds ? ds->zero.reduce_bucket_size : int64_t(500000000),
+                         ds ? ds->zero.overlap_comm : false);
+  model.set_gradient_ready_hook([&](int64_t from) { grad_sync.gradients_final_from(from); });
   if (rank == 0) fs::create_directories(a.output_dir);
   comm.barrier();
   Progress progress(rank != 0, plan.total_steps, rank == 0 ? a.metrics_file : "");
@@ -351,7 +380,7 @@ TrainResult run_training(TrainArgs a, dist::Comm& comm) {
                 train_set.size(), (long long)plan.total_steps, (long long)plan.steps_per_epoch,
                 (long long)plan.epochs, (long long)(a.per_device_train_batch_size * a.gradient_accumulation_steps * world),
                 (long long)a.per_device_train_batch_size, (long long)a.gradient_accumulation_steps, world, zero_stage,
-                (long long)numel, 100.0 * double(numel) / double(L.weights.parameter_count()), base_lr,
+                (long long)numel, 100.0 * double(numel) / double(L.weights().parameter_count()), base_lr,
                 to_string(a.lr_scheduler_type).c_str(), (long long)plan.warmup_steps);
   progress.message(buf);
 
@@ -425,21 +454,13 @@ TrainResult run_training(TrainArgs a, dist::Comm& comm) {
         if (a.packing) in.kv_begin = b.kv_begin.data();
         const uint64_t seed = uint64_t(a.seed) * 0x9e3779b97f4a7c15ull ^
                               (uint64_t(state.global_step) << 20) ^ (uint64_t(k) << 8) ^ uint64_t(rank);
+        if (k + 1 == batches.size()) grad_sync.begin_last_micro_batch(grads.data());
         logged += run_micro_batch<float>(model, in, params.data(), grads.data(), norm, b.target_tokens, seed).logged;
         for (int32_t len : b.lengths) step_tokens += len;
       }
       const double step_loss = comm.all_reduce(logged, dist::ScalarOp::Sum);
-
       // gradients: sum over ranks (the normalisation already divided by what HF divides by)
-      if (world > 1) {
-        if (zero_stage == 2) {
-          std::vector<float> mine(size_t(shard.size()));
-          comm.reduce_scatter_sum(std::span<const float>(grads), std::span<float>(mine));
-          std::copy(mine.begin(), mine.end(), grads.begin() + shard.begin);
-        } else {
-          comm.all_reduce_sum(std::span<float>(grads));
-        }
-      }
+      grad_sync.finish();
       if (fp16) {
         // the gradients as fp16 would hold them: any value past half's range (or inf/nan) is an overflow
         int64_t overflow = 0;
@@ -557,7 +578,7 @@ double run_evaluation(const TrainArgs& a, const std::string& adapter_dir, dist::
   if (e.eval_data_path.empty()) e.eval_data_path = e.data_path;
   Loaded L = load_everything(e, false, log);
   const model::LoadedAdapter adapter = model::load_adapter_for_model(L.config, adapter_dir);
-  model::LlamaModel<float> m(L.weights, adapter.layout.get());
+  model::LlamaModel<float> m(L.weights(), adapter.layout.get());
   auto [sum, n] = evaluate(m, adapter.data(), *L.eval, e, L.pad_id, comm);
   core::check(n > 0, e.eval_data_path, "has no trained tokens to evaluate", "check the data and template");
   const double loss = sum / double(n);
