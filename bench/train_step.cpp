@@ -2,7 +2,7 @@
 // micro-batch + AdamW on the flat LoRA buffer. Reports tokens/s, peak RSS and MFU. One configuration
 // per process, so the peak RSS is that configuration's own (bench/run loops over configurations).
 //
-//   bench_train_step [--preset tinyllama-1.1b] [--layers N] [--seq 512] [--batch 1] [--dtype bf16|f32]
+//   bench_train_step [--preset tinyllama-1.1b] [--layers N] [--seq 512] [--batch 1] [--dtype bf16|f32|nf4]
 //                    [--lora-r 8] [--lora-targets q_proj,v_proj | all] [--checkpointing]
 //                    [--steps 3] [--threads 0] [--prepack] [--no-gemm] [--json-only]
 //
@@ -52,7 +52,7 @@ struct Options {
 
 [[noreturn]] void usage(const char* msg) {
   std::fprintf(stderr,
-               "%s\nusage: bench_train_step [--preset NAME] [--layers N] [--seq T] [--batch B] [--dtype bf16|f32]\n"
+               "%s\nusage: bench_train_step [--preset NAME] [--layers N] [--seq T] [--batch B] [--dtype bf16|f32|nf4]\n"
                "         [--lora-r R] [--lora-alpha A] [--lora-dropout P] [--lora-targets q_proj,v_proj|all]\n"
                "         [--checkpointing] [--steps N] [--threads N] [--prepack] [--no-gemm] [--json-only]\n",
                msg);
@@ -85,7 +85,8 @@ Options parse(int argc, char** argv) {
     else if (a == "-h" || a == "--help") usage("");
     else usage(("unknown argument " + a).c_str());
   }
-  if (o.dtype != "bf16" && o.dtype != "f32") usage("--dtype must be bf16 or f32");
+  if (o.dtype != "bf16" && o.dtype != "f32" && o.dtype != "nf4")
+    usage("--dtype must be bf16, f32 or nf4 (QLoRA: NF4 projections, bf16 compute, bf16 embeddings/lm_head)");
   if (o.seq < 2 || o.batch < 1 || o.steps < 1 || o.lora_r < 1) usage("--seq >= 2, --batch/--steps/--lora-r >= 1");
   return o;
 }
@@ -191,11 +192,12 @@ int main(int argc, char** argv) {
     core::set_num_threads(o.threads);
     io::HfConfig config = model::preset_config(o.preset);
     if (o.layers > 0) config.num_hidden_layers = o.layers;
-    const core::DType storage = o.dtype == "bf16" ? core::DType::BF16 : core::DType::F32;
+    const core::DType storage = o.dtype == "f32" ? core::DType::F32 : core::DType::BF16;
     const int64_t B = o.batch, T = o.seq, M = B * T;
 
     core::Timer build_timer;
-    model::LlamaWeights weights = model::build_llama_weights(config, core::DType::F32, storage, fast_random_source());
+    model::LlamaWeights weights =
+        model::build_llama_weights(config, core::DType::F32, storage, fast_random_source(), o.dtype == "nf4");
     bool packed = false;
     if (o.prepack) {
       for (auto& layer : weights.layers)

@@ -64,9 +64,14 @@ int cmd_init_model(int argc, char** argv) {
   app.add_option("--out", out, "folder to create")->required();
   app.add_option("--seed", seed, "random seed")->capture_default_str();
   app.add_option("--dtype", dtype, "f32 | bf16 (tensor dtype in the file)")->capture_default_str();
+  int64_t layers = 0;
+  app.add_option("--layers", layers, "number of blocks (0 = the preset's), e.g. a 1.1B-shaped model with fewer blocks")
+      ->capture_default_str();
   ZL_PARSE(app, argc, argv);
   core::check(dtype == "f32" || dtype == "bf16", "--dtype", "must be f32 or bf16, got '" + dtype + "'");
   io::HfConfig c = model::preset_config(preset);
+  core::check(layers >= 0, "--layers", "must be >= 0, got " + std::to_string(layers));
+  if (layers > 0) c.num_hidden_layers = layers;
   model::RandomInit init;
   init.seed = seed;
   model::write_random_model(out, c, init, dtype == "bf16" ? core::DType::BF16 : core::DType::F32);

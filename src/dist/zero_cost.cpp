@@ -31,6 +31,7 @@ void check_stage_and_world(const char* where, int stage, int world) {
 ZeroStepVolume zero_step_volume(const ZeroStepShape& s) {
   check_stage_and_world("dist::zero_step_volume", s.stage, s.world);
   const double gas = double(s.gradient_accumulation_steps);
+  const double reductions = s.grads_reduced_every_micro_step ? gas : 1.0;
   const double grads = double(s.trainable_elements) * s.grad_bytes;
   const double params = double(s.trainable_elements) * s.trainable_param_bytes;
   auto ring = [&](Collective c, double bytes) { return ring_bytes_sent(c, int64_t(bytes), s.world); };
@@ -45,7 +46,7 @@ ZeroStepVolume zero_step_volume(const ZeroStepShape& s) {
       v.all_gather_bytes = ring(Collective::AllGather, params);
       break;
     case 2:
-      v.reduce_scatter_bytes = gas * ring(Collective::ReduceScatter, grads);
+      v.reduce_scatter_bytes = reductions * ring(Collective::ReduceScatter, grads);
       v.all_gather_bytes = ring(Collective::AllGather, params);
       break;
     case 3: {
@@ -54,8 +55,9 @@ ZeroStepVolume zero_step_volume(const ZeroStepShape& s) {
           double(s.trainable_elements - s.trainable_persistent_elements) * s.trainable_param_bytes;
       const double persistent =
           double(s.trainable_persistent_elements) * s.trainable_param_bytes;
-      v.reduce_scatter_bytes = gas * ring(Collective::ReduceScatter, grads);
+      v.reduce_scatter_bytes = reductions * ring(Collective::ReduceScatter, grads);
       v.all_gather_bytes = gas * 2 * ring(Collective::AllGather, gathered_per_pass) +
+                           gas * ring(Collective::AllGather, double(s.frozen_forward_only_elements) * s.frozen_param_bytes) +
                            ring(Collective::AllGather, persistent);
       break;
     }

@@ -19,7 +19,7 @@ double ring_bytes_sent(Collective collective, int64_t payload_bytes, int world);
 // the padded ones (FlatPartition::padded_numel for stages 0-2, the sum of TensorPartition::padded_numel
 // for stage 3), since the padding travels too.
 //
-// What each stage moves in this engine (DESIGN.md data flow):
+// What each stage moves (DeepSpeed's schedule, grads_reduced_every_micro_step = true):
 //   0: grads accumulate locally; one all_reduce of the trainable grads per step.
 //   1: the same all_reduce (each rank then updates only its optimizer slice) + all_gather of the
 //      updated trainable params.
@@ -29,13 +29,19 @@ double ring_bytes_sent(Collective collective, int64_t payload_bytes, int world);
 //      (before forward and before backward) and the trainable grads are reduce-scattered; after the
 //      step the persistent trainable params are all-gathered again (DeepSpeed's _post_step). Persistent
 //      frozen params were gathered once at start and never move again.
+// zerolora (grads_reduced_every_micro_step = false) accumulates the LoRA grads locally and reduces them
+// once per step in stages 2 and 3 too, keeps every trainable param persistent in stage 3, and gathers
+// the embedding and lm_head once per micro-step (frozen_forward_only_elements; a tied embedding serves
+// twice); with stage3_max_reuse_distance 0 it gathers exactly this, a larger distance gathers less.
 struct ZeroStepShape {
   int stage = 0;
   int world = 1;
   int64_t gradient_accumulation_steps = 1;
   int64_t trainable_elements = 0;             // all LoRA params (grads are reduced for all of them)
   int64_t trainable_persistent_elements = 0;  // stage 3: the part of trainable_elements kept replicated
-  int64_t frozen_gathered_elements = 0;       // stage 3: non-persistent frozen elements
+  int64_t frozen_gathered_elements = 0;       // stage 3: non-persistent frozen elements used in forward and backward
+  int64_t frozen_forward_only_elements = 0;   // stage 3: non-persistent frozen elements gathered once per micro-step
+  bool grads_reduced_every_micro_step = true; // DeepSpeed; zerolora reduces once per step
   double grad_bytes = 4;             // per gradient element on the wire
   double trainable_param_bytes = 4;  // per gathered trainable element
   double frozen_param_bytes = 2;     // per gathered frozen element (bf16 2, fp32 4, NF4+DQ ~0.516)

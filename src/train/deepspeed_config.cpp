@@ -230,9 +230,9 @@ void parse_zero(Section& top, DeepSpeedConfig& cfg) {
 
   for (auto [key, value] : {std::pair{"allgather_bucket_size", z.allgather_bucket_size},
                             std::pair{"sub_group_size", z.sub_group_size},
-                            std::pair{"stage3_max_live_parameters", z.stage3_max_live_parameters},
-                            std::pair{"stage3_max_reuse_distance", z.stage3_max_reuse_distance}})
+                            std::pair{"stage3_max_live_parameters", z.stage3_max_live_parameters}})
     require(value > 0, s, key, "must be > 0");
+  require(z.stage3_max_reuse_distance >= 0, s, "stage3_max_reuse_distance", "must be >= 0");
   for (const auto* knob : {&cfg.zero_reduce_bucket_size, &cfg.zero_stage3_prefetch_bucket_size,
                            &cfg.zero_stage3_param_persistence_threshold})
     if (knob->has_value() && knob->value < 0) s.fail("bucket sizes", "must be >= 0");

@@ -12,6 +12,7 @@
 #include "core/runtime.h"
 #include "data/dataset.h"
 #include "dist/consistency.h"
+#include "dist/zero_cost.h"
 #include "dist/zero_partition.h"
 #include "io/checkpoint_dir.h"
 #include "kernels/kernels.h"
@@ -236,6 +237,36 @@ std::string resume_incompatibility(const nlohmann::json& saved, const nlohmann::
   return "";
 }
 
+// What the collectives of the optimizer steps sent from this rank (ring bytes, the ZeRO formulas' unit).
+struct StepTraffic {
+  int64_t steps = 0;
+  double all_reduce = 0, reduce_scatter = 0, all_gather = 0;
+};
+
+void add_step_traffic(const dist::CommStats& s, StepTraffic* t) {
+  t->steps += 1;
+  t->all_reduce += s.all_reduce.ring_bytes_sent;
+  t->reduce_scatter += s.reduce_scatter.ring_bytes_sent;
+  t->all_gather += s.all_gather.ring_bytes_sent;
+}
+
+// Logs the measured bytes per step beside dist::zero_step_volume's prediction (equal when every
+// ZeRO-3 part is gathered at each use, stage3_max_reuse_distance 0; below it when parts are reused).
+nlohmann::json report_traffic(const StepTraffic& t, const dist::ZeroStepVolume& predicted, Progress& log) {
+  const double n = double(t.steps);
+  const double measured = (t.all_reduce + t.reduce_scatter + t.all_gather) / n;
+  char buf[384];
+  std::snprintf(buf, sizeof buf, "communication per step and rank: %.3f MB sent (all_reduce %.3f, reduce_scatter "
+                "%.3f, all_gather %.3f); the ZeRO formula predicts %.3f MB", measured / 1e6, t.all_reduce / n / 1e6,
+                t.reduce_scatter / n / 1e6, t.all_gather / n / 1e6, predicted.total() / 1e6);
+  log.message(buf);
+  return {{"steps", t.steps}, {"bytes_sent_per_step", measured},
+          {"all_reduce_bytes_per_step", t.all_reduce / n}, {"reduce_scatter_bytes_per_step", t.reduce_scatter / n},
+          {"all_gather_bytes_per_step", t.all_gather / n}, {"predicted_bytes_per_step", predicted.total()},
+          {"predicted_all_reduce", predicted.all_reduce_bytes}, {"predicted_reduce_scatter", predicted.reduce_scatter_bytes},
+          {"predicted_all_gather", predicted.all_gather_bytes}};
+}
+
 }  // namespace
 
 // ------------------------------------------------------------------------------------------------
@@ -415,6 +446,7 @@ TrainResult run_training(TrainArgs a, dist::Comm& comm) {
   };
 
   TrainResult result;
+  StepTraffic traffic;
   const int64_t ga = a.gradient_accumulation_steps;
   double logged_loss_sum = 0, run_loss_sum = 0;
   int64_t logged_steps = 0, run_steps = 0, tokens_since = 0;
@@ -443,6 +475,7 @@ TrainResult run_training(TrainArgs a, dist::Comm& comm) {
       norm.loss_scale = fp16 ? scaler.scale() : 1.0;
       if (a.token_weighted_loss) norm.window_tokens_all_ranks = comm.all_reduce(window_tokens, dist::ScalarOp::Sum);
 
+      comm.reset_stats();  // this step's collectives, for the communication report
       std::fill(grads.begin(), grads.end(), 0.f);
       double logged = 0;
       int64_t step_tokens = 0;
@@ -501,6 +534,7 @@ TrainResult run_training(TrainArgs a, dist::Comm& comm) {
         std::vector<float> mine(params.begin() + shard.begin, params.begin() + shard.end);
         comm.all_gather(std::span<const float>(mine), std::span<float>(params));
       }
+      add_step_traffic(comm.stats(), &traffic);
       state.global_step += 1;
       state.epoch = double(epoch) + double(w + 1) / double(windows);
       state.num_input_tokens_seen += comm.all_reduce(step_tokens, dist::ScalarOp::Sum);
@@ -558,6 +592,41 @@ TrainResult run_training(TrainArgs a, dist::Comm& comm) {
                         {"epoch", state.epoch}, {"step", state.global_step}};
     state.log_history.push_back(e);
     progress.log(e);
+  }
+  {
+    // every rank's peak resident memory so far (weights, activations, buffers; the mapped file pages
+    // are dropped as tensors are read)
+    const auto all = comm.all_gather_bytes(std::to_string(core::peak_rss_bytes()));
+    std::string line = "peak RSS per rank:";
+    nlohmann::json per_rank = nlohmann::json::array();
+    for (size_t r = 0; r < all.size(); ++r) {
+      const int64_t bytes = std::stoll(all[r]);
+      per_rank.push_back(bytes);
+      char b[64];
+      std::snprintf(b, sizeof b, " %s%zu %.2f GiB", r ? "| " : "", r, double(bytes) / double(1 << 30));
+      line += b;
+    }
+    state.zerolora["peak_rss_bytes_per_rank"] = per_rank;
+    if (L.zero3) {
+      const Zero3Memory m = L.zero3->memory();
+      state.zerolora["zero3_frozen_bytes"] = {{"full_model", m.full_model_bytes}, {"sharded", m.sharded_bytes},
+                                              {"persistent", m.persistent_bytes},
+                                              {"gather_buffers", m.gather_buffer_bytes}};
+    }
+    progress.message(line);
+  }
+  if (traffic.steps > 0 && world > 1) {
+    dist::ZeroStepShape shape;
+    shape.stage = zero_stage, shape.world = world, shape.gradient_accumulation_steps = ga;
+    shape.trainable_elements = padded, shape.grad_bytes = 4, shape.trainable_param_bytes = 4;
+    shape.grads_reduced_every_micro_step = false;
+    shape.trainable_persistent_elements = padded;
+    if (L.zero3) {
+      const auto per_use = L.zero3->gathered_bytes_per_use();
+      shape.frozen_gathered_elements = per_use.blocks, shape.frozen_forward_only_elements = per_use.forward_only;
+      shape.frozen_param_bytes = 1;  // counted in bytes already
+    }
+    state.zerolora["communication"] = report_traffic(traffic, dist::zero_step_volume(shape), progress);
   }
   if (rank == 0) {
     model::save_peft_adapter(a.output_dir, layout, params.data(), a.model_name_or_path);

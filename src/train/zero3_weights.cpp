@@ -463,6 +463,20 @@ Zero3Memory Zero3FrozenWeights::memory() const {
   return m;
 }
 
+Zero3FrozenWeights::PassBytes Zero3FrozenWeights::gathered_bytes_per_use() const {
+  const Impl& I = *impl_;
+  auto bytes = [&](int key) {
+    int64_t n = 0;
+    for (int id : I.part_tensors(key))
+      for (const Piece& p : I.tensors[size_t(id)].pieces) n += p.slice * I.world;
+    return n;
+  };
+  PassBytes b;
+  for (int l = 0; l < I.layers(); ++l) b.blocks += bytes(l);
+  b.forward_only = bytes(I.embed_key()) + bytes(I.head_key());
+  return b;
+}
+
 void Zero3FrozenWeights::begin_pass(bool with_backward) {
   Impl& I = *impl_;
   I.sequence.clear();

@@ -67,6 +67,11 @@ class Zero3FrozenWeights final : public model::FrozenWeightStream {
   const model::LlamaWeights& skeleton() const;
   Zero3Memory memory() const;
   Zero3Traffic traffic() const;
+  // Bytes one pass gathers when every part is gathered at each use (stage3_max_reuse_distance 0): the
+  // blocks' sharded tensors (used in forward and backward) and the embedding / lm_head (forward only;
+  // a tied embedding counts twice). Padded sizes: what the all_gathers move.
+  struct PassBytes { int64_t blocks = 0, forward_only = 0; };
+  PassBytes gathered_bytes_per_use() const;
 
   void begin_pass(bool with_backward) override;
   const core::Tensor& acquire_embedding() override;

@@ -43,6 +43,17 @@ TEST(ZeroStepVolume, StagesZeroToThree) {
   // 200*4 bytes gathered once after the step.
   EXPECT_DOUBLE_EQ(v.all_gather_bytes, 2 * 2 * 0.75 * 23200 + 0.75 * 800);
   EXPECT_DOUBLE_EQ(v.reduce_scatter_bytes, 6000);
+  // zerolora's schedule: grads reduced once per step, every trainable persistent, embedding and
+  // lm_head gathered once per micro-step
+  ZeroStepShape z = s;
+  z.grads_reduced_every_micro_step = false;
+  z.trainable_persistent_elements = z.trainable_elements;
+  z.frozen_forward_only_elements = 3000;  // bf16: 6000 bytes
+  v = zero_step_volume(z);
+  EXPECT_DOUBLE_EQ(v.reduce_scatter_bytes, 3000);  // 3/4 * 4000, once
+  EXPECT_DOUBLE_EQ(v.all_gather_bytes, 2 * 2 * 0.75 * 20000 + 2 * 0.75 * 6000 + 0.75 * 4000);
+  z.stage = 2;
+  EXPECT_DOUBLE_EQ(zero_step_volume(z).reduce_scatter_bytes, 3000);
   s.world = 1;
   EXPECT_EQ(zero_step_volume(s).total(), 0);
   s.stage = 4;

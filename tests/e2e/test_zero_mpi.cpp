@@ -33,7 +33,7 @@ std::string write_ds_config(const TempDir& dir, int stage, bool overlap = true) 
   write_file(path, "{\"zero_optimization\": {\"stage\": " + std::to_string(stage) +
                        ", \"overlap_comm\": " + (overlap ? "true" : "false") + ", \"contiguous_gradients\": true,"
                        " \"reduce_bucket_size\": 1000, \"stage3_param_persistence_threshold\": 0,"
-                       " \"stage3_prefetch_bucket_size\": 20000},"
+                       " \"stage3_prefetch_bucket_size\": 20000, \"stage3_max_reuse_distance\": 0},"
                        " \"train_micro_batch_size_per_gpu\": \"auto\", \"gradient_accumulation_steps\": \"auto\","
                        " \"train_batch_size\": \"auto\", \"gradient_clipping\": \"auto\"}");
   return path;
@@ -89,6 +89,13 @@ TEST(ZeroMpi, EveryWorldSizeAndStageMatchesOneProcess) {
     for (size_t i = 0; i < losses.size(); ++i)
       EXPECT_NEAR(losses[i], ref_losses[i], 1e-5 * std::abs(ref_losses[i])) << "world " << c.world << " stage " << c.stage << " step " << i + 1;
     EXPECT_LT(adapter_rel_diff(out, ref), 1e-5) << "world " << c.world << " stage " << c.stage;
+    // bytes sent per step: as the ZeRO formula predicts (every part gathered at each use: reuse distance 0)
+    if (c.world > 1) {
+      const auto comm = read_json_file(fs::path(out) / "trainer_state.json")["zerolora"]["communication"];
+      EXPECT_DOUBLE_EQ(comm["bytes_sent_per_step"].get<double>(), comm["predicted_bytes_per_step"].get<double>())
+          << "world " << c.world << " stage " << c.stage << ": " << comm.dump();
+      EXPECT_GT(comm["bytes_sent_per_step"].get<double>(), 0);
+    }
   }
 }
 
