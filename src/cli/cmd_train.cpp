@@ -22,7 +22,7 @@ static bool wants_help(int argc, char** argv) {
 int cmd_train(int argc, char** argv) {
   if (wants_help(argc, argv)) {
     std::printf("%s\nDistributed: mpirun -np N zerolora train ... [--deepspeed ds_config.json] (data parallel, "
-                "ZeRO stages 0-2)\n", train::train_args_help().c_str());
+                "ZeRO stages 0-3)\n", train::train_args_help().c_str());
     return 0;
   }
   train::TrainArgs args = train::parse_train_args(std::vector<std::string>(argv + 1, argv + argc));
