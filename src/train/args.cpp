@@ -299,6 +299,9 @@ const std::vector<Flag>& flag_table() {
                           "False: mean per micro-batch / GA (HF < 4.46); True: mean over all tokens of the step"));
     t.push_back(bool_flag("strict_data", G::Extras, &A::strict_data,
                           "refuse samples FastChat silently drops (tokenization mismatch, bad roles)"));
+    t.push_back(bool_flag("continue_on_save_error", G::Extras, &A::continue_on_save_error,
+                          "a checkpoint that cannot be written (disk full, I/O error) is reported and training "
+                          "goes on; False: the run stops. Either way the previous checkpoint stays whole"));
     t.push_back(int_flag("num_threads", G::Extras, &A::num_threads, "CPU threads per rank, 0 = all cores"));
     t.push_back(string_flag("metrics_file", G::Extras, &A::metrics_file, "FILE",
                             "JSON-lines metrics log; \"\" = <output_dir>/metrics.jsonl"));

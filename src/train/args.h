@@ -77,6 +77,7 @@ struct TrainArgs {
   std::string optim = "adamw_torch";  // adamw_torch | adamw_hf | adamw_torch_fused: the same AdamW here
   int64_t seed = 42;
   bool gradient_checkpointing = false;
+  bool continue_on_save_error = false;  // ours: a failed checkpoint save (disk full) is reported, training goes on
   bool token_weighted_loss = false;  // ours: false = HF<4.46 (micro-batch mean / GA), true = token mean
   ResumeMode resume_mode = ResumeMode::Auto;
   std::string resume_from_checkpoint;  // the folder when resume_mode == Path

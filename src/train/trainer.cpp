@@ -415,7 +415,10 @@ TrainResult run_training(TrainArgs a, dist::Comm& comm) {
                 to_string(a.lr_scheduler_type).c_str(), (long long)plan.warmup_steps);
   progress.message(buf);
 
-  auto save_checkpoint = [&](int64_t step) {
+  // Returns false when the save failed and --continue_on_save_error let training go on. A save for a stop
+  // signal (stopping) must succeed: its failure always ends the run with the error.
+  auto save_checkpoint = [&](int64_t step, bool stopping) {
+    bool saved_ok = true;
     // gather the optimizer moments (sharded under ZeRO >= 1) into full buffers
     std::vector<float> m(size_t(padded), 0.f), v(size_t(padded), 0.f);
     if (zero_stage == 0) {
@@ -437,12 +440,23 @@ TrainResult run_training(TrainArgs a, dist::Comm& comm) {
                         {"skipped_steps", skipped_steps}, {"loss_scaler", scaler.to_json()}};
       snap.args = run_args;
       const std::string dir = (fs::path(a.output_dir) / ("checkpoint-" + std::to_string(step))).string();
-      save_training_checkpoint(dir, snap, layout, a.model_name_or_path);
-      write_loss_curve_svg(state.log_history, (fs::path(a.output_dir) / "loss_curve.svg").string());
-      if (a.save_total_limit) io::rotate_checkpoints(a.output_dir, *a.save_total_limit);
-      progress.message("saved " + dir);
+      try {
+        save_training_checkpoint(dir, snap, layout, a.model_name_or_path);
+        write_loss_curve_svg(state.log_history, (fs::path(a.output_dir) / "loss_curve.svg").string());
+        if (a.save_total_limit) io::rotate_checkpoints(a.output_dir, *a.save_total_limit);
+        progress.message("saved " + dir);
+      } catch (const core::Error& e) {
+        // nothing of it is left (the temp folder is removed), the previous checkpoint is untouched
+        if (!a.continue_on_save_error || stopping) throw;
+        saved_ok = false;
+        const std::string last = io::find_last_checkpoint(a.output_dir);
+        progress.message("warning: checkpoint-" + std::to_string(step) + " was not saved (" + e.what() +
+                         "); training continues (--continue_on_save_error), the last complete checkpoint is " +
+                         (last.empty() ? std::string("none") : last));
+      }
     }
     comm.barrier();
+    return saved_ok;
   };
 
   TrainResult result;
@@ -574,7 +588,7 @@ TrainResult run_training(TrainArgs a, dist::Comm& comm) {
       const int64_t stop_votes = comm.all_reduce(int64_t(stop_requested() ? 1 : 0), dist::ScalarOp::Max);
       if ((plan.save_steps > 0 && state.global_step % plan.save_steps == 0) ||
           (a.save_strategy == IntervalStrategy::Epoch && epoch_end) || stop_votes > 0)
-        save_checkpoint(state.global_step);
+        save_checkpoint(state.global_step, stop_votes > 0);
       if (stop_votes > 0) {
         progress.message("stop signal received: checkpoint-" + std::to_string(state.global_step) +
                          " saved; run the same command again to resume");

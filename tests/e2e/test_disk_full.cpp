@@ -73,3 +73,56 @@ TEST(DiskFull, SaveFailsCleanlyAndTheLastCheckpointResumes) {
       << rlog;
   EXPECT_NE(rlog.find("resumed from " + last), std::string::npos) << rlog;
 }
+
+// --continue_on_save_error True: a save that fails on the full disk is reported and training goes on;
+// once space is back the next checkpoints are written, and a stop signal ends the run cleanly.
+TEST(DiskFull, ContinueOnSaveErrorKeepsTraining) {
+  TinyRun run;
+  const fs::path mnt = run.dir / "small-disk";
+  fs::create_directories(mnt);
+  if (geteuid() != 0 || mount("tmpfs", mnt.c_str(), "tmpfs", 0, "size=2m") != 0)
+    GTEST_SKIP() << "needs root and tmpfs mounts (CI runs as root) to make a small disk";
+  struct Unmount {
+    fs::path p;
+    ~Unmount() { umount2(p.c_str(), MNT_DETACH); }
+  } unmount{mnt};
+  const std::string out = (mnt / "out").string();
+  const std::string log_path = (run.dir / "train.log").string();
+  pid_t pid = fork();
+  if (pid == 0) {
+    const std::string cmd = run.train_cmd(out, "--max_steps 1000000 --per_device_train_batch_size 2 --save_steps 3 "
+                                               "--save_total_limit 2 --lora_r 4 --continue_on_save_error True");
+    execl("/bin/sh", "sh", "-c", ("exec " + cmd + " > " + log_path + " 2>&1").c_str(), (char*)nullptr);
+    _exit(127);
+  }
+  auto wait_for = [&](auto done) {
+    for (int i = 0; i < 3000; ++i) {
+      if (done()) return true;
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    }
+    return false;
+  };
+  auto log_has = [&](const std::string& s) { return read_file(log_path).find(s) != std::string::npos; };
+  ASSERT_TRUE(wait_for([&] { return !io::find_last_checkpoint(out).empty(); }));
+  std::string ignored;
+  run_command("dd if=/dev/zero of=" + (mnt / "filler").string() + " bs=64k 2>/dev/null", &ignored);
+  const bool warned = wait_for([&] { return log_has("was not saved"); });
+  EXPECT_EQ(waitpid(pid, nullptr, WNOHANG), 0) << "training stopped on the failed save";
+  fs::remove(mnt / "filler");
+  const size_t saved_before = read_file(log_path).rfind("saved ");
+  const bool saved_again = wait_for([&] { return read_file(log_path).rfind("saved ") != saved_before; });
+  kill(pid, SIGTERM);
+  int status = 0;
+  waitpid(pid, &status, 0);
+  const std::string log = read_file(log_path);
+  ASSERT_TRUE(warned) << log;
+  EXPECT_TRUE(saved_again) << log;
+  ASSERT_TRUE(WIFEXITED(status)) << log;
+  EXPECT_EQ(WEXITSTATUS(status), 0) << log;
+  const auto at = log.find("warning: checkpoint-");
+  std::printf("%s\n", log.substr(at, log.find('\n', at) - at).c_str());
+  const std::string last = io::find_last_checkpoint(out);
+  ASSERT_FALSE(last.empty());
+  for (const char* f : {"adapter_model.safetensors", "optimizer.safetensors", "trainer_state.json"})
+    EXPECT_TRUE(fs::exists(fs::path(last) / f)) << last << "/" << f;
+}
