@@ -187,6 +187,7 @@ double model_gemm_rate(core::DType dtype, const io::HfConfig& c, int64_t M, bool
 }  // namespace
 
 int main(int argc, char** argv) {
+  core::return_large_frees_to_system();  // as the zerolora binary does
   const Options o = parse(argc, argv);
   try {
     core::set_num_threads(o.threads);

@@ -1,5 +1,7 @@
 #include "core/runtime.h"
 
+#include <malloc.h>
+
 #include <omp.h>
 
 #include <fstream>
@@ -27,5 +29,7 @@ static int64_t status_kb(const char* key) {
 
 int64_t current_rss_bytes() { return status_kb("VmRSS:") * 1024; }
 int64_t peak_rss_bytes() { return status_kb("VmHWM:") * 1024; }
+
+void return_large_frees_to_system(size_t bytes) { mallopt(M_MMAP_THRESHOLD, int(bytes)); }
 
 }  // namespace zerolora::core

@@ -1,6 +1,7 @@
 // Process-wide runtime settings: threads and wall-clock timing, resident memory.
 #pragma once
 #include <chrono>
+#include <cstddef>
 #include <cstdint>
 
 namespace zerolora::core {
@@ -12,6 +13,12 @@ int num_threads();
 // Resident set size now and at its peak, in bytes (from /proc/self/status).
 int64_t current_rss_bytes();
 int64_t peak_rss_bytes();
+
+// Makes every allocation of at least `bytes` its own mapping, returned to the system when freed. glibc
+// otherwise raises its mmap threshold after the first large free (up to 32 MiB), so tensors loaded and
+// freed one by one (a model read block by block, ZeRO-3 keeping only slices) land on the heap, where
+// the small long-lived allocations between them keep the freed memory resident. Call once at start.
+void return_large_frees_to_system(size_t bytes = size_t(1) << 20);
 
 class Timer {
  public:
