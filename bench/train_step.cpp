@@ -4,7 +4,7 @@
 //
 //   bench_train_step [--preset tinyllama-1.1b] [--layers N] [--seq 512] [--batch 1] [--dtype bf16|f32|nf4]
 //                    [--lora-r 8] [--lora-targets q_proj,v_proj | all] [--checkpointing]
-//                    [--steps 3] [--threads 0] [--prepack] [--no-gemm] [--json-only]
+//                    [--steps 3] [--threads 0] [--prepack] [--no-gemm] [--json-only] [--profile]
 //
 // Timing: one warm-up step (arena, rope table, oneDNN primitives), then the median of --steps steps.
 //
@@ -30,6 +30,7 @@
 
 #include "core/dtype.h"
 #include "core/error.h"
+#include "core/op_profile.h"
 #include "core/runtime.h"
 #include "kernels/kernels.h"
 #include "model/llama.h"
@@ -46,7 +47,7 @@ struct Options {
   int64_t seq = 512, batch = 1, layers = 0, lora_r = 8;
   std::string dtype = "bf16", lora_targets = "q_proj,v_proj";
   double lora_alpha = 16, lora_dropout = 0.05;
-  bool checkpointing = false, prepack = false, gemm = true, json_only = false;
+  bool checkpointing = false, prepack = false, gemm = true, json_only = false, profile = false;
   int steps = 3, threads = 0;
 };
 
@@ -54,7 +55,7 @@ struct Options {
   std::fprintf(stderr,
                "%s\nusage: bench_train_step [--preset NAME] [--layers N] [--seq T] [--batch B] [--dtype bf16|f32|nf4]\n"
                "         [--lora-r R] [--lora-alpha A] [--lora-dropout P] [--lora-targets q_proj,v_proj|all]\n"
-               "         [--checkpointing] [--steps N] [--threads N] [--prepack] [--no-gemm] [--json-only]\n",
+               "         [--checkpointing] [--steps N] [--threads N] [--prepack] [--no-gemm] [--json-only] [--profile]\n",
                msg);
   std::exit(2);
 }
@@ -82,6 +83,7 @@ Options parse(int argc, char** argv) {
     else if (a == "--prepack") o.prepack = true;
     else if (a == "--no-gemm") o.gemm = false;
     else if (a == "--json-only") o.json_only = true;
+    else if (a == "--profile") o.profile = true;
     else if (a == "-h" || a == "--help") usage("");
     else usage(("unknown argument " + a).c_str());
   }
@@ -235,18 +237,22 @@ int main(int argc, char** argv) {
     auto step = [&](int index) {
       std::fill(grads.begin(), grads.end(), 0.0f);
       model::LossResult res = net.forward_backward(in, params.data(), grads.data(), grad_scale, uint64_t(index));
+      core::OpTimer ot(core::Op::Optimizer);
       optimizer.step(params.data(), grads.data(), 2e-4);
       last_loss = res.loss_sum / double(std::max<int64_t>(res.tokens, 1));
     };
     core::Timer warm_timer;
     step(0);
     const double warmup_s = warm_timer.seconds();
+    core::set_op_profiling(o.profile);  // the timed steps only
+    core::reset_op_profile();
     std::vector<double> times;
     for (int s = 1; s <= o.steps; ++s) {
       core::Timer t;
       step(s);
       times.push_back(t.seconds());
     }
+    core::set_op_profiling(false);
     const int64_t peak_rss = core::peak_rss_bytes();  // before the GEMM probe allocates its own buffers
     const double med = median(times);
     const double tok_s = double(M) / med;
@@ -275,6 +281,7 @@ int main(int argc, char** argv) {
         std::printf("  GEMM probe (linear_forward, M=%lld): bf16 %.1f GFLOP/s, f32 %.1f GFLOP/s -> MFU %.1f%% "
                     "(vs f32 rate %.1f%%)\n",
                     (long long)M, gemm_bf16, gemm_f32, 100 * mfu, gemm_f32 > 0 ? 100 * achieved / gemm_f32 : 0.0);
+      if (o.profile) std::printf("  time by op over the timed steps: %s\n", core::op_profile_summary().c_str());
       std::printf("  peak RSS %.2f GiB (frozen weights %.2f GiB, activation arena %.2f GiB, LoRA %lld params)\n",
                   double(peak_rss) / gib, double(weights.frozen_bytes()) / gib, double(net.activation_bytes()) / gib,
                   (long long)layout.numel());

@@ -4,6 +4,7 @@
 #include <cstring>
 
 #include "core/error.h"
+#include "core/op_profile.h"
 #include "model/lora_linear.h"
 #include "model/rope.h"
 
@@ -201,23 +202,26 @@ void LlamaModel<S>::forward_layer(int l, const LayerWeights& W, const ModelInput
   LoraScratch<S> scratch{a.lora_h, a.lora_du};
   auto branch = [&](Proj p) { return lora_branch(l, p, training, seed); };
 
-  kernels::rmsnorm_forward<S>(s.xn1, s.rstd1, x, W.input_norm.data<S>(), M, C, c.rms_norm_eps);
+  { core::OpTimer t_(core::Op::Norm); kernels::rmsnorm_forward<S>(s.xn1, s.rstd1, x, W.input_norm.data<S>(), M, C, c.rms_norm_eps); }
   lora_linear_forward<S>(s.q, s.u[0], s.xn1, W.proj[0], branch(Proj::Q), params, scratch, M);
   lora_linear_forward<S>(s.k, s.u[1], s.xn1, W.proj[1], branch(Proj::K), params, scratch, M);
   lora_linear_forward<S>(s.v, s.u[2], s.xn1, W.proj[2], branch(Proj::V), params, scratch, M);
-  kernels::rope_forward<S>(s.q, rope_.data(), pos, M, NH, HD);
-  kernels::rope_forward<S>(s.k, rope_.data(), pos, M, NKV, HD);
+  { core::OpTimer t_(core::Op::Rope); kernels::rope_forward<S>(s.q, rope_.data(), pos, M, NH, HD); }
+  { core::OpTimer t_(core::Op::Rope); kernels::rope_forward<S>(s.k, rope_.data(), pos, M, NKV, HD); }
   kernels::AttentionShape shape{a.B, a.T, NH, NKV, HD};
-  kernels::attention_forward<S>(s.att, s.lse, s.q, s.k, s.v, shape, lengths, in.kv_begin);
+  {
+    core::OpTimer t_(core::Op::Attention);
+    kernels::attention_forward<S>(s.att, s.lse, s.q, s.k, s.v, shape, lengths, in.kv_begin);
+  }
   lora_linear_forward<S>(a.tmp, s.u[3], s.att, W.proj[3], branch(Proj::O), params, scratch, M);
-  for (int64_t i = 0; i < M * C; ++i) s.xmid[i] = x[i] + a.tmp[i];
-  kernels::rmsnorm_forward<S>(s.xn2, s.rstd2, s.xmid, W.post_norm.data<S>(), M, C, c.rms_norm_eps);
+  { core::OpTimer t_(core::Op::Elementwise); for (int64_t i = 0; i < M * C; ++i) s.xmid[i] = x[i] + a.tmp[i]; }
+  { core::OpTimer t_(core::Op::Norm); kernels::rmsnorm_forward<S>(s.xn2, s.rstd2, s.xmid, W.post_norm.data<S>(), M, C, c.rms_norm_eps); }
   lora_linear_forward<S>(s.gate, s.u[4], s.xn2, W.proj[4], branch(Proj::Gate), params, scratch, M);
   lora_linear_forward<S>(s.up, s.u[5], s.xn2, W.proj[5], branch(Proj::Up), params, scratch, M);
-  kernels::swiglu_forward<S>(s.act, s.gate, s.up, M * I);
+  { core::OpTimer t_(core::Op::Swiglu); kernels::swiglu_forward<S>(s.act, s.gate, s.up, M * I); }
   lora_linear_forward<S>(a.tmp, s.u[6], s.act, W.proj[6], branch(Proj::Down), params, scratch, M);
   S* out = a.resid[l + 1];
-  for (int64_t i = 0; i < M * C; ++i) out[i] = s.xmid[i] + a.tmp[i];
+  { core::OpTimer t_(core::Op::Elementwise); for (int64_t i = 0; i < M * C; ++i) out[i] = s.xmid[i] + a.tmp[i]; }
 }
 
 template <typename S>
@@ -234,26 +238,29 @@ void LlamaModel<S>::backward_layer(int l, const LayerWeights& W, const ModelInpu
   LoraScratch<S> scratch{a.lora_h, a.lora_du};
   auto branch = [&](Proj p) { return lora_branch(l, p, true, seed); };
   // a.dres holds d loss / d resid[l+1]; on return it holds d loss / d resid[l].
-  std::fill(a.dact, a.dact + M * I, S(0));
+  { core::OpTimer t_(core::Op::Elementwise); std::fill(a.dact, a.dact + M * I, S(0)); }
   lora_linear_backward<S>(a.dact, grads, a.dres, s.act, s.u[6], W.proj[6], branch(Proj::Down), params, scratch, M);
-  kernels::swiglu_backward<S>(a.dgate, a.dup, a.dact, s.gate, s.up, M * I);
-  std::fill(a.dxn, a.dxn + M * C, S(0));
+  { core::OpTimer t_(core::Op::Swiglu); kernels::swiglu_backward<S>(a.dgate, a.dup, a.dact, s.gate, s.up, M * I); }
+  { core::OpTimer t_(core::Op::Elementwise); std::fill(a.dxn, a.dxn + M * C, S(0)); }
   lora_linear_backward<S>(a.dxn, grads, a.dgate, s.xn2, s.u[4], W.proj[4], branch(Proj::Gate), params, scratch, M);
   lora_linear_backward<S>(a.dxn, grads, a.dup, s.xn2, s.u[5], W.proj[5], branch(Proj::Up), params, scratch, M);
-  kernels::rmsnorm_backward<S>(a.dres, a.dxn, s.xmid, W.post_norm.data<S>(), s.rstd2, M, C);  // residual: +=
+  { core::OpTimer t_(core::Op::Norm); kernels::rmsnorm_backward<S>(a.dres, a.dxn, s.xmid, W.post_norm.data<S>(), s.rstd2, M, C); }  // residual: +=
 
-  std::fill(a.datt, a.datt + M * Q, S(0));
+  { core::OpTimer t_(core::Op::Elementwise); std::fill(a.datt, a.datt + M * Q, S(0)); }
   lora_linear_backward<S>(a.datt, grads, a.dres, s.att, s.u[3], W.proj[3], branch(Proj::O), params, scratch, M);
   kernels::AttentionShape shape{a.B, a.T, NH, NKV, HD};
-  kernels::attention_backward<S>(a.dq, a.dk, a.dv, a.datt, s.q, s.k, s.v, s.att, s.lse, shape, lengths,
-                                 in.kv_begin);
-  kernels::rope_backward<S>(a.dq, rope_.data(), pos, M, NH, HD);
-  kernels::rope_backward<S>(a.dk, rope_.data(), pos, M, NKV, HD);
-  std::fill(a.dxn, a.dxn + M * C, S(0));
+  {
+    core::OpTimer t_(core::Op::AttentionBackward);
+    kernels::attention_backward<S>(a.dq, a.dk, a.dv, a.datt, s.q, s.k, s.v, s.att, s.lse, shape, lengths,
+                                   in.kv_begin);
+  }
+  { core::OpTimer t_(core::Op::Rope); kernels::rope_backward<S>(a.dq, rope_.data(), pos, M, NH, HD); }
+  { core::OpTimer t_(core::Op::Rope); kernels::rope_backward<S>(a.dk, rope_.data(), pos, M, NKV, HD); }
+  { core::OpTimer t_(core::Op::Elementwise); std::fill(a.dxn, a.dxn + M * C, S(0)); }
   lora_linear_backward<S>(a.dxn, grads, a.dq, s.xn1, s.u[0], W.proj[0], branch(Proj::Q), params, scratch, M);
   lora_linear_backward<S>(a.dxn, grads, a.dk, s.xn1, s.u[1], W.proj[1], branch(Proj::K), params, scratch, M);
   lora_linear_backward<S>(a.dxn, grads, a.dv, s.xn1, s.u[2], W.proj[2], branch(Proj::V), params, scratch, M);
-  kernels::rmsnorm_backward<S>(a.dres, a.dxn, x, W.input_norm.data<S>(), s.rstd1, M, C);
+  { core::OpTimer t_(core::Op::Norm); kernels::rmsnorm_backward<S>(a.dres, a.dxn, x, W.input_norm.data<S>(), s.rstd1, M, C); }
 }
 
 template <typename S>
@@ -266,14 +273,21 @@ void LlamaModel<S>::forward_layers(const ModelInput& in, const S* params, bool t
     for (int64_t b = 0; b < in.B; ++b)
       core::check(in.lengths[b] >= 0 && in.lengths[b] <= in.T, "model input",
                   "row " + std::to_string(b) + " length " + std::to_string(in.lengths[b]) + " outside [0, T]");
-  kernels::embedding_forward<S>(a.resid[0], in.input_ids, embedding_part(), a.M);
+  const core::Tensor& embed = embedding_part();
+  {
+    core::OpTimer t_(core::Op::Elementwise);
+    kernels::embedding_forward<S>(a.resid[0], in.input_ids, embed, a.M);
+  }
   release_part();
   for (int l = 0; l < w_.config.num_hidden_layers; ++l) {
     forward_layer(l, layer_part(l), in, params, training, seed);
     release_part();
   }
-  kernels::rmsnorm_forward<S>(a.xf, a.rstdf, a.resid.back(), w_.final_norm.data<S>(), a.M, w_.config.hidden_size,
-                              w_.config.rms_norm_eps);
+  {
+    core::OpTimer t_(core::Op::Norm);
+    kernels::rmsnorm_forward<S>(a.xf, a.rstdf, a.resid.back(), w_.final_norm.data<S>(), a.M, w_.config.hidden_size,
+                                w_.config.rms_norm_eps);
+  }
 }
 
 template <typename S>
@@ -317,8 +331,11 @@ LossResult LlamaModel<S>::forward_backward(const ModelInput& in, const S* params
     S* u = a.u_lm ? a.u_lm + r0 * lora_->config().r : nullptr;
     lora_linear_forward<S>(a.logits, u, a.xf + r0 * C, lm_head, cbr, params, {a.lora_h, a.lora_du}, rows);
     int64_t count = 0;
-    result.loss_sum += kernels::cross_entropy_forward_backward<S>(a.logits, a.targets.data() + r0, rows, V,
-                                                                  training ? grad_scale : 0.0, &count);
+    {
+      core::OpTimer t_(core::Op::CrossEntropy);
+      result.loss_sum += kernels::cross_entropy_forward_backward<S>(a.logits, a.targets.data() + r0, rows, V,
+                                                                    training ? grad_scale : 0.0, &count);
+    }
     result.tokens += count;
     if (training)
       lora_linear_backward<S>(a.dxn + r0 * C, grads, a.logits, a.xf + r0 * C, u, lm_head, cbr, params,
@@ -331,8 +348,8 @@ LossResult LlamaModel<S>::forward_backward(const ModelInput& in, const S* params
   }
   report_gradients_final(c.num_hidden_layers);
 
-  std::fill(a.dres, a.dres + M * C, S(0));
-  kernels::rmsnorm_backward<S>(a.dres, a.dxn, a.resid.back(), w_.final_norm.data<S>(), a.rstdf, M, C);
+  { core::OpTimer t_(core::Op::Elementwise); std::fill(a.dres, a.dres + M * C, S(0)); }
+  { core::OpTimer t_(core::Op::Norm); kernels::rmsnorm_backward<S>(a.dres, a.dxn, a.resid.back(), w_.final_norm.data<S>(), a.rstdf, M, C); }
   for (int l = c.num_hidden_layers - 1; l >= 0; --l) {
     const LayerWeights& W = layer_part(l);
     if (opt_.gradient_checkpointing) forward_layer(l, W, in, params, true, dropout_seed);  // recompute

@@ -2,6 +2,8 @@
 
 #include <cstring>
 
+#include "core/op_profile.h"
+
 namespace zerolora::model {
 
 namespace {
@@ -35,8 +37,12 @@ double dropout_multiplier(uint64_t seed, int slot_index, int64_t m, int64_t i, i
 template <typename S>
 void lora_linear_forward(S* out, S* u, const S* x, const kernels::FrozenWeight& w, const LoraBranch& lora,
                          const S* params, LoraScratch<S> scratch, int64_t M) {
-  kernels::linear_forward<S>(out, x, w, M);
+  {
+    core::OpTimer t(core::Op::FrozenGemm);
+    kernels::linear_forward<S>(out, x, w, M);
+  }
   if (!lora.slot) return;
+  core::OpTimer t(core::Op::Lora);
   const LoraSlot& s = *lora.slot;
   const S* A = params + s.a_offset;  // [r, in]
   const S* B = params + s.b_offset;  // [out, r]
@@ -52,8 +58,12 @@ void lora_linear_forward(S* out, S* u, const S* x, const kernels::FrozenWeight& 
 template <typename S>
 void lora_linear_backward(S* dx, S* grads, const S* dout, const S* x, const S* u, const kernels::FrozenWeight& w,
                           const LoraBranch& lora, const S* params, LoraScratch<S> scratch, int64_t M) {
-  kernels::linear_backward_input<S>(dx, dout, w, M);
+  {
+    core::OpTimer t(core::Op::FrozenGemmBackward);
+    kernels::linear_backward_input<S>(dx, dout, w, M);
+  }
   if (!lora.slot) return;
+  core::OpTimer t(core::Op::Lora);
   const LoraSlot& s = *lora.slot;
   const S* A = params + s.a_offset;
   const S* B = params + s.b_offset;

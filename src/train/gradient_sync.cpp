@@ -3,6 +3,7 @@
 #include <algorithm>
 
 #include "core/error.h"
+#include "core/op_profile.h"
 
 namespace zerolora::train {
 
@@ -41,10 +42,12 @@ void GradientSync::launch(size_t i) {
   float* out = reduced_.data() + (mine > 0 ? own_begin - shard_.begin : 0);
   dist::Request req = comm_.reduce_scatter_sum_uneven_async(
       std::span<const float>(grads_ + r.begin, size_t(r.size())), std::span<float>(out, size_t(mine)), counts_[i]);
-  if (overlap_)
+  if (overlap_) {
     inflight_.push_back(std::move(req));
-  else
+  } else {
+    core::OpTimer t(core::Op::Communication);
     req.wait();
+  }
 }
 
 void GradientSync::gradients_final_from(int64_t from) {
@@ -55,6 +58,7 @@ void GradientSync::gradients_final_from(int64_t from) {
 
 void GradientSync::finish() {
   if (comm_.size() == 1) return;
+  core::OpTimer t(core::Op::Communication);
   if (!scatter_) {
     // stages 0 and 1: every rank needs the whole sum (stage 1 updates its shard from it)
     comm_.all_reduce_sum(std::span<float>(grads_, size_t(padded_)));

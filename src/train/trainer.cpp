@@ -3,12 +3,14 @@
 #include <atomic>
 #include <cmath>
 #include <csignal>
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <optional>
 #include <unistd.h>
 
 #include "core/error.h"
+#include "core/op_profile.h"
 #include "core/runtime.h"
 #include "data/dataset.h"
 #include "dist/consistency.h"
@@ -467,6 +469,10 @@ TrainResult run_training(TrainArgs a, dist::Comm& comm) {
   core::Timer since_log, run_timer;
   const int64_t start_step = state.global_step;
   install_stop_signal_handlers();
+  // ZEROLORA_PROFILE=1: wall time per kind of op over the run, logged at the end
+  const char* profile_env = std::getenv("ZEROLORA_PROFILE");
+  core::set_op_profiling(profile_env && std::string(profile_env) == "1");
+  core::reset_op_profile();
 
   for (int64_t epoch = state.global_step / std::max<int64_t>(plan.steps_per_epoch, 1);
        epoch < plan.epochs && state.global_step < plan.total_steps; ++epoch) {
@@ -539,9 +545,12 @@ TrainResult run_training(TrainArgs a, dist::Comm& comm) {
                           "lower --learning_rate, check those samples, or resume from the last checkpoint; nothing "
                           "was saved from this step");
       }
-      scale_in_place(grads.data() + shard.begin, shard.size(), clip_coefficient(grad_norm, clip));
       const double lr = schedule.lr(state.global_step - skipped_steps);
-      opt.step(params.data() + shard.begin, grads.data() + shard.begin, lr);
+      {
+        core::OpTimer t(core::Op::Optimizer);
+        scale_in_place(grads.data() + shard.begin, shard.size(), clip_coefficient(grad_norm, clip));
+        opt.step(params.data() + shard.begin, grads.data() + shard.begin, lr);
+      }
       const double loss_scale_used = scaler.scale();
       if (fp16) scaler.update(false);
       if (zero_stage > 0 && world > 1) {
@@ -629,6 +638,7 @@ TrainResult run_training(TrainArgs a, dist::Comm& comm) {
     }
     progress.message(line);
   }
+  if (core::op_profiling()) progress.message("time by op (rank " + std::to_string(rank) + "): " + core::op_profile_summary());
   if (traffic.steps > 0 && world > 1) {
     dist::ZeroStepShape shape;
     shape.stage = zero_stage, shape.world = world, shape.gradient_accumulation_steps = ga;

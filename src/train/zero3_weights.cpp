@@ -5,6 +5,7 @@
 #include <filesystem>
 
 #include "core/error.h"
+#include "core/op_profile.h"
 #include "dist/zero_partition.h"
 #include "kernels/nf4.h"
 
@@ -295,6 +296,7 @@ struct Zero3FrozenWeights::Impl {
   }
 
   void finish(Slot& s, int key) {
+    core::OpTimer t(core::Op::Communication);
     for (auto& r : s.inflight) r.wait();
     s.inflight.clear();
     // NF4 vectors back to their exact sizes (capacity kept: no reallocation next time)
