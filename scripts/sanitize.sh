@@ -1,13 +1,11 @@
 #!/usr/bin/env bash
 # Builds the unit tests with clang, AddressSanitizer (+ LeakSanitizer) and UndefinedBehaviorSanitizer in
 # build-asan/ and runs them with ctest. Any sanitizer report fails the test that caused it, and so the script.
-#   bash scripts/sanitize.sh                 # CI (.ci/run)
-#   SANITIZE_CTEST_ARGS="-R Safetensors" bash scripts/sanitize.sh   # a subset
+#   bash scripts/sanitize.sh          # CI (.ci/run); both passes below run, and either failing fails the script
 set -euo pipefail
 cd "$(dirname "$0")/.."
-root="$(pwd)"
-# RelWithDebInfo at -O1 with line tables only: the fastest compile that still gives file:line in every report
-# (-O1 keeps the build short on 2 cores; the tests run a little slower than at -O2, which is cheaper here).
+# RelWithDebInfo at -O1 with line tables only: the shortest compile on 2 cores that still puts file:line in
+# every report. OpenMP is whatever CMake finds for clang (libomp).
 cmake -S . -B build-asan -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo \
       -DCMAKE_CXX_FLAGS_RELWITHDEBINFO="-O1 -gline-tables-only" -DCMAKE_C_FLAGS_RELWITHDEBINFO="-O1 -gline-tables-only" \
       -DCMAKE_CXX_COMPILER=clang++ -DCMAKE_C_COMPILER=clang -DZEROLORA_SANITIZE=ON \
@@ -15,10 +13,29 @@ cmake -S . -B build-asan -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo \
 ninja -C build-asan -j2
 
 # Every finding is fatal: ASan and UBSan stop the process at the first report (the build also passes
-# -fno-sanitize-recover=undefined), LeakSanitizer runs at exit, and each prints the stack with file:line.
+# -fno-sanitize-recover=undefined), LeakSanitizer runs at exit, each prints the stack with file:line, and the
+# process exits 86 so that a test expecting some other failure status cannot mistake a report for it.
 # Children inherit these: the zerolora binary the end-to-end tests start, and the ranks under mpirun.
-# scripts/lsan.supp lists third-party leaks only (OpenMPI's start-up allocations); ours are never suppressed.
-export ASAN_OPTIONS="halt_on_error=1:abort_on_error=0:detect_leaks=1:detect_stack_use_after_return=0:check_initialization_order=1:strict_init_order=1:print_stacktrace=1:exitcode=86"
+asan="halt_on_error=1:abort_on_error=0:print_stacktrace=1:check_initialization_order=1:strict_init_order=1:exitcode=86"
 export UBSAN_OPTIONS="halt_on_error=1:print_stacktrace=1:report_error_type=1"
-export LSAN_OPTIONS="suppressions=$root/scripts/lsan.supp:print_suppressions=0"
-ctest --test-dir build-asan --output-on-failure -j2 --timeout 1800 ${SANITIZE_CTEST_ARGS:-}
+
+# Not run here (plain ctest runs them): the two long precision comparisons train stories260K for hundreds of
+# steps to compare eval losses (fp16 vs f32, QLoRA vs bf16). Under ASan each takes ~7.5 min on 2 cores, more
+# than all other tests together; the code they run is covered by the shorter fp16/QLoRA/end-to-end tests.
+long_tests='^(Fp16E2E\.EvalLossWithinOnePercentOfF32|QloraE2E\.EvalLossWithinTwoPercentOfBf16)$'
+# Tests that run processes under mpirun: suites named *Mpi (DistMpi, ZeroMpi, Zero3Mpi).
+mpi_tests='Mpi\.'
+ctest_args=(--test-dir build-asan --output-on-failure -j2 --timeout 1800)
+
+status=0
+# Pass 1: everything but the MPI tests, with LeakSanitizer.
+ASAN_OPTIONS="$asan:detect_leaks=1" ctest "${ctest_args[@]}" -E "$long_tests|$mpi_tests" || status=1
+
+# Pass 2: the MPI tests, ASan + UBSan without LeakSanitizer. OpenMPI keeps ~120 KB in ~3,400 blocks from
+# MPI_Init to exit by design, and it allocates them in components it dlclose()s at MPI_Finalize: by the time
+# LeakSanitizer reports, those stacks are "<unknown module>" (and frame-pointer unwinding through OpenMPI ends
+# there), so no suppressions file can name them. Only fast_unwind_on_malloc=0 makes them suppressible, and it
+# makes the suite ~10x slower. The one-process runs of the same trainer and collectives have leak checks in
+# pass 1; what only runs with several ranks (sharded ZeRO state, the MPI backend) gets ASan + UBSan here.
+ASAN_OPTIONS="$asan:detect_leaks=0" ctest "${ctest_args[@]}" -R "$mpi_tests" -E "$long_tests" || status=1
+exit $status

@@ -7,6 +7,7 @@
 
 #include "check.h"
 #include "core/error.h"
+#include "kernels/cpu/attention_variants.h"
 #include "kernels/kernels.h"
 
 using namespace zerolora;
@@ -239,4 +240,48 @@ TEST(Attention, RejectsBadArguments) {
   EXPECT_THROW(fwd({1, 4, 2, 1, 8}, nullptr, kvb.data()), core::Error);
   len = {2};  // ...unless it is padding
   EXPECT_NO_THROW(fwd({1, 4, 2, 1, 8}, len.data(), kvb.data()));
+}
+
+// The AVX-512 copy (chosen at run time on CPUs that have it) computes what the AVX2 copy computes, up to
+// the order of fp32 sums: forward, log-sum-exp and all three gradients, with GQA, right padding and
+// packing. Skips where the CPU or the build has no AVX-512.
+TEST(Attention, Avx512CopyMatchesAvx2Copy) {
+  if (!attention_avx512_available()) GTEST_SKIP() << "no AVX-512 on this CPU (or a clang build)";
+  const AttentionShape s{2, 150, 8, 2, 64};
+  const int64_t nq = s.B * s.T * s.NH * s.HD, nkv = s.B * s.T * s.NKV * s.HD;
+  std::vector<float> q(static_cast<size_t>(nq)), k(static_cast<size_t>(nkv)), v(static_cast<size_t>(nkv)),
+      dout(static_cast<size_t>(nq));
+  uint64_t x = 12345;
+  auto rnd = [&] {
+    x = x * 6364136223846793005ull + 1442695040888963407ull;
+    return float(int64_t(x >> 40) % 2001 - 1000) / 500.0f;
+  };
+  for (auto* buf : {&q, &k, &v, &dout})
+    for (auto& e : *buf) e = rnd();
+  const std::vector<int32_t> lengths = {150, 97};
+  std::vector<int32_t> kv_begin(size_t(s.B * s.T), 0);
+  for (int64_t t = 60; t < s.T; ++t) kv_begin[size_t(s.T + t)] = 60;  // row 1 packs two samples
+  struct Out {
+    std::vector<float> o, lse, dq, dk, dv;
+  };
+  auto run = [&](AttentionIsa isa) {
+    Out r{std::vector<float>(size_t(nq)), std::vector<float>(size_t(s.B * s.NH * s.T)), std::vector<float>(size_t(nq)),
+          std::vector<float>(size_t(nkv)), std::vector<float>(size_t(nkv))};
+    attention_forward_variant<float>(isa, r.o.data(), r.lse.data(), q.data(), k.data(), v.data(), s, lengths.data(),
+                                     kv_begin.data());
+    attention_backward_variant<float>(isa, r.dq.data(), r.dk.data(), r.dv.data(), dout.data(), q.data(), k.data(),
+                                      v.data(), r.o.data(), r.lse.data(), s, lengths.data(), kv_begin.data());
+    return r;
+  };
+  const Out a = run(AttentionIsa::Avx2), b = run(AttentionIsa::Avx512);
+  auto max_rel = [](const std::vector<float>& x, const std::vector<float>& y) {
+    double d = 0, m = 0;
+    for (size_t i = 0; i < x.size(); ++i) d = std::max(d, double(std::abs(x[i] - y[i]))), m = std::max(m, double(std::abs(y[i])));
+    return d / std::max(m, 1e-30);
+  };
+  EXPECT_LT(max_rel(b.o, a.o), 1e-5);
+  EXPECT_LT(max_rel(b.lse, a.lse), 1e-5);
+  EXPECT_LT(max_rel(b.dq, a.dq), 1e-5);
+  EXPECT_LT(max_rel(b.dk, a.dk), 1e-5);
+  EXPECT_LT(max_rel(b.dv, a.dv), 1e-5);
 }
