@@ -18,16 +18,26 @@ using namespace zerolora;
 using namespace zerolora::test;
 namespace fs = std::filesystem;
 
+namespace {
+// A 2 MB tmpfs at `path`, unmounted again at the end of the test.
+struct SmallDisk {
+  fs::path path;
+  bool mounted = false;
+  explicit SmallDisk(fs::path p) : path(std::move(p)) {
+    fs::create_directories(path);
+    mounted = geteuid() == 0 && mount("tmpfs", path.c_str(), "tmpfs", 0, "size=2m") == 0;
+  }
+  ~SmallDisk() {
+    if (mounted) umount2(path.c_str(), MNT_DETACH);
+  }
+};
+}  // namespace
+
 TEST(DiskFull, SaveFailsCleanlyAndTheLastCheckpointResumes) {
   TinyRun run;
-  const fs::path mnt = run.dir / "small-disk";
-  fs::create_directories(mnt);
-  if (geteuid() != 0 || mount("tmpfs", mnt.c_str(), "tmpfs", 0, "size=2m") != 0)
-    GTEST_SKIP() << "needs root and tmpfs mounts (CI runs as root) to make a small disk";
-  struct Unmount {
-    fs::path p;
-    ~Unmount() { umount2(p.c_str(), MNT_DETACH); }
-  } unmount{mnt};
+  SmallDisk disk(run.dir / "small-disk");
+  if (!disk.mounted) GTEST_SKIP() << "needs root and tmpfs mounts (CI runs as root) to make a small disk";
+  const fs::path& mnt = disk.path;
   const std::string out = (mnt / "out").string();
   const std::string flags = "--max_steps 1000000 --per_device_train_batch_size 2 --save_steps 3 --lora_r 4";
   const std::string log_path = (run.dir / "train.log").string();
@@ -78,14 +88,9 @@ TEST(DiskFull, SaveFailsCleanlyAndTheLastCheckpointResumes) {
 // once space is back the next checkpoints are written, and a stop signal ends the run cleanly.
 TEST(DiskFull, ContinueOnSaveErrorKeepsTraining) {
   TinyRun run;
-  const fs::path mnt = run.dir / "small-disk";
-  fs::create_directories(mnt);
-  if (geteuid() != 0 || mount("tmpfs", mnt.c_str(), "tmpfs", 0, "size=2m") != 0)
-    GTEST_SKIP() << "needs root and tmpfs mounts (CI runs as root) to make a small disk";
-  struct Unmount {
-    fs::path p;
-    ~Unmount() { umount2(p.c_str(), MNT_DETACH); }
-  } unmount{mnt};
+  SmallDisk disk(run.dir / "small-disk");
+  if (!disk.mounted) GTEST_SKIP() << "needs root and tmpfs mounts (CI runs as root) to make a small disk";
+  const fs::path& mnt = disk.path;
   const std::string out = (mnt / "out").string();
   const std::string log_path = (run.dir / "train.log").string();
   pid_t pid = fork();
