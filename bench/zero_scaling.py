@@ -42,6 +42,7 @@ def main():
     ap.add_argument("--seq", type=int, default=512)
     ap.add_argument("--steps", type=int, default=3)
     ap.add_argument("--stages", default="2,3")
+    ap.add_argument("--repeats", type=int, default=3, help="interleaved runs per configuration (median reported)")
     ap.add_argument("--rss-worlds", default="1,2,4", help="stage-3 peak RSS runs (1 step each)")
     ap.add_argument("--rss-only", action="store_true")
     ap.add_argument("--workdir", default=None)
@@ -89,23 +90,33 @@ def main():
     results = []
     if not a.rss_only:
         print(f"TinyLlama-1.1B shape, {a.layers} blocks, bf16, seq {a.seq} packed, global batch 2, LoRA r 8 q,v, "
-              f"{a.steps} steps per run")
-        print("| stage | world x threads | tokens/s | sent per step per rank (measured) | formula | peak RSS per rank |")
+              f"{a.steps} steps per run, {a.repeats} interleaved runs each")
+        print("| stage | world x threads | tokens/s median (each run) | sent per step per rank (measured) | formula | "
+              "peak RSS per rank |")
         print("|---|---|---|---|---|---|")
-        for stage in [int(s) for s in a.stages.split(",")]:
-            for world in (1, 2):
-                r = train(world, stage, a.steps, f"s{stage}w{world}")
-                results.append(r)
-                c = r["communication"] or {}
-                sent = f"{c['bytes_sent_per_step'] / 1e6:.2f} MB" if c else "0 (one rank)"
-                pred = f"{c['predicted_bytes_per_step'] / 1e6:.2f} MB" if c else "-"
-                rss = ", ".join(f"{b / gib:.2f}" for b in r["peak_rss_bytes_per_rank"]) + " GiB"
-                print(f"| {stage} | {world} x {max(1, 2 // world)} | {r['tokens_per_s']:.1f} | {sent} | {pred} | {rss} |",
-                      flush=True)
-    print(f"\nstage 3 peak RSS per rank, 1 step, seq {a.seq}, {a.layers} blocks:")
-    print("| world | peak RSS per rank | frozen bytes on a rank (slices + persistent + gather buffers) | full frozen model |")
-    print("|---|---|---|---|")
-    for world in [int(w) for w in a.rss_worlds.split(",") if w]:
+        configs = [(int(stage), world) for stage in a.stages.split(",") for world in (1, 2)]
+        runs = {c: [] for c in configs}
+        for rep in range(a.repeats):  # interleaved: s2w1, s2w2, s3w1, s3w2, s2w1, ...
+            for stage, world in configs:
+                runs[(stage, world)].append(train(world, stage, a.steps, f"s{stage}w{world}"))
+        for stage, world in configs:
+            rs = runs[(stage, world)]
+            r = dict(rs[-1], tokens_per_s=statistics.median(x["tokens_per_s"] for x in rs),
+                     tokens_per_s_runs=[x["tokens_per_s"] for x in rs])
+            results.append(r)
+            c = r["communication"] or {}
+            sent = f"{c['bytes_sent_per_step'] / 1e6:.2f} MB" if c else "0 (one rank)"
+            pred = f"{c['predicted_bytes_per_step'] / 1e6:.2f} MB" if c else "-"
+            rss = ", ".join(f"{b / gib:.2f}" for b in r["peak_rss_bytes_per_rank"]) + " GiB"
+            each = " / ".join(f"{t:.1f}" for t in r["tokens_per_s_runs"])
+            print(f"| {stage} | {world} x {max(1, 2 // world)} | {r['tokens_per_s']:.1f} ({each}) | {sent} | {pred} | "
+                  f"{rss} |", flush=True)
+    rss_worlds = [int(w) for w in a.rss_worlds.split(",") if w]
+    if rss_worlds:
+        print(f"\nstage 3 peak RSS per rank, 1 step, seq {a.seq}, {a.layers} blocks:")
+        print("| world | peak RSS per rank | frozen bytes on a rank (slices + persistent + gather buffers) | full frozen model |")
+        print("|---|---|---|---|")
+    for world in rss_worlds:
         r = train(world, 3, 1, f"rss{world}")
         results.append(r)
         f = r["zero3_frozen_bytes"]

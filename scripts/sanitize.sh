@@ -19,17 +19,13 @@ ninja -C build-asan -j2
 asan="halt_on_error=1:abort_on_error=0:print_stacktrace=1:check_initialization_order=1:strict_init_order=1:exitcode=86"
 export UBSAN_OPTIONS="halt_on_error=1:print_stacktrace=1:report_error_type=1"
 
-# Not run here (plain ctest runs them): the two long precision comparisons train stories260K for hundreds of
-# steps to compare eval losses (fp16 vs f32, QLoRA vs bf16). Under ASan each takes ~7.5 min on 2 cores, more
-# than all other tests together; the code they run is covered by the shorter fp16/QLoRA/end-to-end tests.
-long_tests='^(Fp16E2E\.EvalLossWithinOnePercentOfF32|QloraE2E\.EvalLossWithinTwoPercentOfBf16)$'
 # Tests that run processes under mpirun: suites named *Mpi (DistMpi, ZeroMpi, Zero3Mpi).
 mpi_tests='Mpi\.'
 ctest_args=(--test-dir build-asan --output-on-failure -j2 --timeout 1800)
 
 status=0
 # Pass 1: everything but the MPI tests, with LeakSanitizer.
-ASAN_OPTIONS="$asan:detect_leaks=1" ctest "${ctest_args[@]}" -E "$long_tests|$mpi_tests" || status=1
+ASAN_OPTIONS="$asan:detect_leaks=1" ctest "${ctest_args[@]}" -E "$mpi_tests" || status=1
 
 # Pass 2: the MPI tests, ASan + UBSan without LeakSanitizer. OpenMPI keeps ~120 KB in ~3,400 blocks from
 # MPI_Init to exit by design, and it allocates them in components it dlclose()s at MPI_Finalize: by the time
@@ -37,5 +33,5 @@ ASAN_OPTIONS="$asan:detect_leaks=1" ctest "${ctest_args[@]}" -E "$long_tests|$mp
 # there), so no suppressions file can name them. Only fast_unwind_on_malloc=0 makes them suppressible, and it
 # makes the suite ~10x slower. The one-process runs of the same trainer and collectives have leak checks in
 # pass 1; what only runs with several ranks (sharded ZeRO state, the MPI backend) gets ASan + UBSan here.
-ASAN_OPTIONS="$asan:detect_leaks=0" ctest "${ctest_args[@]}" -R "$mpi_tests" -E "$long_tests" || status=1
+ASAN_OPTIONS="$asan:detect_leaks=0" ctest "${ctest_args[@]}" -R "$mpi_tests" || status=1
 exit $status
