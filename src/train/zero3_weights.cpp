@@ -488,6 +488,7 @@ void Zero3FrozenWeights::begin_pass(bool with_backward) {
   if (with_backward)
     for (int l = I.layers() - 1; l >= 0; --l) I.sequence.push_back(l);
   I.position = -1;
+  I.current = nullptr;  // a pass that ended in an exception may have left a part acquired
   // the first part is fetched now; the rest is prefetched as the pass goes
 }
 
