@@ -1,5 +1,7 @@
 #include "train/trainer_state.h"
 
+#include <cmath>
+
 #include <fstream>
 #include <sstream>
 
@@ -23,10 +25,15 @@ class FieldReader {
   void integer(const char* key, int64_t& out) const {
     if (const json* v = find(key)) {
       // HF writes integers, but a float with an integral value (e.g. 3.0 epochs) is accepted as well
-      if (v->is_number_integer()) out = v->get<int64_t>();
-      else if (v->is_number_float() && v->get<double>() == static_cast<double>(static_cast<int64_t>(v->get<double>())))
+      // (the range check comes before the cast: converting an out-of-range double is undefined)
+      if (v->is_number_integer()) {
+        out = v->get<int64_t>();
+      } else if (v->is_number_float() && std::nearbyint(v->get<double>()) == v->get<double>() &&
+                 std::abs(v->get<double>()) < 9e18) {
         out = static_cast<int64_t>(v->get<double>());
-      else fail(key, "an integer", *v);
+      } else {
+        fail(key, "an integer", *v);
+      }
     }
   }
   void number(const char* key, double& out) const {

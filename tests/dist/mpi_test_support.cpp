@@ -53,12 +53,22 @@ dist::Comm& worker_comm() {
   return *comm;
 }
 
+// clang does not define __SANITIZE_ADDRESS__; it answers __has_feature instead (which GCC < 14 lacks)
+#if defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define ZL_CLANG_ASAN 1
+#endif
+#endif
+#ifndef ZL_CLANG_ASAN
+#define ZL_CLANG_ASAN 0
+#endif
+
 MpiRun run_mpi_workers(int ranks, const std::string& gtest_filter, const std::vector<std::string>& env,
                        int timeout_s) {
   // /proc/self/exe must be resolved here: inside the shell it would name the shell.
   std::string self = std::filesystem::read_symlink("/proc/self/exe").string();
   std::string exports = " -x " + std::string(kWorkerEnv) + "=1";
-#if defined(__SANITIZE_ADDRESS__)
+#if defined(__SANITIZE_ADDRESS__) || ZL_CLANG_ASAN
   // OpenMPI leaks by design at MPI_Finalize (op tables, unloaded components); LeakSanitizer would fail
   // every rank for it. Address and UB checks stay on.
   const char* asan = std::getenv("ASAN_OPTIONS");

@@ -63,8 +63,9 @@ struct Stories260KPrecisionRuns {
     eval_path = (dir / "eval.json").string();
     write_file(eval_path, eval_rows.dump());
   }
-  // the final evaluation loss of a run with `precision` ("", "--bf16 True", "--q_lora True", "--fp16 True")
-  double final_eval(const std::string& name, const std::string& precision) const {
+  // the final evaluation loss of a run with `precision` ("", "--bf16 True", "--q_lora True", "--fp16 True");
+  // `extra` flags come last (they override the defaults here: --max_steps, --seed)
+  double final_eval(const std::string& name, const std::string& precision, const std::string& extra = "") const {
     const std::string out = (dir / name).string();
     std::string log;
     EXPECT_EQ(run_command(zerolora_binary() + " train --model_name_or_path " + model + " --data_path " + data +
@@ -72,7 +73,7 @@ struct Stories260KPrecisionRuns {
                               " --max_steps 100 --per_device_train_batch_size 4 --learning_rate 2e-3"
                               " --model_max_length 160 --padding longest --lora_r 8 --lora_alpha 16"
                               " --lora_dropout 0.05 --lora_target_modules q_proj k_proj v_proj o_proj gate_proj"
-                              " up_proj down_proj --logging_steps 10 --save_strategy no --num_threads 2 " + precision,
+                              " up_proj down_proj --logging_steps 10 --save_strategy no --num_threads 2 " + precision + " " + extra,
                           &log),
               0)
         << log;

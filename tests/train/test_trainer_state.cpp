@@ -157,6 +157,9 @@ TEST(TrainerState, WrongTypesNameTheKey) {
   msg = error_of_json(R"({"global_step": 2.5})");
   EXPECT_NE(msg.find(":global_step: expected an integer"), std::string::npos) << msg;
   EXPECT_EQ(trainer_state_from_json(json::parse(R"({"global_step": 24.0})"), "x").global_step, 24);
+  // an integral float past int64's range (a fuzz finding: the cast was undefined behaviour)
+  msg = error_of_json(R"({"logging_steps": 5E81})");
+  EXPECT_NE(msg.find(":logging_steps: expected an integer"), std::string::npos) << msg;
   msg = error_of_json(R"({"log_history": {"loss": 1}})");
   EXPECT_NE(msg.find(":log_history: expected a list"), std::string::npos) << msg;
   msg = error_of_json(R"({"log_history": [{"loss": 1}, 3]})");
