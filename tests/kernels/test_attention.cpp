@@ -7,6 +7,7 @@
 
 #include "check.h"
 #include "core/error.h"
+#include "core/runtime.h"
 #include "kernels/cpu/attention_variants.h"
 #include "kernels/kernels.h"
 
@@ -284,4 +285,44 @@ TEST(Attention, Avx512CopyMatchesAvx2Copy) {
   EXPECT_LT(max_rel(b.dq, a.dq), 1e-5);
   EXPECT_LT(max_rel(b.dk, a.dk), 1e-5);
   EXPECT_LT(max_rel(b.dv, a.dv), 1e-5);
+}
+
+// The backward's two schedules compute the same gradients: one pass per (batch, kv head) when there are at
+// least as many of those as threads (dq beside dk/dv), two passes otherwise. Chosen here through the thread
+// count: 4 (batch, kv head) pairs run fused on 1 thread and in two passes on 8.
+TEST(Attention, FusedAndTwoPassBackwardAgree) {
+  const AttentionShape s{2, 150, 8, 2, 32};
+  const int64_t nq = s.B * s.T * s.NH * s.HD, nkv = s.B * s.T * s.NKV * s.HD;
+  std::vector<float> q(static_cast<size_t>(nq)), k(static_cast<size_t>(nkv)), v(static_cast<size_t>(nkv)),
+      dout(static_cast<size_t>(nq)), out(static_cast<size_t>(nq)), lse(static_cast<size_t>(s.B * s.NH * s.T));
+  uint64_t x = 777;
+  auto rnd = [&] {
+    x = x * 6364136223846793005ull + 1442695040888963407ull;
+    return float(int64_t(x >> 40) % 2001 - 1000) / 500.0f;
+  };
+  for (auto* buf : {&q, &k, &v, &dout})
+    for (auto& e : *buf) e = rnd();
+  const std::vector<int32_t> lengths = {150, 97};
+  std::vector<int32_t> kv_begin(size_t(s.B * s.T), 0);
+  for (int64_t t = 70; t < s.T; ++t) kv_begin[size_t(t)] = 70;  // row 0 packs two samples
+  attention_forward<float>(out.data(), lse.data(), q.data(), k.data(), v.data(), s, lengths.data(), kv_begin.data());
+  auto grads = [&](int threads) {
+    core::set_num_threads(threads);
+    std::vector<float> dq(static_cast<size_t>(nq), 7.f), dk(static_cast<size_t>(nkv), 7.f),
+        dv(static_cast<size_t>(nkv), 7.f);  // 7: every element must be written
+    attention_backward<float>(dq.data(), dk.data(), dv.data(), dout.data(), q.data(), k.data(), v.data(), out.data(),
+                              lse.data(), s, lengths.data(), kv_begin.data());
+    return std::vector<std::vector<float>>{dq, dk, dv};
+  };
+  const int before = core::num_threads();
+  const auto fused = grads(1), two_pass = grads(8);
+  core::set_num_threads(before);
+  for (size_t i = 0; i < 3; ++i) {
+    double d = 0, m = 0;
+    for (size_t j = 0; j < fused[i].size(); ++j) {
+      d = std::max(d, double(std::abs(fused[i][j] - two_pass[i][j])));
+      m = std::max(m, double(std::abs(two_pass[i][j])));
+    }
+    EXPECT_LT(d / m, 1e-5) << "gradient " << i;
+  }
 }

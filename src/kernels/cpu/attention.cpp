@@ -9,9 +9,12 @@
 //
 // Work is done per (query tile x key tile) block with small register-blocked GEMMs (tile_gemm):
 // S = Q K^T, O += P V, dP = dO V^T, dQ += dS K, dV += P^T dO, dK += dS^T Q.
-// Parallelism: forward over (b, query head, query tile). Backward in two race-free passes: dq over
-// (b, query head, query tile) and dk/dv over (b, kv head, key tile), each task owning the rows it
-// writes (S, P and dP are computed twice: the price of needing no atomics or per-thread copies).
+// Parallelism: forward over (b, query head, query tile). Backward: with at least as many (b, kv head)
+// pairs as threads, one pass per pair (dk, dv and the dq rows of its heads, S and dP computed once);
+// otherwise two race-free passes: dq over (b, query head, query tile) and dk/dv over (b, kv head, key
+// tile), each task owning the rows it writes (S, P and dP computed twice, no atomics or per-thread copies).
+#include <omp.h>
+
 #include <algorithm>
 #include <cmath>
 #include <cstring>

@@ -272,11 +272,12 @@ void dq_task(S* dq, const S* dout, const S* q, const S* k, const Transposed<S>& 
   for (int64_t i = 0; i < nq; ++i) std::copy_n(dQ + i * HD, HD, dq + L.q_off(b, t0 + i, h));
 }
 
-// dk, dv rows of (b, kv head g) for key tile kt
+// dk, dv rows of (b, kv head g) for key tile kt; with dq != null also dq += dS K for the queries of the
+// tile's blocks (the caller owns those dq rows and zeroed them)
 template <typename S>
 void dkdv_task(S* dk, S* dv, const S* dout, const S* q, const Transposed<S>& kt, const Transposed<S>& vt,
                const S* lse, const S* Dv, const Layout& L, int64_t b, int64_t g, int64_t ktile, S scale,
-               Scratch<S>& w) {
+               Scratch<S>& w, S* dq = nullptr, const S* k = nullptr) {
   const int64_t HD = L.HD, len = L.len(b);
   const int64_t s0 = ktile * kKTile, send = std::min(s0 + kKTile, L.T), s1 = valid_end(s0, send, len);
   for (int64_t s = s1; s < send; ++s) {  // keys no valid query can see
@@ -307,6 +308,9 @@ void dkdv_task(S* dk, S* dv, const S* dout, const S* q, const Transposed<S>& kt,
         }
       tile_gemm<S>(nk, HD, nq, PT, kQTile, dO, L.q_stride(), dV, HD, true);
       tile_gemm<S>(nk, HD, nq, dST, kQTile, Q, L.q_stride(), dK, HD, true);
+      if (dq)
+        tile_gemm<S>(nq, HD, nk, Pb, kKTile, k + L.kv_off(b, s0, g), L.kv_stride(), dq + L.q_off(b, t0, h),
+                     L.q_stride(), true);
     }
   }
   for (int64_t j = 0; j < nk; ++j) {
@@ -360,6 +364,26 @@ void attention_backward(S* dq, S* dk, S* dv, const S* dout, const S* q, const S*
   const int64_t nqt = (L.T + kQTile - 1) / kQTile, nkt = (L.T + kKTile - 1) / kKTile;
   const int64_t n_dq = L.B * L.NH * nqt, n_dkv = L.B * L.NKV * nkt;
   const Transposed<S> kt(k, L), vt(v, L);
+  // One pass when there are at least as many (batch, kv head) tasks as threads: dq accumulates beside dk/dv,
+  // so S and dP are computed once per block instead of twice (5 tile products instead of 7). Each task owns
+  // the dq rows of its heads and walks the key tiles in order, so the sums are race-free and in a fixed order.
+  if (L.B * L.NKV >= int64_t(omp_get_max_threads())) {
+#pragma omp parallel if (worth_threads(L))
+    {
+      Scratch<S> w(HD);
+#pragma omp for schedule(dynamic, 1)
+      for (int64_t bg = 0; bg < L.B * L.NKV; ++bg) {
+        const int64_t b = bg / L.NKV, g = bg % L.NKV;
+        for (int64_t t = 0; t < L.T; ++t)
+          for (int64_t h = g * L.group; h < (g + 1) * L.group; ++h) std::fill_n(dq + L.q_off(b, t, h), HD, S(0));
+        for (int64_t ktile = 0; ktile < nkt; ++ktile)
+          dkdv_task(dk, dv, dout, q, kt, vt, lse, Dv.data(), L, b, g, ktile, scale, w, dq, k);
+      }
+    }
+    return;
+  }
+  // Otherwise two race-free passes with more, smaller tasks: dk/dv per (b, kv head, key tile), dq per
+  // (b, head, query tile).
 #pragma omp parallel if (worth_threads(L))
   {
     Scratch<S> w(HD);
