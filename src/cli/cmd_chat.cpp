@@ -35,11 +35,7 @@ int cmd_chat(int argc, char** argv) {
   app.add_option("--seed", seed, "sampling seed")->capture_default_str();
   app.add_flag("--bf16", bf16, "bf16 frozen weights");
   app.add_option("--num_threads", threads, "threads (0 = all cores)");
-  try {
-    app.parse(argc, argv);
-  } catch (const CLI::ParseError& e) {
-    return app.exit(e);
-  }
+  ZL_PARSE(app, argc, argv);
   core::set_num_threads(threads);
   const data::TemplateStyle style = data::find_template(conv_template);
   auto tok = tokenizer::load_tokenizer(model_dir);

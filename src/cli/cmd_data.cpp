@@ -39,11 +39,7 @@ int cmd_data(int argc, char** argv) {
       ->capture_default_str();
   inspect->add_flag("--strict_data", strict, "stop at the first sample that would lose training signal");
 
-  try {
-    app.parse(argc, argv);
-  } catch (const CLI::ParseError& e) {
-    return app.exit(e);
-  }
+  ZL_PARSE(app, argc, argv);
 
   const auto tok = tokenizer::load_tokenizer(model_dir);
   data::DataOptions opt;

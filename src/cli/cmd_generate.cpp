@@ -65,11 +65,7 @@ int cmd_generate(int argc, char** argv) {
   app.add_flag("--ignore_eos", ignore_eos, "do not stop at the model's EOS ids");
   app.add_flag("--bf16", bf16, "store frozen weights in bf16 (compute in fp32)");
   app.add_option("--num_threads", threads, "threads (0 = all cores)");
-  try {
-    app.parse(argc, argv);
-  } catch (const CLI::ParseError& e) {
-    return app.exit(e);
-  }
+  ZL_PARSE(app, argc, argv);
   core::check(!ids_text.empty() || !prompt.empty(), "generate", "no prompt", "give --ids 1,2,3 or --prompt TEXT");
   core::set_num_threads(threads);
 

@@ -24,11 +24,7 @@ int cmd_merge(int argc, char** argv) {
       ->capture_default_str();
   app.add_flag("--overwrite", overwrite, "replace --out if it exists and is not empty");
   app.add_option("--num_threads", threads, "threads (0 = all cores)");
-  try {
-    app.parse(argc, argv);
-  } catch (const CLI::ParseError& e) {
-    return app.exit(e);
-  }
+  ZL_PARSE(app, argc, argv);
   core::set_num_threads(threads);
   model::MergeOptions options;
   if (!dtype.empty()) options.dtype = model::parse_float_dtype(dtype, "--dtype");

@@ -17,14 +17,6 @@ namespace zerolora::cli {
 
 namespace {
 
-// CLI11 errors (unknown flag, missing value) print themselves; map them to exit codes.
-#define ZL_PARSE(app, argc, argv)            \
-  try {                                      \
-    (app).parse((argc), (argv));             \
-  } catch (const CLI::ParseError& e) {       \
-    return (app).exit(e);                    \
-  }
-
 std::string human_bytes(double b) {
   const char* units[] = {"B", "KiB", "MiB", "GiB", "TiB"};
   int u = 0;

@@ -16,3 +16,12 @@ int cmd_generate(int argc, char** argv);
 int cmd_chat(int argc, char** argv);
 
 }  // namespace zerolora::cli
+
+// Parses a CLI11 app; on --help or a parse error prints CLI11's message and returns its exit code from the
+// calling command.
+#define ZL_PARSE(app, argc, argv)            \
+  try {                                      \
+    (app).parse((argc), (argv));             \
+  } catch (const CLI::ParseError& e) {       \
+    return (app).exit(e);                    \
+  }

@@ -243,6 +243,17 @@ TEST(Attention, RejectsBadArguments) {
   EXPECT_NO_THROW(fwd({1, 4, 2, 1, 8}, len.data(), kvb.data()));
 }
 
+namespace {
+// Values in [-2, 2] from a seeded LCG, for the comparisons between attention implementations below.
+void fill_uniform(std::initializer_list<std::vector<float>*> buffers, uint64_t seed) {
+  for (auto* buf : buffers)
+    for (auto& e : *buf) {
+      seed = seed * 6364136223846793005ull + 1442695040888963407ull;
+      e = float(int64_t(seed >> 40) % 2001 - 1000) / 500.0f;
+    }
+}
+}  // namespace
+
 // The AVX-512 copy (chosen at run time on CPUs that have it) computes what the AVX2 copy computes, up to
 // the order of fp32 sums: forward, log-sum-exp and all three gradients, with GQA, right padding and
 // packing. Skips where the CPU or the build has no AVX-512.
@@ -252,13 +263,7 @@ TEST(Attention, Avx512CopyMatchesAvx2Copy) {
   const int64_t nq = s.B * s.T * s.NH * s.HD, nkv = s.B * s.T * s.NKV * s.HD;
   std::vector<float> q(static_cast<size_t>(nq)), k(static_cast<size_t>(nkv)), v(static_cast<size_t>(nkv)),
       dout(static_cast<size_t>(nq));
-  uint64_t x = 12345;
-  auto rnd = [&] {
-    x = x * 6364136223846793005ull + 1442695040888963407ull;
-    return float(int64_t(x >> 40) % 2001 - 1000) / 500.0f;
-  };
-  for (auto* buf : {&q, &k, &v, &dout})
-    for (auto& e : *buf) e = rnd();
+  fill_uniform({&q, &k, &v, &dout}, 12345);
   const std::vector<int32_t> lengths = {150, 97};
   std::vector<int32_t> kv_begin(size_t(s.B * s.T), 0);
   for (int64_t t = 60; t < s.T; ++t) kv_begin[size_t(s.T + t)] = 60;  // row 1 packs two samples
@@ -296,13 +301,7 @@ TEST(Attention, FusedAndTwoPassBackwardAgree) {
   const int64_t nq = s.B * s.T * s.NH * s.HD, nkv = s.B * s.T * s.NKV * s.HD;
   std::vector<float> q(static_cast<size_t>(nq)), k(static_cast<size_t>(nkv)), v(static_cast<size_t>(nkv)),
       dout(static_cast<size_t>(nq)), out(static_cast<size_t>(nq)), lse(static_cast<size_t>(s.B * s.NH * s.T));
-  uint64_t x = 777;
-  auto rnd = [&] {
-    x = x * 6364136223846793005ull + 1442695040888963407ull;
-    return float(int64_t(x >> 40) % 2001 - 1000) / 500.0f;
-  };
-  for (auto* buf : {&q, &k, &v, &dout})
-    for (auto& e : *buf) e = rnd();
+  fill_uniform({&q, &k, &v, &dout}, 777);
   const std::vector<int32_t> lengths = {140};
   std::vector<int32_t> kv_begin(size_t(s.B * s.T), 0);
   for (int64_t t = 70; t < s.T; ++t) kv_begin[size_t(t)] = 70;  // row 0 packs two samples
