@@ -110,8 +110,12 @@ void rope_backward(S* dx, const S* cos_sin, const int32_t* positions, int64_t M,
 //   lengths [B] (nullable = all T): right padding; query rows t >= lengths[b] get out = 0, lse = 0.
 //   kv_begin [B*T] (nullable = 0): query t of row b attends keys s with kv_begin[b*T+t] <= s <= t
 //   (packing: the first position of the query's own sample).
+//   bf16 (float only; ignored for double): where the CPU has a native bf16 matmul (AMX, AVX512-BF16),
+//   the products take q, k, v, dout, P and dS rounded to bf16 and accumulate in fp32, as autocast's
+//   attention does (the softmax stays fp32), on the matrix units. Elsewhere, and with false: fp32.
 struct AttentionShape {
   int64_t B, T, NH, NKV, HD;
+  bool bf16 = false;
 };
 template <typename S>
 void attention_forward(S* out, S* lse, const S* q, const S* k, const S* v, const AttentionShape& shape,

@@ -208,7 +208,7 @@ void LlamaModel<S>::forward_layer(int l, const LayerWeights& W, const ModelInput
   lora_linear_forward<S>(s.v, s.u[2], s.xn1, W.proj[2], branch(Proj::V), params, scratch, M);
   { core::OpTimer t_(core::Op::Rope); kernels::rope_forward<S>(s.q, rope_.data(), pos, M, NH, HD); }
   { core::OpTimer t_(core::Op::Rope); kernels::rope_forward<S>(s.k, rope_.data(), pos, M, NKV, HD); }
-  kernels::AttentionShape shape{a.B, a.T, NH, NKV, HD};
+  const kernels::AttentionShape shape{a.B, a.T, NH, NKV, HD, bf16_attention()};
   {
     core::OpTimer t_(core::Op::Attention);
     kernels::attention_forward<S>(s.att, s.lse, s.q, s.k, s.v, shape, lengths, in.kv_begin);
@@ -248,7 +248,7 @@ void LlamaModel<S>::backward_layer(int l, const LayerWeights& W, const ModelInpu
 
   { core::OpTimer t_(core::Op::Elementwise); std::fill(a.datt, a.datt + M * Q, S(0)); }
   lora_linear_backward<S>(a.datt, grads, a.dres, s.att, s.u[3], W.proj[3], branch(Proj::O), params, scratch, M);
-  kernels::AttentionShape shape{a.B, a.T, NH, NKV, HD};
+  const kernels::AttentionShape shape{a.B, a.T, NH, NKV, HD, bf16_attention()};
   {
     core::OpTimer t_(core::Op::AttentionBackward);
     kernels::attention_backward<S>(a.dq, a.dk, a.dv, a.datt, s.q, s.k, s.v, s.att, s.lse, shape, lengths,

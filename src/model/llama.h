@@ -12,6 +12,7 @@
 #pragma once
 #include <cstdint>
 #include <memory>
+#include <type_traits>
 #include <vector>
 
 #include "model/lora.h"
@@ -95,6 +96,9 @@ class LlamaModel {
   void ensure_arena(int64_t B, int64_t T);
   LoraBranch lora_branch(int layer, Proj p, bool training, uint64_t seed) const;
   void ensure_rope(const ModelInput& in);
+  // Attention in bf16 (kernels::AttentionShape::bf16) when the frozen weights are bf16 (--bf16, QLoRA's
+  // bf16 compute), as autocast runs it; fp32 otherwise.
+  bool bf16_attention() const { return std::is_same_v<S, float> && w_.storage == core::DType::BF16; }
 
   const LlamaWeights& w_;
   const LoraLayout* lora_;

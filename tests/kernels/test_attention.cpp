@@ -3,12 +3,14 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstdio>
 #include <limits>
 
 #include "check.h"
 #include "core/error.h"
 #include "core/runtime.h"
 #include "kernels/cpu/attention_variants.h"
+#include "kernels/cpu/onednn.h"
 #include "kernels/kernels.h"
 
 using namespace zerolora;
@@ -254,42 +256,161 @@ void fill_uniform(std::initializer_list<std::vector<float>*> buffers, uint64_t s
 }
 }  // namespace
 
+namespace {
+// One attention problem with GQA, right padding (row 1 shorter) and packing (row 1 holds two samples).
+struct Problem {
+  AttentionShape s;
+  std::vector<float> q, k, v, dout;
+  std::vector<int32_t> lengths, kv_begin;
+  int64_t nq() const { return s.B * s.T * s.NH * s.HD; }
+  int64_t nkv() const { return s.B * s.T * s.NKV * s.HD; }
+};
+
+Problem make_problem(AttentionShape s, int32_t len1, int64_t pack_at, uint64_t seed) {
+  Problem p{s, {}, {}, {}, {}, {}, {}};
+  p.q.resize(size_t(p.nq()));
+  p.k.resize(size_t(p.nkv()));
+  p.v.resize(size_t(p.nkv()));
+  p.dout.resize(size_t(p.nq()));
+  fill_uniform({&p.q, &p.k, &p.v, &p.dout}, seed);
+  p.lengths.assign(size_t(s.B), int32_t(s.T));
+  if (s.B > 1) p.lengths[1] = len1;
+  p.kv_begin.assign(size_t(s.B * s.T), 0);
+  if (s.B > 1)
+    for (int64_t t = pack_at; t < s.T; ++t) p.kv_begin[size_t(s.T + t)] = int32_t(pack_at);
+  return p;
+}
+
+struct Result {
+  std::vector<float> o, lse, dq, dk, dv;
+};
+
+// Runs a forward and a backward kernel on p; every output starts at 7 so that an unwritten entry shows.
+template <typename Fwd, typename Bwd>
+Result run_problem(const Problem& p, Fwd fwd, Bwd bwd) {
+  Result r{std::vector<float>(size_t(p.nq()), 7.f), std::vector<float>(size_t(p.s.B * p.s.NH * p.s.T), 7.f),
+           std::vector<float>(size_t(p.nq()), 7.f), std::vector<float>(size_t(p.nkv()), 7.f),
+           std::vector<float>(size_t(p.nkv()), 7.f)};
+  fwd(r.o.data(), r.lse.data(), p.q.data(), p.k.data(), p.v.data(), p.s, p.lengths.data(), p.kv_begin.data());
+  bwd(r.dq.data(), r.dk.data(), r.dv.data(), p.dout.data(), p.q.data(), p.k.data(), p.v.data(), r.o.data(),
+      r.lse.data(), p.s, p.lengths.data(), p.kv_begin.data());
+  return r;
+}
+
+double max_rel(const std::vector<float>& x, const std::vector<float>& y) {
+  double d = 0, m = 0;
+  for (size_t i = 0; i < x.size(); ++i) {
+    d = std::max(d, double(std::abs(x[i] - y[i])));
+    m = std::max(m, double(std::abs(y[i])));
+  }
+  return d / std::max(m, 1e-30);
+}
+
+void expect_close(const Result& got, const Result& want, double tol_out, double tol_lse, double tol_grad) {
+  EXPECT_LT(max_rel(got.o, want.o), tol_out) << "out";
+  EXPECT_LT(max_rel(got.lse, want.lse), tol_lse) << "lse";
+  EXPECT_LT(max_rel(got.dq, want.dq), tol_grad) << "dq";
+  EXPECT_LT(max_rel(got.dk, want.dk), tol_grad) << "dk";
+  EXPECT_LT(max_rel(got.dv, want.dv), tol_grad) << "dv";
+}
+
+// attention_forward / attention_backward: flash fp32, or the bf16 blocked kernels when p.s.bf16
+Result run_default(const Problem& p) { return run_problem(p, attention_forward<float>, attention_backward<float>); }
+
+Result run_blocked(const Problem& p, AttentionOperands ops) {
+  return run_problem(
+      p,
+      [ops](auto... a) { attention_forward_blocked(ops, a...); },
+      [ops](auto... a) { attention_backward_blocked(ops, a...); });
+}
+
+// Shapes that reach every block geometry of the blocked kernels: 8 query heads per kv head (64-row
+// blocks), 2 (128-row blocks) and 1; T not a multiple of the 64-key alignment; padding that ends
+// inside a block and a whole block of padding; a packed sample boundary inside a block.
+std::vector<Problem> blocked_problems() {
+  return {make_problem({2, 300, 8, 1, 64}, 97, 130, 11), make_problem({2, 200, 4, 2, 32}, 70, 60, 12),
+          make_problem({3, 130, 2, 2, 16}, 1, 65, 13)};
+}
+}  // namespace
+
 // The AVX-512 copy (chosen at run time on CPUs that have it) computes what the AVX2 copy computes, up to
 // the order of fp32 sums: forward, log-sum-exp and all three gradients, with GQA, right padding and
 // packing. Skips where the CPU or the build has no AVX-512.
 TEST(Attention, Avx512CopyMatchesAvx2Copy) {
   if (!attention_avx512_available()) GTEST_SKIP() << "no AVX-512 on this CPU (or a clang build)";
-  const AttentionShape s{2, 150, 8, 2, 64};
-  const int64_t nq = s.B * s.T * s.NH * s.HD, nkv = s.B * s.T * s.NKV * s.HD;
-  std::vector<float> q(static_cast<size_t>(nq)), k(static_cast<size_t>(nkv)), v(static_cast<size_t>(nkv)),
-      dout(static_cast<size_t>(nq));
-  fill_uniform({&q, &k, &v, &dout}, 12345);
-  const std::vector<int32_t> lengths = {150, 97};
-  std::vector<int32_t> kv_begin(size_t(s.B * s.T), 0);
-  for (int64_t t = 60; t < s.T; ++t) kv_begin[size_t(s.T + t)] = 60;  // row 1 packs two samples
-  struct Out {
-    std::vector<float> o, lse, dq, dk, dv;
-  };
+  const Problem p = make_problem({2, 150, 8, 2, 64}, 97, 60, 12345);
   auto run = [&](AttentionIsa isa) {
-    Out r{std::vector<float>(size_t(nq)), std::vector<float>(size_t(s.B * s.NH * s.T)), std::vector<float>(size_t(nq)),
-          std::vector<float>(size_t(nkv)), std::vector<float>(size_t(nkv))};
-    attention_forward_variant<float>(isa, r.o.data(), r.lse.data(), q.data(), k.data(), v.data(), s, lengths.data(),
-                                     kv_begin.data());
-    attention_backward_variant<float>(isa, r.dq.data(), r.dk.data(), r.dv.data(), dout.data(), q.data(), k.data(),
-                                      v.data(), r.o.data(), r.lse.data(), s, lengths.data(), kv_begin.data());
-    return r;
+    return run_problem(
+        p, [isa](auto... a) { attention_forward_variant<float>(isa, a...); },
+        [isa](auto... a) { attention_backward_variant<float>(isa, a...); });
   };
-  const Out a = run(AttentionIsa::Avx2), b = run(AttentionIsa::Avx512);
-  auto max_rel = [](const std::vector<float>& x, const std::vector<float>& y) {
-    double d = 0, m = 0;
-    for (size_t i = 0; i < x.size(); ++i) d = std::max(d, double(std::abs(x[i] - y[i]))), m = std::max(m, double(std::abs(y[i])));
-    return d / std::max(m, 1e-30);
-  };
-  EXPECT_LT(max_rel(b.o, a.o), 1e-5);
-  EXPECT_LT(max_rel(b.lse, a.lse), 1e-5);
-  EXPECT_LT(max_rel(b.dq, a.dq), 1e-5);
-  EXPECT_LT(max_rel(b.dk, a.dk), 1e-5);
-  EXPECT_LT(max_rel(b.dv, a.dv), 1e-5);
+  expect_close(run(AttentionIsa::Avx512), run(AttentionIsa::Avx2), 1e-5, 1e-5, 1e-5);
+}
+
+// The blocked kernels with fp32 operands against the definition (naive softmax in double) ...
+TEST(Attention, BlockedF32ForwardMatchesNaive) {
+  std::vector<int32_t> kv_begin(400, 0);
+  for (int64_t t = 60; t < 200; ++t) kv_begin[size_t(200 + t)] = 60;
+  const Case c = make_case({2, 200, 4, 2, 32}, {200, 70}, kv_begin, 21);
+  Vec want_out, want_lse;
+  naive(c, want_out, want_lse);
+  std::vector<float> q(c.q.begin(), c.q.end()), k(c.k.begin(), c.k.end()), v(c.v.begin(), c.v.end());
+  std::vector<float> out(c.nq(), 7.f), lse(size_t(c.s.B * c.s.NH * c.s.T), 7.f);
+  attention_forward_blocked(AttentionOperands::F32, out.data(), lse.data(), q.data(), k.data(), v.data(), c.s,
+                            c.len_ptr(), c.kvb_ptr());
+  EXPECT_LT(rel_err(out, want_out), kFloatTol);
+  EXPECT_LT(rel_err(lse, want_lse), kFloatTol);
+}
+
+// ... and against the flash kernels (whose gradients the finite-difference checks above pin down), on every
+// block geometry: the same values up to the order of fp32 sums.
+TEST(Attention, BlockedF32MatchesFlash) {
+  for (const Problem& p : blocked_problems()) {
+    SCOPED_TRACE("T=" + std::to_string(p.s.T) + " NH=" + std::to_string(p.s.NH) + " NKV=" + std::to_string(p.s.NKV));
+    expect_close(run_blocked(p, AttentionOperands::F32), run_default(p), 1e-5, 1e-5, 1e-5);
+  }
+}
+
+// bf16 operands (what --bf16 training runs): within bf16's rounding of the fp32 result. Seven bits of
+// mantissa: a relative error of 2^-8 per operand, averaged over sums of many terms.
+TEST(Attention, Bf16BlockedCloseToF32) {
+  for (const Problem& p : blocked_problems()) {
+    SCOPED_TRACE("T=" + std::to_string(p.s.T) + " NH=" + std::to_string(p.s.NH) + " NKV=" + std::to_string(p.s.NKV));
+    const Result f32 = run_default(p), bf16 = run_blocked(p, AttentionOperands::Bf16);
+    expect_close(bf16, f32, 2e-2, 1e-2, 3e-2);
+    // and not trivially: bf16 rounding changed the values
+    EXPECT_GT(max_rel(bf16.o, f32.o), 1e-6);
+  }
+}
+
+// attention_forward / attention_backward with shape.bf16 run the bf16 blocked kernels where the CPU has a
+// native bf16 matmul, and the fp32 flash kernels elsewhere (emulated bf16 products would be slower).
+TEST(Attention, Bf16ShapeSelectsBf16OperandsWhereNative) {
+  Problem p = blocked_problems()[1];
+  const Result want = cpu::bf16_native_available() ? run_blocked(p, AttentionOperands::Bf16) : run_default(p);
+  p.s.bf16 = true;
+  const Result got = run_default(p);
+  EXPECT_EQ(got.o, want.o);
+  EXPECT_EQ(got.lse, want.lse);
+  EXPECT_EQ(got.dq, want.dq);
+  EXPECT_EQ(got.dk, want.dk);
+  EXPECT_EQ(got.dv, want.dv);
+}
+
+// oneDNN's bf16 matmul (AMX / AVX512-BF16) and the widened sgemm path multiply the same bf16 values: equal
+// up to the order of fp32 sums (and the odd P or dS element that rounds to a neighbouring bf16 value).
+// Skips on CPUs without a native bf16 matmul, where the widened path is the only one.
+TEST(Attention, Bf16BlockedNativeMatchesWidened) {
+  if (!cpu::bf16_native_available()) GTEST_SKIP() << "no native bf16 matmul on this CPU";
+  for (const Problem& p : blocked_problems()) {
+    SCOPED_TRACE("T=" + std::to_string(p.s.T) + " NH=" + std::to_string(p.s.NH) + " NKV=" + std::to_string(p.s.NKV));
+    const Result native = run_blocked(p, AttentionOperands::Bf16);
+    cpu::set_bf16_force_portable(true);
+    const Result widened = run_blocked(p, AttentionOperands::Bf16);
+    cpu::set_bf16_force_portable(false);
+    expect_close(native, widened, 2e-3, 1e-4, 4e-3);
+  }
+  for (const auto& k : attention_blocked_native_kernels()) std::printf("bf16 attention product: %s\n", k.c_str());
 }
 
 // The backward's two schedules compute the same gradients: one pass per (batch, kv head) when there are at

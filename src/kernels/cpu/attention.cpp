@@ -20,10 +20,12 @@
 #include <cstring>
 #include <limits>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "core/error.h"
 #include "kernels/cpu/common.h"
+#include "kernels/cpu/onednn.h"
 #include "kernels/kernels.h"
 
 #include "kernels/cpu/attention_variants.h"
@@ -52,6 +54,28 @@
 #endif
 
 namespace zerolora::kernels {
+
+AttentionLayout check_attention_args(const AttentionShape& s, const int32_t* lengths, const int32_t* kv_begin,
+                                     const char* fn) {
+  core::check(s.B >= 0 && s.T >= 0 && s.NH > 0 && s.NKV > 0 && s.HD > 0, fn,
+              "bad shape B=" + std::to_string(s.B) + " T=" + std::to_string(s.T) + " NH=" + std::to_string(s.NH) +
+                  " NKV=" + std::to_string(s.NKV) + " HD=" + std::to_string(s.HD));
+  core::check(s.NH % s.NKV == 0, fn,
+              std::to_string(s.NH) + " query heads are not a multiple of " + std::to_string(s.NKV) + " kv heads",
+              "check num_attention_heads / num_key_value_heads in config.json");
+  AttentionLayout L{s.B, s.T, s.NH, s.NKV, s.HD, s.NH / s.NKV, lengths, kv_begin};
+  for (int64_t b = 0; b < s.B; ++b) {
+    int64_t n = L.len(b);
+    core::check(0 <= n && n <= s.T, fn,
+                "lengths[" + std::to_string(b) + "] = " + std::to_string(n) + " outside [0, " + std::to_string(s.T) +
+                    "]");
+    for (int64_t t = 0; t < n; ++t)
+      core::check(0 <= L.lo(b, t) && L.lo(b, t) <= t, fn,
+                  "kv_begin[" + std::to_string(b * s.T + t) + "] = " + std::to_string(L.lo(b, t)) +
+                      " outside [0, " + std::to_string(t) + "] (a query must see itself)");
+  }
+  return L;
+}
 
 bool attention_avx512_available() {
 #ifdef ZL_HAVE_AVX512_ATTENTION
@@ -94,9 +118,15 @@ void attention_backward_variant(AttentionIsa isa, S* dq, S* dk, S* dv, const S* 
 
 static AttentionIsa best_isa() { return attention_avx512_available() ? AttentionIsa::Avx512 : AttentionIsa::Avx2; }
 
+// bf16 attention runs as blocked GEMMs with bf16 operands where oneDNN has a native bf16 matmul (AMX,
+// AVX512-BF16); elsewhere emulating bf16 products costs more than the fp32 flash tiles (2x at T 512 on
+// Zen 3), so attention stays fp32 there. fp32 (and the fp64 checking path): flash tiles.
 template <typename S>
 void attention_forward(S* out, S* lse, const S* q, const S* k, const S* v, const AttentionShape& shape,
                        const int32_t* lengths, const int32_t* kv_begin) {
+  if constexpr (std::is_same_v<S, float>)
+    if (shape.bf16 && cpu::bf16_native_available())
+      return attention_forward_blocked(AttentionOperands::Bf16, out, lse, q, k, v, shape, lengths, kv_begin);
   attention_forward_variant<S>(best_isa(), out, lse, q, k, v, shape, lengths, kv_begin);
 }
 
@@ -104,6 +134,10 @@ template <typename S>
 void attention_backward(S* dq, S* dk, S* dv, const S* dout, const S* q, const S* k, const S* v, const S* out,
                         const S* lse, const AttentionShape& shape, const int32_t* lengths,
                         const int32_t* kv_begin) {
+  if constexpr (std::is_same_v<S, float>)
+    if (shape.bf16 && cpu::bf16_native_available())
+      return attention_backward_blocked(AttentionOperands::Bf16, dq, dk, dv, dout, q, k, v, out, lse, shape,
+                                        lengths, kv_begin);
   attention_backward_variant<S>(best_isa(), dq, dk, dv, dout, q, k, v, out, lse, shape, lengths, kv_begin);
 }
 

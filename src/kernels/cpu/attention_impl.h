@@ -74,39 +74,10 @@ void tile_gemm(int64_t R, int64_t N, int64_t D, const S* A, int64_t lda, const S
 
 // ---- layout and checks -------------------------------------------------------------------------------
 
-struct Layout {
-  int64_t B, T, NH, NKV, HD, group;
-  const int32_t* lengths;
-  const int32_t* kv_begin;
+using Layout = AttentionLayout;
 
-  int64_t len(int64_t b) const { return lengths ? lengths[b] : T; }
-  int64_t lo(int64_t b, int64_t t) const { return kv_begin ? kv_begin[b * T + t] : 0; }
-  int64_t q_off(int64_t b, int64_t t, int64_t h) const { return ((b * T + t) * NH + h) * HD; }
-  int64_t kv_off(int64_t b, int64_t s, int64_t g) const { return ((b * T + s) * NKV + g) * HD; }
-  int64_t lse_off(int64_t b, int64_t h, int64_t t) const { return (b * NH + h) * T + t; }
-  int64_t q_stride() const { return NH * HD; }
-  int64_t kv_stride() const { return NKV * HD; }
-};
-
-Layout check_args(const AttentionShape& s, const int32_t* lengths, const int32_t* kv_begin, const char* fn) {
-  core::check(s.B >= 0 && s.T >= 0 && s.NH > 0 && s.NKV > 0 && s.HD > 0, fn,
-              "bad shape B=" + std::to_string(s.B) + " T=" + std::to_string(s.T) + " NH=" + std::to_string(s.NH) +
-                  " NKV=" + std::to_string(s.NKV) + " HD=" + std::to_string(s.HD));
-  core::check(s.NH % s.NKV == 0, fn,
-              std::to_string(s.NH) + " query heads are not a multiple of " + std::to_string(s.NKV) + " kv heads",
-              "check num_attention_heads / num_key_value_heads in config.json");
-  Layout L{s.B, s.T, s.NH, s.NKV, s.HD, s.NH / s.NKV, lengths, kv_begin};
-  for (int64_t b = 0; b < s.B; ++b) {
-    int64_t n = L.len(b);
-    core::check(0 <= n && n <= s.T, fn,
-                "lengths[" + std::to_string(b) + "] = " + std::to_string(n) + " outside [0, " + std::to_string(s.T) +
-                    "]");
-    for (int64_t t = 0; t < n; ++t)
-      core::check(0 <= L.lo(b, t) && L.lo(b, t) <= t, fn,
-                  "kv_begin[" + std::to_string(b * s.T + t) + "] = " + std::to_string(L.lo(b, t)) +
-                      " outside [0, " + std::to_string(t) + "] (a query must see itself)");
-  }
-  return L;
+inline Layout check_args(const AttentionShape& s, const int32_t* lengths, const int32_t* kv_begin, const char* fn) {
+  return check_attention_args(s, lengths, kv_begin, fn);
 }
 
 template <typename S>

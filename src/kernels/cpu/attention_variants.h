@@ -1,12 +1,35 @@
-// The attention kernels per instruction set, for tests and benchmarks that compare them; the model calls
-// attention_forward / attention_backward (kernels.h), which pick the best one this CPU runs.
+// The attention kernels per instruction set and algorithm, for tests and benchmarks that compare them;
+// the model calls attention_forward / attention_backward (kernels.h), which pick the best one this CPU
+// runs for the requested precision.
 #pragma once
 #include <cstdint>
+#include <string>
+#include <vector>
 
 #include "kernels/kernels.h"
 
 namespace zerolora::kernels {
 
+// The index arithmetic of an attention call, shared by every kernel.
+struct AttentionLayout {
+  int64_t B, T, NH, NKV, HD, group;
+  const int32_t* lengths;
+  const int32_t* kv_begin;
+
+  int64_t len(int64_t b) const { return lengths ? lengths[b] : T; }
+  int64_t lo(int64_t b, int64_t t) const { return kv_begin ? kv_begin[b * T + t] : 0; }
+  int64_t q_off(int64_t b, int64_t t, int64_t h) const { return ((b * T + t) * NH + h) * HD; }
+  int64_t kv_off(int64_t b, int64_t s, int64_t g) const { return ((b * T + s) * NKV + g) * HD; }
+  int64_t lse_off(int64_t b, int64_t h, int64_t t) const { return (b * NH + h) * T + t; }
+  int64_t q_stride() const { return NH * HD; }
+  int64_t kv_stride() const { return NKV * HD; }
+};
+
+// Validates shape, lengths and kv_begin (core::Error naming fn and the bad value).
+AttentionLayout check_attention_args(const AttentionShape& s, const int32_t* lengths, const int32_t* kv_begin,
+                                     const char* fn);
+
+// ---- flash kernels (attention.cpp): register-blocked tiles in fp32 (or fp64), per instruction set
 enum class AttentionIsa { Avx2, Avx512 };
 
 // True when this build has the AVX-512 copy (GCC) and the CPU runs it.
@@ -19,5 +42,19 @@ template <typename S>
 void attention_backward_variant(AttentionIsa isa, S* dq, S* dk, S* dv, const S* dout, const S* q, const S* k,
                                 const S* v, const S* out, const S* lse, const AttentionShape& shape,
                                 const int32_t* lengths, const int32_t* kv_begin);
+
+// ---- blocked kernels (attention_blocked.cpp): whole-block GEMMs through oneDNN, softmax here.
+// Bf16: q, k, v, dout, P and dS rounded to bf16, products accumulated in fp32 (oneDNN's bf16 matmul:
+// AMX / AVX512-BF16 where the CPU has them; elsewhere the same bf16 values widened, through sgemm).
+// F32: every operand fp32 (sgemm). Same contract as attention_forward / attention_backward.
+enum class AttentionOperands { F32, Bf16 };
+void attention_forward_blocked(AttentionOperands ops, float* out, float* lse, const float* q, const float* k,
+                               const float* v, const AttentionShape& shape, const int32_t* lengths,
+                               const int32_t* kv_begin);
+void attention_backward_blocked(AttentionOperands ops, float* dq, float* dk, float* dv, const float* dout,
+                                const float* q, const float* k, const float* v, const float* out, const float* lse,
+                                const AttentionShape& shape, const int32_t* lengths, const int32_t* kv_begin);
+// The oneDNN kernels the bf16 blocked products have used so far (benchmarks print them).
+std::vector<std::string> attention_blocked_native_kernels();
 
 }  // namespace zerolora::kernels

@@ -56,7 +56,7 @@ bool bf16_native_available() {
 
 static std::atomic<bool> g_force_portable{false};
 void set_bf16_force_portable(bool on) { g_force_portable = on; }
-static bool bf16_use_native() { return !g_force_portable && bf16_native_available(); }
+bool bf16_use_native() { return !g_force_portable && bf16_native_available(); }
 
 static std::atomic<bool> g_pack_plain{false};
 void set_prepack_even_if_plain(bool on) { g_pack_plain = on; }

@@ -17,7 +17,11 @@ dnnl::stream& dnnl_stream();
 // of the fp32 sums).
 bool bf16_native_available();
 
-// Tests: route BF16 linears through the portable path even where the native one exists.
+// Native bf16 matmul available and not switched off by set_bf16_force_portable.
+bool bf16_use_native();
+
+// Tests: route BF16 linears (and bf16 blocked attention) through the portable path even where the
+// native one exists.
 void set_bf16_force_portable(bool on);
 
 // Tests: make FrozenWeight::prepack keep oneDNN's chosen weight layout even when it is a plain one
