@@ -33,6 +33,7 @@ void BM_Attention(benchmark::State& state, Kernel kernel) {
       e = float(int64_t(seed >> 40) % 2001 - 1000) / 1000.0f;
     }
   const AttentionOperands ops = kernel == kBlockedBf16 ? AttentionOperands::Bf16 : AttentionOperands::F32;
+  const double product_seconds_before = attention_blocked_product_seconds();
   for (auto _ : state) {
     if (kernel == kFlash) {
       attention_forward<float>(out.data(), lse.data(), q.data(), k.data(), v.data(), s, nullptr, nullptr);
@@ -47,6 +48,8 @@ void BM_Attention(benchmark::State& state, Kernel kernel) {
   }
   const double flops = 7.0 * 2.0 * double(s.T) * double(s.T) / 2.0 * double(s.HD) * double(s.NH) * double(s.B);
   state.counters["GFLOP/s"] = benchmark::Counter(1e-9 * flops, benchmark::Counter::kIsIterationInvariantRate);
+  if (kernel != kFlash)  // seconds per iteration inside the GEMMs (the rest: softmax passes, packing)
+    state.counters["gemm_s"] = (attention_blocked_product_seconds() - product_seconds_before) / double(state.iterations());
 }
 
 void args(benchmark::internal::Benchmark* b) {
@@ -64,6 +67,6 @@ int main(int argc, char** argv) {
   if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
   benchmark::RunSpecifiedBenchmarks();
   benchmark::Shutdown();
-  for (const auto& name : attention_blocked_native_kernels()) std::printf("bf16 attention products ran on: %s\n", name.c_str());
+  for (const auto& name : attention_blocked_native_kernels()) std::printf("bf16 attention, %s\n", name.c_str());
   return 0;
 }

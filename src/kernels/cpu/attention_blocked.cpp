@@ -3,15 +3,16 @@
 // AVX-512 kernels, and only the softmax done here.
 //
 // For each batch row b and kv head g, the G = NH/NKV query heads that read g share its keys, so a block
-// of R query positions of all G heads is one GEMM of M = G*R rows (row hl*R + i is head g*G + hl at
-// position t0 + i) against the keys [ks, ke) the block may see (ks, ke multiples of kKeyAlign, which
-// bounds the number of distinct GEMM shapes to T/kKeyAlign per product):
-//   forward   S = Q K^T,  P = softmax(scale S) (masked),  O = P V,  lse per row
-//   backward  S = Q K^T,  dP = dO V^T,  P = exp(scale S - lse),  dS = scale P (dP - D),  D = dO.O
-//             dQ = dS K,  dV^T += dO^T P,  dK^T += Q^T dS
+// of R query positions of all G heads is one GEMM operand of M = G*R rows (row hl*R + i is head
+// g*G + hl at position t0 + i). The keys [ks, ke) the block may see (multiples of kKeyAlign) are taken
+// kKeyChunk at a time, so a chunk's scores stay in L2 and there are few distinct GEMM shapes:
+//   forward   per chunk: S = Q K^T, online softmax (running max m and sum l per row, O rescaled),
+//             O += P V;  then O /= l, lse = m + log l
+//   backward  per chunk: S = Q K^T, dP = dO V^T, P = exp(scale S - lse), dS = scale P (dP - D)
+//             (D = dO.O), dQ += dS K, dV^T += dO^T P, dK^T += Q^T dS
 // dK and dV are accumulated transposed ([HD, T] per (b, g)), so that every GEMM reads its left operand
-// plainly and no M x N matrix is ever transposed. Memory: a few [M, T] buffers (M <= 512), linear in T;
-// no T x T matrix.
+// plainly and no M x N matrix is ever transposed. Scratch: [M, kKeyChunk] and [HD, T] buffers, linear
+// in T; no T x T matrix. Threads: oneDNN splits each product; the softmax passes split the rows.
 //
 // Operands are float (sgemm) or bf16 (oneDNN's bf16 matmul with fp32 accumulation; on CPUs without a
 // native one, the bf16 operands are widened and multiplied by sgemm: the same products, summed in
@@ -23,6 +24,7 @@
 
 #include <algorithm>
 #include <bit>
+#include <chrono>
 #include <cmath>
 #include <limits>
 #include <map>
@@ -42,7 +44,8 @@ namespace {
 
 using dnnl::memory;
 
-constexpr int64_t kKeyAlign = 64;
+constexpr int64_t kKeyAlign = 64;   // key ranges start and end on multiples of this
+constexpr int64_t kKeyChunk = 512;  // keys per product (a multiple of kKeyAlign): S of a block stays in L2
 
 inline void put(float& d, float x) { d = x; }
 inline void put(uint16_t& d, float x) { d = uint16_t(std::bit_cast<uint32_t>(cpu::round_bf16(x)) >> 16); }
@@ -64,10 +67,23 @@ struct NativeMatmul {
   std::string impl;
 };
 
+// The six products, for the record of which oneDNN kernel ran each (benchmarks print it).
+enum class Product { QK, PV, dOV, dSK, dOP, QdS };
+constexpr const char* kProductName[] = {"S = Q K^T", "O += P V", "dP = dO V^T", "dQ = dS K", "dV^T += dO^T P",
+                                        "dK^T += Q^T dS"};
+
 // Primitives by shape, created on first use (attention calls run one at a time: see g_mutex).
 std::map<MatmulKey, NativeMatmul> g_native;
+std::map<std::string, std::vector<std::string>> g_used;  // product -> kernels it ran on
 std::mutex g_mutex;  // one attention call at a time: the scratch below and the primitive cache are shared
 std::vector<float> g_wide_a, g_wide_b;
+
+double g_product_seconds = 0;  // wall time inside the products, since the start
+
+void note_kernel(Product p, const std::string& impl) {
+  auto& v = g_used[kProductName[int(p)]];
+  if (std::find(v.begin(), v.end(), impl) == v.end()) v.push_back(impl);
+}
 
 const NativeMatmul& native_matmul(const MatmulKey& k) {
   auto it = g_native.find(k);
@@ -100,11 +116,12 @@ void sgemm(const MatmulKey& k, const float* A, const float* B, float* C) {
   core::check(st == dnnl_success, "attention", "dnnl_sgemm failed (status " + std::to_string(int(st)) + ")");
 }
 
-void matmul(const MatmulKey& k, const float* A, const float* B, float* C) { sgemm(k, A, B, C); }
+void matmul_untimed(Product, const MatmulKey& k, const float* A, const float* B, float* C) { sgemm(k, A, B, C); }
 
-void matmul(const MatmulKey& k, const uint16_t* A, const uint16_t* B, float* C) {
+void matmul_untimed(Product p, const MatmulKey& k, const uint16_t* A, const uint16_t* B, float* C) {
   if (cpu::bf16_use_native()) {
     const NativeMatmul& n = native_matmul(k);
+    note_kernel(p, n.ok ? n.impl : "widened bf16 through sgemm (oneDNN offers " + (n.impl.empty() ? "none" : n.impl) + ")");
     if (n.ok) {
       auto& eng = cpu::dnnl_engine();
       memory a(memory::desc({k.M, k.K}, memory::data_type::bf16, memory::dims{k.lda, 1}), eng,
@@ -137,6 +154,13 @@ void matmul(const MatmulKey& k, const uint16_t* A, const uint16_t* B, float* C) 
   sgemm(dense, g_wide_a.data(), g_wide_b.data(), C);
 }
 
+template <typename E>
+void matmul(Product p, const MatmulKey& k, const E* A, const E* B, float* C) {
+  const auto start = std::chrono::steady_clock::now();
+  matmul_untimed(p, k, A, B, C);
+  g_product_seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+}
+
 // ---- geometry -----------------------------------------------------------------------------------
 
 struct Geometry {
@@ -163,28 +187,29 @@ struct Buffers {
   std::vector<E> kg, vg;          // [Tpad, HD] keys / values of (b, g), zero past T
   std::vector<E> qb, dob;         // [M, HD] the block's queries / output gradients
   std::vector<E> qbt, dobt;       // [HD, M] their transposes
-  std::vector<E> pb, dsb;         // [M, N] P and dS as GEMM operands
-  std::vector<float> s, dp, o;    // [M, N] scores (then P), dP; [M, HD] O or dQ
+  std::vector<E> pb, dsb;         // [M, kKeyChunk] P and dS of a key chunk as GEMM operands
+  std::vector<float> s, dp, o;    // [M, kKeyChunk] scores, dP; [M, HD] O or dQ
   std::vector<float> dkt, dvt;    // [HD, Tpad] dK^T, dV^T of (b, g)
-  std::vector<float> lse_row, d_row;  // [M]
+  std::vector<float> lse_row, d_row;  // [M] lse and D (backward); running max and sum (forward)
   void size(const Geometry& g, bool backward) {
     const auto HD = size_t(g.L.HD), M = size_t(g.M), T = size_t(g.Tpad);
+    const auto C = size_t(kKeyChunk);
     kg.resize(T * HD);
     vg.resize(T * HD);
     qb.resize(M * HD);
-    pb.resize(M * T);
-    s.resize(M * T);
+    pb.resize(M * C);
+    s.resize(M * C);
     o.resize(M * HD);
     lse_row.resize(M);
+    d_row.resize(M);
     if (backward) {
       dob.resize(M * HD);
       qbt.resize(HD * M);
       dobt.resize(HD * M);
-      dsb.resize(M * T);
-      dp.resize(M * T);
+      dsb.resize(M * C);
+      dp.resize(M * C);
       dkt.resize(HD * T);
       dvt.resize(HD * T);
-      d_row.resize(M);
     }
   }
 };
@@ -218,12 +243,6 @@ void pack_kv(Buffers<E>& w, const float* k, const float* v, const Geometry& geo,
   }
 }
 
-// Rows of block t0 whose position is a valid query: t0 + i < tv.
-struct Block {
-  int64_t b, g, t0, tv, ks, ke;
-  int64_t N() const { return ke - ks; }
-};
-
 template <typename E>
 void attention_forward_impl(float* out, float* lse, const float* q, const float* k, const float* v,
                             const AttentionShape& shape, const int32_t* lengths, const int32_t* kv_begin) {
@@ -231,70 +250,85 @@ void attention_forward_impl(float* out, float* lse, const float* q, const float*
   const auto& L = geo.L;
   const int64_t HD = L.HD, M = geo.M, R = geo.R;
   const float scale = float(1.0 / std::sqrt(double(HD)));
+  constexpr float kNegInf = -std::numeric_limits<float>::infinity();
   std::lock_guard<std::mutex> lock(g_mutex);
   Buffers<E>& w = buffers<E>();
   w.size(geo, false);
+  float *m = w.lse_row.data(), *l = w.d_row.data();  // running max and sum of the online softmax
   for (int64_t b = 0; b < L.B; ++b)
     for (int64_t g = 0; g < L.NKV; ++g) {
       pack_kv(w, k, v, geo, b, g);
       for (int64_t blk = 0; blk < geo.nblocks; ++blk) {
-        Block B{b, g, blk * R, std::clamp(L.len(b), blk * R, std::min(blk * R + R, L.T)), 0, 0};
-        if (B.tv > B.t0) geo.key_range(b, B.t0, B.tv, &B.ks, &B.ke);
-        const int64_t N = B.N();
-        // Q rows of the block (zero rows past the valid ones)
-        if (N > 0) {
-#pragma omp parallel for schedule(static)
-          for (int64_t r = 0; r < M; ++r) {
-            const int64_t hl = r / R, t = B.t0 + r % R;
-            E* dst = w.qb.data() + r * HD;
-            if (t >= B.tv) {
-              std::fill_n(dst, HD, E(0));
-              continue;
-            }
-            const float* src = q + L.q_off(b, t, g * geo.G + hl);
-            for (int64_t d = 0; d < HD; ++d) put(dst[d], src[d]);
-          }
-          matmul(MatmulKey{M, N, HD, HD, HD, N, true, false}, w.qb.data(), w.kg.data() + B.ks * HD, w.s.data());
-        }
-        // softmax per row: P (normalised, masked) as an operand, lse
+        const int64_t t0 = blk * R, tend = std::min(t0 + R, L.T), tv = std::clamp(L.len(b), t0, tend);
+        int64_t ks = 0, ke = 0;
+        if (tv > t0) geo.key_range(b, t0, tv, &ks, &ke);
+        // Q rows of the block (zero rows past the valid ones); O = 0, m = -inf, l = 0
 #pragma omp parallel for schedule(static)
         for (int64_t r = 0; r < M; ++r) {
-          const int64_t hl = r / R, t = B.t0 + r % R, h = g * geo.G + hl;
-          E* p = w.pb.data() + r * N;
-          if (t >= B.tv) {
-            std::fill_n(p, N, E(0));
-            if (t < std::min(B.t0 + R, L.T)) lse[L.lse_off(b, h, t)] = 0.0f;
+          const int64_t hl = r / R, t = t0 + r % R;
+          E* dst = w.qb.data() + r * HD;
+          std::fill_n(w.o.data() + r * HD, HD, 0.0f);
+          m[r] = kNegInf;
+          l[r] = 0.0f;
+          if (t >= tv) {
+            std::fill_n(dst, HD, E(0));
             continue;
           }
-          float* srow = w.s.data() + r * N;
-          const int64_t j0 = L.lo(b, t) - B.ks, j1 = t + 1 - B.ks;
-          float mx = -std::numeric_limits<float>::infinity();
-#pragma omp simd reduction(max : mx)
-          for (int64_t j = 0; j < N; ++j)
-            mx = std::max(mx, cpu::select(j >= j0 && j < j1, srow[j] * scale, -std::numeric_limits<float>::infinity()));
-          float sum = 0;
-#pragma omp simd reduction(+ : sum)
-          for (int64_t j = 0; j < N; ++j) {
-            const float e = cpu::select(j >= j0 && j < j1, cpu::exp_fast(srow[j] * scale - mx), 0.0f);
-            srow[j] = e;
-            sum += e;
-          }
-          const float inv = 1.0f / sum;
-#pragma omp simd
-          for (int64_t j = 0; j < N; ++j) put(p[j], srow[j] * inv);
-          lse[L.lse_off(b, h, t)] = mx + std::log(sum);
+          const float* src = q + L.q_off(b, t, g * geo.G + hl);
+          for (int64_t d = 0; d < HD; ++d) put(dst[d], src[d]);
         }
-        if (N > 0)
-          matmul(MatmulKey{M, HD, N, N, HD, HD, false, false}, w.pb.data(), w.vg.data() + B.ks * HD, w.o.data());
+        for (int64_t c0 = ks; c0 < ke; c0 += kKeyChunk) {
+          const int64_t N = std::min(kKeyChunk, ke - c0);
+          matmul(Product::QK, MatmulKey{M, N, HD, HD, HD, N, true, false}, w.qb.data(), w.kg.data() + c0 * HD,
+                 w.s.data());
+          // online softmax over this chunk: unnormalised P as an operand, O rescaled
+#pragma omp parallel for schedule(static)
+          for (int64_t r = 0; r < M; ++r) {
+            const int64_t t = t0 + r % R;
+            E* p = w.pb.data() + r * N;
+            const int64_t j0 = t < tv ? L.lo(b, t) - c0 : 0, j1 = t < tv ? std::min(t + 1 - c0, N) : 0;
+            if (j0 >= j1) {  // padding, or no key of this chunk visible
+              std::fill_n(p, N, E(0));
+              continue;
+            }
+            float* srow = w.s.data() + r * N;
+            float mx = kNegInf;
+#pragma omp simd reduction(max : mx)
+            for (int64_t j = 0; j < N; ++j) mx = std::max(mx, cpu::select(j >= j0 && j < j1, srow[j] * scale, kNegInf));
+            const float mnew = std::max(m[r], mx), corr = cpu::exp_fast(m[r] - mnew);
+            float sum = 0;
+#pragma omp simd reduction(+ : sum)
+            for (int64_t j = 0; j < N; ++j) {
+              const float e = cpu::select(j >= j0 && j < j1, cpu::exp_fast(srow[j] * scale - mnew), 0.0f);
+              put(p[j], e);
+              sum += e;
+            }
+            l[r] = l[r] * corr + sum;
+            m[r] = mnew;
+            if (corr != 1.0f) {
+              float* o = w.o.data() + r * HD;
+#pragma omp simd
+              for (int64_t d = 0; d < HD; ++d) o[d] *= corr;
+            }
+          }
+          matmul(Product::PV, MatmulKey{M, HD, N, N, HD, HD, false, true}, w.pb.data(), w.vg.data() + c0 * HD,
+                 w.o.data());
+        }
 #pragma omp parallel for schedule(static)
         for (int64_t r = 0; r < M; ++r) {
-          const int64_t hl = r / R, t = B.t0 + r % R;
-          if (t >= std::min(B.t0 + R, L.T)) continue;
-          float* dst = out + L.q_off(b, t, g * geo.G + hl);
-          if (t >= B.tv)
+          const int64_t hl = r / R, t = t0 + r % R, h = g * geo.G + hl;
+          if (t >= tend) continue;
+          float* dst = out + L.q_off(b, t, h);
+          if (t >= tv) {
             std::fill_n(dst, HD, 0.0f);
-          else
-            std::copy_n(w.o.data() + r * HD, HD, dst);
+            lse[L.lse_off(b, h, t)] = 0.0f;
+            continue;
+          }
+          const float inv = 1.0f / l[r];
+          const float* o = w.o.data() + r * HD;
+#pragma omp simd
+          for (int64_t d = 0; d < HD; ++d) dst[d] = o[d] * inv;
+          lse[L.lse_off(b, h, t)] = m[r] + std::log(l[r]);
         }
       }
     }
@@ -317,22 +351,21 @@ void attention_backward_impl(float* dq, float* dk, float* dv, const float* dout,
       std::fill(w.dkt.begin(), w.dkt.end(), 0.0f);
       std::fill(w.dvt.begin(), w.dvt.end(), 0.0f);
       for (int64_t blk = 0; blk < geo.nblocks; ++blk) {
-        Block B{b, g, blk * R, std::clamp(L.len(b), blk * R, std::min(blk * R + R, L.T)), 0, 0};
-        const int64_t tend = std::min(B.t0 + R, L.T);
-        if (B.tv <= B.t0) {  // padding only: dq rows are zero
+        const int64_t t0 = blk * R, tend = std::min(t0 + R, L.T), tv = std::clamp(L.len(b), t0, tend);
+        if (tv <= t0) {  // padding only: dq rows are zero
           for (int64_t hl = 0; hl < geo.G; ++hl)
-            for (int64_t t = B.t0; t < tend; ++t) std::fill_n(dq + L.q_off(b, t, g * geo.G + hl), HD, 0.0f);
+            for (int64_t t = t0; t < tend; ++t) std::fill_n(dq + L.q_off(b, t, g * geo.G + hl), HD, 0.0f);
           continue;
         }
-        geo.key_range(b, B.t0, B.tv, &B.ks, &B.ke);
-        const int64_t N = B.N();
+        int64_t ks, ke;
+        geo.key_range(b, t0, tv, &ks, &ke);
         // Q, dO rows and their transposes; D = dO.O and lse per row
 #pragma omp parallel for schedule(static)
         for (int64_t r = 0; r < M; ++r) {
-          const int64_t hl = r / R, t = B.t0 + r % R, h = g * geo.G + hl;
+          const int64_t hl = r / R, t = t0 + r % R, h = g * geo.G + hl;
           E* qd = w.qb.data() + r * HD;
           E* od = w.dob.data() + r * HD;
-          const bool valid = t < B.tv;
+          const bool valid = t < tv;
           float dsum = 0;
           for (int64_t d = 0; d < HD; ++d) {
             const float qv = valid ? q[L.q_off(b, t, h) + d] : 0.0f;
@@ -346,39 +379,46 @@ void attention_backward_impl(float* dq, float* dk, float* dv, const float* dout,
           w.d_row[size_t(r)] = dsum;
           w.lse_row[size_t(r)] = valid ? lse[L.lse_off(b, h, t)] : 0.0f;
         }
-        matmul(MatmulKey{M, N, HD, HD, HD, N, true, false}, w.qb.data(), w.kg.data() + B.ks * HD, w.s.data());
-        matmul(MatmulKey{M, N, HD, HD, HD, N, true, false}, w.dob.data(), w.vg.data() + B.ks * HD, w.dp.data());
-        // P = exp(scale S - lse) and dS = scale P (dP - D), masked, as operands
+        for (int64_t c0 = ks; c0 < ke; c0 += kKeyChunk) {
+          const int64_t N = std::min(kKeyChunk, ke - c0);
+          const E* kc = w.kg.data() + c0 * HD;
+          matmul(Product::QK, MatmulKey{M, N, HD, HD, HD, N, true, false}, w.qb.data(), kc, w.s.data());
+          matmul(Product::dOV, MatmulKey{M, N, HD, HD, HD, N, true, false}, w.dob.data(), w.vg.data() + c0 * HD,
+                 w.dp.data());
+          // P = exp(scale S - lse) and dS = scale P (dP - D), masked, as operands
 #pragma omp parallel for schedule(static)
-        for (int64_t r = 0; r < M; ++r) {
-          const int64_t t = B.t0 + r % R;
-          E* p = w.pb.data() + r * N;
-          E* ds = w.dsb.data() + r * N;
-          if (t >= B.tv) {
-            std::fill_n(p, N, E(0));
-            std::fill_n(ds, N, E(0));
-            continue;
-          }
-          const float* srow = w.s.data() + r * N;
-          const float* dprow = w.dp.data() + r * N;
-          const int64_t j0 = L.lo(b, t) - B.ks, j1 = t + 1 - B.ks;
-          const float l = w.lse_row[size_t(r)], D = w.d_row[size_t(r)];
+          for (int64_t r = 0; r < M; ++r) {
+            const int64_t t = t0 + r % R;
+            E* p = w.pb.data() + r * N;
+            E* ds = w.dsb.data() + r * N;
+            const int64_t j0 = t < tv ? L.lo(b, t) - c0 : 0, j1 = t < tv ? std::min(t + 1 - c0, N) : 0;
+            if (j0 >= j1) {
+              std::fill_n(p, N, E(0));
+              std::fill_n(ds, N, E(0));
+              continue;
+            }
+            const float* srow = w.s.data() + r * N;
+            const float* dprow = w.dp.data() + r * N;
+            const float lr = w.lse_row[size_t(r)], D = w.d_row[size_t(r)];
 #pragma omp simd
-          for (int64_t j = 0; j < N; ++j) {
-            const float pj = cpu::select(j >= j0 && j < j1, cpu::exp_fast(srow[j] * scale - l), 0.0f);
-            put(p[j], pj);
-            put(ds[j], scale * pj * (dprow[j] - D));
+            for (int64_t j = 0; j < N; ++j) {
+              const float pj = cpu::select(j >= j0 && j < j1, cpu::exp_fast(srow[j] * scale - lr), 0.0f);
+              put(p[j], pj);
+              put(ds[j], scale * pj * (dprow[j] - D));
+            }
           }
+          matmul(Product::dSK, MatmulKey{M, HD, N, N, HD, HD, false, c0 > ks}, w.dsb.data(), kc, w.o.data());
+          matmul(Product::dOP, MatmulKey{HD, N, M, M, N, Tp, false, true}, w.dobt.data(), w.pb.data(),
+                 w.dvt.data() + c0);
+          matmul(Product::QdS, MatmulKey{HD, N, M, M, N, Tp, false, true}, w.qbt.data(), w.dsb.data(),
+                 w.dkt.data() + c0);
         }
-        matmul(MatmulKey{M, HD, N, N, HD, HD, false, false}, w.dsb.data(), w.kg.data() + B.ks * HD, w.o.data());
-        matmul(MatmulKey{HD, N, M, M, N, Tp, false, true}, w.dobt.data(), w.pb.data(), w.dvt.data() + B.ks);
-        matmul(MatmulKey{HD, N, M, M, N, Tp, false, true}, w.qbt.data(), w.dsb.data(), w.dkt.data() + B.ks);
 #pragma omp parallel for schedule(static)
         for (int64_t r = 0; r < M; ++r) {
-          const int64_t hl = r / R, t = B.t0 + r % R;
+          const int64_t hl = r / R, t = t0 + r % R;
           if (t >= tend) continue;
           float* dst = dq + L.q_off(b, t, g * geo.G + hl);
-          if (t >= B.tv)
+          if (t >= tv)
             std::fill_n(dst, HD, 0.0f);
           else
             std::copy_n(w.o.data() + r * HD, HD, dst);
@@ -417,14 +457,20 @@ void attention_backward_blocked(AttentionOperands ops, float* dq, float* dk, flo
     attention_backward_impl<float>(dq, dk, dv, dout, q, k, v, out, lse, shape, lengths, kv_begin);
 }
 
+double attention_blocked_product_seconds() {
+  std::lock_guard<std::mutex> lock(g_mutex);
+  return g_product_seconds;
+}
+
 std::vector<std::string> attention_blocked_native_kernels() {
   std::lock_guard<std::mutex> lock(g_mutex);
-  std::vector<std::string> names;
-  for (const auto& [key, n] : g_native) {
-    const std::string s = n.ok ? n.impl : "widened (oneDNN offers " + (n.impl.empty() ? "none" : n.impl) + ")";
-    if (std::find(names.begin(), names.end(), s) == names.end()) names.push_back(s);
+  std::vector<std::string> lines;
+  for (const auto& [product, kernels] : g_used) {
+    std::string line = product + ":";
+    for (const auto& k : kernels) line += " " + k;
+    lines.push_back(line);
   }
-  return names;
+  return lines;
 }
 
 }  // namespace zerolora::kernels

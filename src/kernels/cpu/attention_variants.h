@@ -54,7 +54,10 @@ void attention_forward_blocked(AttentionOperands ops, float* out, float* lse, co
 void attention_backward_blocked(AttentionOperands ops, float* dq, float* dk, float* dv, const float* dout,
                                 const float* q, const float* k, const float* v, const float* out, const float* lse,
                                 const AttentionShape& shape, const int32_t* lengths, const int32_t* kv_begin);
-// The oneDNN kernels the bf16 blocked products have used so far (benchmarks print them).
+// The oneDNN kernels the bf16 blocked products have used so far, a line per product (benchmarks print them).
 std::vector<std::string> attention_blocked_native_kernels();
+// Wall seconds spent inside the blocked kernels' products so far (the rest of their time is the softmax
+// passes and packing).
+double attention_blocked_product_seconds();
 
 }  // namespace zerolora::kernels
