@@ -2,7 +2,7 @@
 // causal, per kernel: flash fp32 tiles (attention.cpp) vs blocked GEMMs with fp32 or bf16 operands
 // (attention_blocked.cpp; bf16 takes oneDNN's AMX / AVX512-BF16 matmul where the CPU has one).
 // Reports "GFLOP/s" of the causal attention products (forward 2 GEMMs, backward 5, each 2 T^2/2 HD per head)
-// and prints the oneDNN kernels the bf16 products used. Run e.g. bench_attention --benchmark_min_time=1
+// and prints the oneDNN kernels the bf16 products used. The third argument: keys per product (blocked). Run e.g. bench_attention --benchmark_min_time=1
 #include <benchmark/benchmark.h>
 
 #include <cstdio>
@@ -33,6 +33,7 @@ void BM_Attention(benchmark::State& state, Kernel kernel) {
       e = float(int64_t(seed >> 40) % 2001 - 1000) / 1000.0f;
     }
   const AttentionOperands ops = kernel == kBlockedBf16 ? AttentionOperands::Bf16 : AttentionOperands::F32;
+  const int64_t chunk_before = kernel == kFlash ? 0 : attention_blocked_key_chunk(state.range(2));
   const double product_seconds_before = attention_blocked_product_seconds();
   for (auto _ : state) {
     if (kernel == kFlash) {
@@ -40,8 +41,8 @@ void BM_Attention(benchmark::State& state, Kernel kernel) {
       attention_backward<float>(dq.data(), dk.data(), dv.data(), dout.data(), q.data(), k.data(), v.data(),
                                 out.data(), lse.data(), s, nullptr, nullptr);
     } else {
-      attention_forward_blocked(ops, out.data(), lse.data(), q.data(), k.data(), v.data(), s, nullptr, nullptr);
-      attention_backward_blocked(ops, dq.data(), dk.data(), dv.data(), dout.data(), q.data(), k.data(), v.data(),
+      attention_forward_blocked(attention_best_isa(), ops, out.data(), lse.data(), q.data(), k.data(), v.data(), s, nullptr, nullptr);
+      attention_backward_blocked(attention_best_isa(), ops, dq.data(), dk.data(), dv.data(), dout.data(), q.data(), k.data(), v.data(),
                                  out.data(), lse.data(), s, nullptr, nullptr);
     }
     benchmark::DoNotOptimize(dq.data());
@@ -50,15 +51,18 @@ void BM_Attention(benchmark::State& state, Kernel kernel) {
   state.counters["GFLOP/s"] = benchmark::Counter(1e-9 * flops, benchmark::Counter::kIsIterationInvariantRate);
   if (kernel != kFlash)  // seconds per iteration inside the GEMMs (the rest: softmax passes, packing)
     state.counters["gemm_s"] = (attention_blocked_product_seconds() - product_seconds_before) / double(state.iterations());
+  if (kernel != kFlash) attention_blocked_key_chunk(chunk_before);
 }
 
-void args(benchmark::internal::Benchmark* b) {
-  b->Args({1, 512})->Args({4, 512})->Args({1, 2048})->Unit(benchmark::kMillisecond)->UseRealTime();
+// {batch, T, keys per product of the blocked kernels}
+void args(benchmark::internal::Benchmark* b, std::initializer_list<int64_t> chunks) {
+  for (int64_t c : chunks) b->Args({1, 512, c})->Args({4, 512, c})->Args({1, 2048, c});
+  b->Unit(benchmark::kMillisecond)->UseRealTime();
 }
 
-BENCHMARK_CAPTURE(BM_Attention, flash_f32, kFlash)->Apply(args);
-BENCHMARK_CAPTURE(BM_Attention, blocked_f32, kBlockedF32)->Apply(args);
-BENCHMARK_CAPTURE(BM_Attention, blocked_bf16, kBlockedBf16)->Apply(args);
+BENCHMARK_CAPTURE(BM_Attention, flash_f32, kFlash)->Apply([](auto* b) { args(b, {0}); });
+BENCHMARK_CAPTURE(BM_Attention, blocked_f32, kBlockedF32)->Apply([](auto* b) { args(b, {512}); });
+BENCHMARK_CAPTURE(BM_Attention, blocked_bf16, kBlockedBf16)->Apply([](auto* b) { args(b, {256, 512, 1024}); });
 
 }  // namespace
 

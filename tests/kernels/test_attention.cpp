@@ -317,11 +317,10 @@ void expect_close(const Result& got, const Result& want, double tol_out, double 
 // attention_forward / attention_backward: flash fp32, or the bf16 blocked kernels when p.s.bf16
 Result run_default(const Problem& p) { return run_problem(p, attention_forward<float>, attention_backward<float>); }
 
-Result run_blocked(const Problem& p, AttentionOperands ops) {
+Result run_blocked(const Problem& p, AttentionOperands ops, AttentionIsa isa = attention_best_isa()) {
   return run_problem(
-      p,
-      [ops](auto... a) { attention_forward_blocked(ops, a...); },
-      [ops](auto... a) { attention_backward_blocked(ops, a...); });
+      p, [ops, isa](auto... a) { attention_forward_blocked(isa, ops, a...); },
+      [ops, isa](auto... a) { attention_backward_blocked(isa, ops, a...); });
 }
 
 // Shapes that reach every block geometry of the blocked kernels: 8 query heads per kv head (64-row
@@ -356,7 +355,7 @@ TEST(Attention, BlockedF32ForwardMatchesNaive) {
   naive(c, want_out, want_lse);
   std::vector<float> q(c.q.begin(), c.q.end()), k(c.k.begin(), c.k.end()), v(c.v.begin(), c.v.end());
   std::vector<float> out(c.nq(), 7.f), lse(size_t(c.s.B * c.s.NH * c.s.T), 7.f);
-  attention_forward_blocked(AttentionOperands::F32, out.data(), lse.data(), q.data(), k.data(), v.data(), c.s,
+  attention_forward_blocked(attention_best_isa(), AttentionOperands::F32, out.data(), lse.data(), q.data(), k.data(), v.data(), c.s,
                             c.len_ptr(), c.kvb_ptr());
   EXPECT_LT(rel_err(out, want_out), kFloatTol);
   EXPECT_LT(rel_err(lse, want_lse), kFloatTol);
@@ -364,22 +363,35 @@ TEST(Attention, BlockedF32ForwardMatchesNaive) {
 
 // ... and against the flash kernels (whose gradients the finite-difference checks above pin down), on every
 // block geometry: the same values up to the order of fp32 sums.
+// Keys are taken a chunk at a time (online softmax across chunks in the forward): 512 keys (one chunk at
+// these lengths), 64 and 128 (several, with the chunk boundaries inside blocks and packed samples).
 TEST(Attention, BlockedF32MatchesFlash) {
-  for (const Problem& p : blocked_problems()) {
-    SCOPED_TRACE("T=" + std::to_string(p.s.T) + " NH=" + std::to_string(p.s.NH) + " NKV=" + std::to_string(p.s.NKV));
-    expect_close(run_blocked(p, AttentionOperands::F32), run_default(p), 1e-5, 1e-5, 1e-5);
+  for (int64_t chunk : {512, 64, 128}) {
+    const int64_t before = attention_blocked_key_chunk(chunk);
+    for (const Problem& p : blocked_problems()) {
+      SCOPED_TRACE("chunk=" + std::to_string(chunk) + " T=" + std::to_string(p.s.T) + " NH=" +
+                   std::to_string(p.s.NH) + " NKV=" + std::to_string(p.s.NKV));
+      expect_close(run_blocked(p, AttentionOperands::F32), run_default(p), 1e-5, 1e-5, 1e-5);
+    }
+    attention_blocked_key_chunk(before);
   }
+  EXPECT_THROW(attention_blocked_key_chunk(100), core::Error);
 }
 
 // bf16 operands (what --bf16 training runs): within bf16's rounding of the fp32 result. Seven bits of
 // mantissa: a relative error of 2^-8 per operand, averaged over sums of many terms.
 TEST(Attention, Bf16BlockedCloseToF32) {
-  for (const Problem& p : blocked_problems()) {
-    SCOPED_TRACE("T=" + std::to_string(p.s.T) + " NH=" + std::to_string(p.s.NH) + " NKV=" + std::to_string(p.s.NKV));
-    const Result f32 = run_default(p), bf16 = run_blocked(p, AttentionOperands::Bf16);
-    expect_close(bf16, f32, 2e-2, 1e-2, 3e-2);
-    // and not trivially: bf16 rounding changed the values
-    EXPECT_GT(max_rel(bf16.o, f32.o), 1e-6);
+  for (int64_t chunk : {512, 64}) {
+    const int64_t before = attention_blocked_key_chunk(chunk);
+    for (const Problem& p : blocked_problems()) {
+      SCOPED_TRACE("chunk=" + std::to_string(chunk) + " T=" + std::to_string(p.s.T) + " NH=" +
+                   std::to_string(p.s.NH) + " NKV=" + std::to_string(p.s.NKV));
+      const Result f32 = run_default(p), bf16 = run_blocked(p, AttentionOperands::Bf16);
+      expect_close(bf16, f32, 2e-2, 1e-2, 3e-2);
+      // and not trivially: bf16 rounding changed the values
+      EXPECT_GT(max_rel(bf16.o, f32.o), 1e-6);
+    }
+    attention_blocked_key_chunk(before);
   }
 }
 
@@ -402,15 +414,39 @@ TEST(Attention, Bf16ShapeSelectsBf16OperandsWhereNative) {
 // Skips on CPUs without a native bf16 matmul, where the widened path is the only one.
 TEST(Attention, Bf16BlockedNativeMatchesWidened) {
   if (!cpu::bf16_native_available()) GTEST_SKIP() << "no native bf16 matmul on this CPU";
-  for (const Problem& p : blocked_problems()) {
-    SCOPED_TRACE("T=" + std::to_string(p.s.T) + " NH=" + std::to_string(p.s.NH) + " NKV=" + std::to_string(p.s.NKV));
-    const Result native = run_blocked(p, AttentionOperands::Bf16);
-    cpu::set_bf16_force_portable(true);
-    const Result widened = run_blocked(p, AttentionOperands::Bf16);
-    cpu::set_bf16_force_portable(false);
-    expect_close(native, widened, 2e-3, 1e-4, 4e-3);
+  for (int64_t chunk : {512, 64}) {
+    const int64_t before = attention_blocked_key_chunk(chunk);
+    for (const Problem& p : blocked_problems()) {
+      SCOPED_TRACE("chunk=" + std::to_string(chunk) + " T=" + std::to_string(p.s.T) + " NH=" +
+                   std::to_string(p.s.NH) + " NKV=" + std::to_string(p.s.NKV));
+      const Result native = run_blocked(p, AttentionOperands::Bf16);
+      cpu::set_bf16_force_portable(true);
+      const Result widened = run_blocked(p, AttentionOperands::Bf16);
+      cpu::set_bf16_force_portable(false);
+      expect_close(native, widened, 2e-3, 1e-4, 4e-3);
+    }
+    attention_blocked_key_chunk(before);
   }
   for (const auto& k : attention_blocked_native_kernels()) std::printf("bf16 attention product: %s\n", k.c_str());
+}
+
+// The blocked kernels' AVX-512 copy of the softmax and packing passes computes what the AVX2 copy does
+// (same products), with either operand type and with several key chunks. Skips without AVX-512.
+TEST(Attention, BlockedAvx512CopyMatchesAvx2Copy) {
+  if (!attention_avx512_available()) GTEST_SKIP() << "no AVX-512 on this CPU (or a clang build)";
+  for (int64_t chunk : {512, 64}) {
+    const int64_t before = attention_blocked_key_chunk(chunk);
+    for (const Problem& p : blocked_problems())
+      for (AttentionOperands ops : {AttentionOperands::F32, AttentionOperands::Bf16}) {
+        SCOPED_TRACE("chunk=" + std::to_string(chunk) + " T=" + std::to_string(p.s.T) + " NH=" +
+                     std::to_string(p.s.NH) + (ops == AttentionOperands::Bf16 ? " bf16" : " f32"));
+        // bf16: an fp32 sum in another order may round a P or dS element to the neighbouring bf16 value
+        const double tol = ops == AttentionOperands::Bf16 ? 4e-3 : 1e-5;
+        expect_close(run_blocked(p, ops, AttentionIsa::Avx512), run_blocked(p, ops, AttentionIsa::Avx2), tol, 1e-5,
+                     tol);
+      }
+    attention_blocked_key_chunk(before);
+  }
 }
 
 // The backward's two schedules compute the same gradients: one pass per (batch, kv head) when there are at

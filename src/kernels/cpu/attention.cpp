@@ -116,7 +116,7 @@ void attention_backward_variant(AttentionIsa isa, S* dq, S* dk, S* dv, const S* 
   attention_avx2::attention_backward<S>(dq, dk, dv, dout, q, k, v, out, lse, shape, lengths, kv_begin);
 }
 
-static AttentionIsa best_isa() { return attention_avx512_available() ? AttentionIsa::Avx512 : AttentionIsa::Avx2; }
+AttentionIsa attention_best_isa() { return attention_avx512_available() ? AttentionIsa::Avx512 : AttentionIsa::Avx2; }
 
 // bf16 attention runs as blocked GEMMs with bf16 operands where oneDNN has a native bf16 matmul (AMX,
 // AVX512-BF16); elsewhere emulating bf16 products costs more than the fp32 flash tiles (2x at T 512 on
@@ -126,8 +126,8 @@ void attention_forward(S* out, S* lse, const S* q, const S* k, const S* v, const
                        const int32_t* lengths, const int32_t* kv_begin) {
   if constexpr (std::is_same_v<S, float>)
     if (shape.bf16 && cpu::bf16_native_available())
-      return attention_forward_blocked(AttentionOperands::Bf16, out, lse, q, k, v, shape, lengths, kv_begin);
-  attention_forward_variant<S>(best_isa(), out, lse, q, k, v, shape, lengths, kv_begin);
+      return attention_forward_blocked(attention_best_isa(), AttentionOperands::Bf16, out, lse, q, k, v, shape, lengths, kv_begin);
+  attention_forward_variant<S>(attention_best_isa(), out, lse, q, k, v, shape, lengths, kv_begin);
 }
 
 template <typename S>
@@ -136,9 +136,9 @@ void attention_backward(S* dq, S* dk, S* dv, const S* dout, const S* q, const S*
                         const int32_t* kv_begin) {
   if constexpr (std::is_same_v<S, float>)
     if (shape.bf16 && cpu::bf16_native_available())
-      return attention_backward_blocked(AttentionOperands::Bf16, dq, dk, dv, dout, q, k, v, out, lse, shape,
+      return attention_backward_blocked(attention_best_isa(), AttentionOperands::Bf16, dq, dk, dv, dout, q, k, v, out, lse, shape,
                                         lengths, kv_begin);
-  attention_backward_variant<S>(best_isa(), dq, dk, dv, dout, q, k, v, out, lse, shape, lengths, kv_begin);
+  attention_backward_variant<S>(attention_best_isa(), dq, dk, dv, dout, q, k, v, out, lse, shape, lengths, kv_begin);
 }
 
 #define ZL_INSTANTIATE(S)                                                                                   \

@@ -48,14 +48,21 @@ void attention_backward_variant(AttentionIsa isa, S* dq, S* dk, S* dv, const S* 
 // AMX / AVX512-BF16 where the CPU has them; elsewhere the same bf16 values widened, through sgemm).
 // F32: every operand fp32 (sgemm). Same contract as attention_forward / attention_backward.
 enum class AttentionOperands { F32, Bf16 };
-void attention_forward_blocked(AttentionOperands ops, float* out, float* lse, const float* q, const float* k,
-                               const float* v, const AttentionShape& shape, const int32_t* lengths,
+// isa picks the copy of the softmax and packing passes (AVX2, or AVX-512 where the CPU and build have it).
+void attention_forward_blocked(AttentionIsa isa, AttentionOperands ops, float* out, float* lse, const float* q,
+                               const float* k, const float* v, const AttentionShape& shape, const int32_t* lengths,
                                const int32_t* kv_begin);
-void attention_backward_blocked(AttentionOperands ops, float* dq, float* dk, float* dv, const float* dout,
-                                const float* q, const float* k, const float* v, const float* out, const float* lse,
-                                const AttentionShape& shape, const int32_t* lengths, const int32_t* kv_begin);
+void attention_backward_blocked(AttentionIsa isa, AttentionOperands ops, float* dq, float* dk, float* dv,
+                                const float* dout, const float* q, const float* k, const float* v, const float* out,
+                                const float* lse, const AttentionShape& shape, const int32_t* lengths,
+                                const int32_t* kv_begin);
+// The best copy for this CPU (AVX-512 where available), as attention_forward / attention_backward use.
+AttentionIsa attention_best_isa();
 // The oneDNN kernels the bf16 blocked products have used so far, a line per product (benchmarks print them).
 std::vector<std::string> attention_blocked_native_kernels();
+// Tests and benchmarks: keys per product of the blocked kernels (a positive multiple of 64; default 512);
+// 0 leaves it. Returns the previous value.
+int64_t attention_blocked_key_chunk(int64_t keys);
 // Wall seconds spent inside the blocked kernels' products so far (the rest of their time is the softmax
 // passes and packing).
 double attention_blocked_product_seconds();
