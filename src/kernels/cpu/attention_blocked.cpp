@@ -5,7 +5,7 @@
 // For each batch row b and kv head g, the G = NH/NKV query heads that read g share its keys, so a block
 // of R query positions of all G heads is one GEMM operand of M = G*R rows (row hl*R + i is head
 // g*G + hl at position t0 + i), and the NKV kv heads are the batch of one batched product. The keys
-// [ks, ke) the block may see (multiples of kKeyAlign) are taken a chunk (512 keys) at a time, so the
+// [ks, ke) the block may see (multiples of kKeyAlign) are taken a chunk (256 keys) at a time, so the
 // scores stay cache-sized and there are few distinct GEMM shapes:
 //   forward   per chunk: S = Q K^T, online softmax (running max m and sum l per row, O rescaled),
 //             O += P V;  then O /= l, lse = m + log l
@@ -46,7 +46,7 @@ namespace {
 using dnnl::memory;
 
 constexpr int64_t kKeyAlign = 64;  // key ranges start and end on multiples of this
-int64_t g_key_chunk = 512;         // keys per product (a multiple of kKeyAlign; tests and benchmarks vary it)
+int64_t g_key_chunk = 256;         // keys per product (a multiple of kKeyAlign; tests and benchmarks vary it)
 
 inline void put(float& d, float x) { d = x; }
 inline void put(uint16_t& d, float x) { d = uint16_t(std::bit_cast<uint32_t>(cpu::round_bf16(x)) >> 16); }

@@ -60,7 +60,7 @@ void attention_backward_blocked(AttentionIsa isa, AttentionOperands ops, float* 
 AttentionIsa attention_best_isa();
 // The oneDNN kernels the bf16 blocked products have used so far, a line per product (benchmarks print them).
 std::vector<std::string> attention_blocked_native_kernels();
-// Tests and benchmarks: keys per product of the blocked kernels (a positive multiple of 64; default 512);
+// Tests and benchmarks: keys per product of the blocked kernels (a positive multiple of 64; default 256);
 // 0 leaves it. Returns the previous value.
 int64_t attention_blocked_key_chunk(int64_t keys);
 // Wall seconds spent inside the blocked kernels' products so far (the rest of their time is the softmax
