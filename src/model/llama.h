@@ -42,6 +42,10 @@ struct LossResult {
 struct TrainOptions {
   bool gradient_checkpointing = false;
   int64_t loss_chunk_rows = 256;  // rows of lm_head + cross-entropy per chunk
+  // With bf16 frozen weights, attention takes bf16 operands where the CPU has a native bf16 matmul
+  // (kernels::AttentionShape::bf16: autocast's numerics, on AMX); false keeps it fp32 everywhere
+  // (comparisons against the fp32 KV-cache decoder).
+  bool bf16_attention = true;
 };
 
 template <typename S>
@@ -97,8 +101,10 @@ class LlamaModel {
   LoraBranch lora_branch(int layer, Proj p, bool training, uint64_t seed) const;
   void ensure_rope(const ModelInput& in);
   // Attention in bf16 (kernels::AttentionShape::bf16) when the frozen weights are bf16 (--bf16, QLoRA's
-  // bf16 compute), as autocast runs it; fp32 otherwise.
-  bool bf16_attention() const { return std::is_same_v<S, float> && w_.storage == core::DType::BF16; }
+  // bf16 compute), as autocast runs it, unless the options say fp32; fp32 otherwise.
+  bool bf16_attention() const {
+    return std::is_same_v<S, float> && w_.storage == core::DType::BF16 && opt_.bf16_attention;
+  }
 
   const LlamaWeights& w_;
   const LoraLayout* lora_;

@@ -10,6 +10,7 @@
 
 #include "core/error.h"
 #include "core/runtime.h"
+#include "kernels/cpu/onednn.h"
 #include "model/generate.h"
 #include "model/llama.h"
 #include "model_test_util.h"
@@ -88,7 +89,11 @@ void expect_cached_equals_full(core::DType storage, bool with_adapter, double to
   const int64_t V = c.vocab_size;
   const auto ids = random_ids(T, V, 11);
 
-  model::LlamaModel<S> full(w, lora);
+  // the decoder's attention is fp32; so is the full forward's here (with bf16 weights on a CPU with a
+  // native bf16 matmul it would otherwise take bf16 operands: checked separately below)
+  model::TrainOptions fp32_attention;
+  fp32_attention.bf16_attention = false;
+  model::LlamaModel<S> full(w, lora, fp32_attention);
   model::ModelInput in;
   in.B = 1, in.T = T, in.input_ids = ids.data();
   std::vector<S> want(size_t(T * V));
@@ -106,6 +111,14 @@ void expect_cached_equals_full(core::DType storage, bool with_adapter, double to
   // a reset decoder starts over: the same answer again, with a different split
   const auto again = incremental_logits(dec, ids, V, prefill + 3);
   EXPECT_LE(max_diff(again, want), tol);
+  if (storage == core::DType::BF16) {
+    // the default full forward: bf16 attention operands where native (2^-8 per operand), else the same fp32
+    model::LlamaModel<S> autocast(w, lora);
+    std::vector<S> bf16_att(size_t(T * V));
+    autocast.forward_logits(in, p, bf16_att.data());
+    EXPECT_LE(max_diff(bf16_att, want), 5e-2 * biggest);
+    if (!kernels::cpu::bf16_native_available()) EXPECT_EQ(bf16_att, want);
+  }
 }
 
 }  // namespace

@@ -228,22 +228,16 @@ struct Buffers {
   std::vector<float> row_a, row_b;    // [NKV, M] running max and sum (forward); lse and D (backward)
   void size(const Geometry& g, bool backward) {
     const auto HD = size_t(g.L.HD), M = size_t(g.M), T = size_t(g.Tp), C = size_t(g.chunk), H = size_t(g.L.NKV);
-    kg.resize(H * T * HD);
-    vg.resize(H * T * HD);
-    qb.resize(H * M * HD);
-    pb.resize(H * M * C);
-    s.resize(H * M * C);
-    o.resize(H * M * HD);
-    row_a.resize(H * M);
-    row_b.resize(H * M);
+    auto fit = [](size_t n, auto&... v) { (v.resize(n), ...); };
+    fit(H * T * HD, kg, vg);
+    fit(H * M * HD, qb, o);
+    fit(H * M * C, pb, s);
+    fit(H * M, row_a, row_b);
     if (backward) {
-      dob.resize(H * M * HD);
-      qbt.resize(H * HD * M);
-      dobt.resize(H * HD * M);
-      dsb.resize(H * M * C);
-      dp.resize(H * M * C);
-      dkt.resize(H * HD * T);
-      dvt.resize(H * HD * T);
+      fit(H * M * HD, dob);
+      fit(H * HD * M, qbt, dobt);
+      fit(H * M * C, dsb, dp);
+      fit(H * HD * T, dkt, dvt);
     }
   }
 };
