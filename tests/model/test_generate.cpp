@@ -117,7 +117,9 @@ void expect_cached_equals_full(core::DType storage, bool with_adapter, double to
     std::vector<S> bf16_att(size_t(T * V));
     autocast.forward_logits(in, p, bf16_att.data());
     EXPECT_LE(max_diff(bf16_att, want), 5e-2 * biggest);
-    if (!kernels::cpu::bf16_native_available()) EXPECT_EQ(bf16_att, want);
+    if (!kernels::cpu::bf16_native_available()) {
+      EXPECT_EQ(bf16_att, want);
+    }
   }
 }
 
