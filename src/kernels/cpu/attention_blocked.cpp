@@ -319,6 +319,7 @@ void attention_backward_blocked(AttentionIsa isa, AttentionOperands ops, float* 
        : blocked_avx2::attention_backward_impl<float>(dq, dk, dv, dout, q, k, v, out, lse, shape, lengths,
                                                       kv_begin);
 }
+
 int64_t attention_blocked_key_chunk(int64_t keys) {
   std::lock_guard<std::mutex> lock(g_mutex);
   const int64_t before = g_key_chunk;
