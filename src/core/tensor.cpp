@@ -44,8 +44,11 @@ Tensor Tensor::zeros(DType dtype, Shape shape) {
   return t;
 }
 
-Tensor Tensor::borrow(DType dtype, Shape shape, void* data, std::shared_ptr<void> keepalive) {
+const char* device_name(Device d) { return d == Device::Cuda ? "cuda" : "cpu"; }
+
+Tensor Tensor::borrow(DType dtype, Shape shape, void* data, std::shared_ptr<void> keepalive, Device device) {
   Tensor t;
+  t.device_ = device;
   t.dtype_ = dtype;
   t.shape_ = std::move(shape);
   t.data_ = data;
@@ -72,7 +75,14 @@ Tensor Tensor::rows(int64_t begin, int64_t end) const {
   return t;
 }
 
+void Tensor::check_host(const char* fn) const {
+  if (device_ != Device::Cpu)
+    throw Error("tensor", std::string(fn) + " on a tensor in " + device_name(device_) + " memory",
+                "copy it to the host first (kernels::to_host)");
+}
+
 Tensor Tensor::to(DType dtype) const {
+  check_host("to()");
   Tensor t = empty(dtype, shape_);
   if (numel() > 0) {
     if (dtype == dtype_)
@@ -84,6 +94,7 @@ Tensor Tensor::to(DType dtype) const {
 }
 
 void Tensor::fill_zero() {
+  check_host("fill_zero()");
   if (nbytes()) std::memset(data_, 0, nbytes());
 }
 

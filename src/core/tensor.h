@@ -13,6 +13,11 @@ namespace zerolora::core {
 
 using Shape = std::vector<int64_t>;
 
+// Where a tensor's or a buffer's memory lives. Host code may read only Cpu memory; Cuda memory is
+// handed to the kernels of the CUDA backend (kernels/context.h makes and copies it).
+enum class Device : uint8_t { Cpu, Cuda };
+const char* device_name(Device d);  // "cpu", "cuda"
+
 int64_t shape_numel(const Shape& shape);
 std::string shape_str(const Shape& shape);  // "[2, 3]"
 
@@ -25,7 +30,8 @@ class Tensor {
   static Tensor empty(DType dtype, Shape shape);
   static Tensor zeros(DType dtype, Shape shape);
   // Borrows memory; keepalive (e.g. a file mapping) is held as long as any view lives.
-  static Tensor borrow(DType dtype, Shape shape, void* data, std::shared_ptr<void> keepalive);
+  static Tensor borrow(DType dtype, Shape shape, void* data, std::shared_ptr<void> keepalive,
+                       Device device = Device::Cpu);
 
   DType dtype() const { return dtype_; }
   const Shape& shape() const { return shape_; }
@@ -34,6 +40,7 @@ class Tensor {
   int64_t numel() const { return shape_numel(shape_); }
   size_t nbytes() const { return size_t(numel()) * dtype_size(dtype_); }
   bool defined() const { return data_ != nullptr || numel() == 0; }
+  Device device() const { return device_; }
 
   void* raw() { return data_; }
   const void* raw() const { return data_; }
@@ -45,9 +52,10 @@ class Tensor {
 
   Tensor reshape(Shape shape) const;                 // same storage, same numel
   Tensor rows(int64_t begin, int64_t end) const;     // view of [begin, end) along dim 0
-  Tensor to(DType dtype) const;                      // converted copy (a copy even for the same dtype)
+  // converted copy (a copy even for the same dtype); host tensors only
+  Tensor to(DType dtype) const;
   Tensor clone() const { return to(dtype_); }
-  void fill_zero();
+  void fill_zero();  // host tensors only
 
  private:
   void check_type(DType want) const;
@@ -56,6 +64,8 @@ class Tensor {
   Shape shape_ = {0};  // a default (undefined) tensor holds no elements
   void* data_ = nullptr;
   std::shared_ptr<void> storage_;
+  Device device_ = Device::Cpu;
+  void check_host(const char* fn) const;
 };
 
 }  // namespace zerolora::core

@@ -11,13 +11,19 @@
 //
 // Accumulation rule: functions whose comment says "(+=)" add into their output; all others overwrite.
 //
-// This header is the backend seam: kernels/cpu/ implements it today; a kernels/cuda/ backend would
-// implement the same functions over device pointers.
+// This header is the backend seam. Each op is declared twice:
+//   - without a context: the CPU implementation (kernels/cpu), host pointers; tests of the CPU kernels call
+//     these directly;
+//   - with an execution context last (kernels/context.h): the entry point model/ and train/ call. It runs
+//     the op on the context's device: the CPU backend for host(), the CUDA backend (kernels/cuda, float
+//     only, device pointers, asynchronous on the context's stream) for a CudaContext.
 #pragma once
 #include <cstdint>
 #include <memory>
 
 #include "core/tensor.h"
+#include "kernels/context.h"
+#include "kernels/dropout.h"
 
 namespace zerolora::kernels {
 
@@ -34,6 +40,8 @@ void gemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, S alpha, 
 struct PackedWeight;
 // A weight stored as NF4 with double quantisation (QLoRA; kernels/nf4.h).
 struct Nf4Weight;
+// Its copy in a device's memory (kernels/nf4.h).
+struct DeviceNf4;
 
 // A frozen weight W [N, K] in nn.Linear layout (y = x W^T), stored F32, F64 or BF16, with an
 // optional bias [N] (F32 or F64, same as the activations). Prepared once at load; read-only after.
@@ -45,10 +53,13 @@ struct FrozenWeight {
   // QLoRA: when set, the weight lives only here (4-bit codes + scales; `weight` is empty) and the linear
   // functions dequantise it tile by tile (float activations only).
   std::shared_ptr<const Nf4Weight> nf4;
+  // The NF4 weight's copy on a device (set by to_device; `nf4` is then null).
+  std::shared_ptr<const DeviceNf4> nf4_device;
   // --fp16: the activations entering this GEMM are rounded through IEEE half first (the weight itself
   // already holds half-representable values), so products see fp16 inputs; accumulation stays fp32.
   bool fp16_inputs = false;
   bool has_bias() const { return bias.numel() > 0; }
+  Device device() const { return nf4_device ? Device::Cuda : weight.device(); }
   // Throws core::Error unless weight is 2-D F32/F64/BF16 and bias is empty or [N] (F64 for an F64
   // weight, F32 otherwise).
   static FrozenWeight make(core::Tensor weight, core::Tensor bias = {});
@@ -154,5 +165,75 @@ void adamw_step(float* param, const float* grad, float* m, float* v, int64_t n, 
 
 // sum of squares (in double) of a flat buffer, for global-norm clipping
 double sum_squares(const float* x, int64_t n);
+
+// ---------------------------------------------------------------------------------------------
+// Helpers the model's block needs besides the ops above (host implementations).
+
+// out = a + b, all [n] (out may alias a or b).
+template <typename S>
+void add(S* out, const S* a, const S* b, int64_t n);
+// LoRA dropout: out = drop(x) (or out += drop(x) when accumulate), x and out [M, in]; dropped elements give
+// 0, kept ones are scaled by 1/(1-p); element (m, i) is mask element m * in + i.
+template <typename S>
+void dropout_apply(S* out, const S* x, int64_t M, int64_t in, const DropoutMask& mask, bool accumulate);
+
+// =============================================================================================
+// Entry points with an execution context: the same ops, run on the context's device. For a CUDA context
+// every pointer is device memory and S must be float (double is the CPU's gradient-check type).
+
+template <typename S>
+void gemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, S alpha, const S* A, int64_t lda,
+          const S* B, int64_t ldb, S beta, S* C, int64_t ldc, const Context& ctx);
+template <typename S>
+void linear_forward(S* out, const S* inp, const FrozenWeight& w, int64_t M, const Context& ctx);
+template <typename S>
+void linear_backward_input(S* dinp, const S* dout, const FrozenWeight& w, int64_t M, const Context& ctx);
+template <typename S>
+void embedding_forward(S* out, const int32_t* ids, const core::Tensor& table, int64_t M, const Context& ctx);
+template <typename S>
+void rmsnorm_forward(S* out, S* rstd, const S* inp, const S* weight, int64_t M, int64_t C, double eps,
+                     const Context& ctx);
+template <typename S>
+void rmsnorm_backward(S* dinp, const S* dout, const S* inp, const S* weight, const S* rstd, int64_t M, int64_t C,
+                      const Context& ctx);
+template <typename S>
+void rope_forward(S* x, const S* cos_sin, const int32_t* positions, int64_t M, int64_t H, int64_t HD,
+                  const Context& ctx);
+template <typename S>
+void rope_backward(S* dx, const S* cos_sin, const int32_t* positions, int64_t M, int64_t H, int64_t HD,
+                   const Context& ctx);
+template <typename S>
+void attention_forward(S* out, S* lse, const S* q, const S* k, const S* v, const AttentionShape& shape,
+                       const int32_t* lengths, const int32_t* kv_begin, const Context& ctx);
+template <typename S>
+void attention_backward(S* dq, S* dk, S* dv, const S* dout, const S* q, const S* k, const S* v, const S* out,
+                        const S* lse, const AttentionShape& shape, const int32_t* lengths, const int32_t* kv_begin,
+                        const Context& ctx);
+template <typename S>
+void swiglu_forward(S* out, const S* gate, const S* up, int64_t n, const Context& ctx);
+template <typename S>
+void swiglu_backward(S* dgate, S* dup, const S* dout, const S* gate, const S* up, int64_t n, const Context& ctx);
+template <typename S>
+void add(S* out, const S* a, const S* b, int64_t n, const Context& ctx);
+template <typename S>
+void fill_zero(S* x, int64_t n, const Context& ctx);
+template <typename S>
+void dropout_apply(S* out, const S* x, int64_t M, int64_t in, const DropoutMask& mask, bool accumulate,
+                   const Context& ctx);
+// Cross-entropy of one chunk (as cross_entropy_forward_backward), accumulated without waiting for the
+// device: sums [3] doubles in ctx's memory, sums[0] += loss, sums[1] += counted rows; a target outside [0, V)
+// other than -100 sets sums[2] = 1 + its row in the chunk (the CPU throws right away instead).
+template <typename S>
+void cross_entropy_accumulate(S* logits, const int32_t* targets, int64_t M, int64_t V, double grad_scale,
+                              double* sums, const Context& ctx);
+void adamw_step(float* param, const float* grad, float* m, float* v, int64_t n, double lr, double beta1,
+                double beta2, double eps, double weight_decay, int64_t step, const Context& ctx);
+// Waits for the device (the value is needed on the host).
+double sum_squares(const float* x, int64_t n, const Context& ctx);
+void scale(float* x, int64_t n, double factor, const Context& ctx);
+
+// A frozen weight's copy in ctx's memory, for the linear entry points above (the same weight, shared, on the
+// host context). Device copies keep the weight's dtype (NF4 stays NF4: its codes and scales are copied).
+FrozenWeight to_device(const FrozenWeight& w, const Context& ctx);
 
 }  // namespace zerolora::kernels

@@ -25,6 +25,7 @@
 #include <vector>
 
 #include "core/dtype.h"
+#include "core/tensor.h"
 
 namespace zerolora::kernels {
 
@@ -62,6 +63,21 @@ struct Nf4Weight {
   // Throws core::Error (where = `where`) unless the vector sizes fit N, K and double_quant, the bias is
   // empty or [N], and compute_dtype is F32 or BF16. For weights read from a file.
   void validate(const char* where) const;
+};
+
+// An Nf4Weight's arrays in a device's memory (kernels::to_device(FrozenWeight)); the same layout.
+struct DeviceNf4 {
+  int64_t N = 0, K = 0;
+  bool double_quant = true;
+  core::DType compute_dtype = core::DType::F32;
+  float absmax_offset = 0.0f;
+  core::Tensor packed;    // U8 [ceil(N*K/2)]
+  core::Tensor absmax;    // F32 [blocks], only when !double_quant
+  core::Tensor absmax_q;  // U8 [blocks], only when double_quant
+  core::Tensor absmax2;   // F32 [ceil(blocks/256)], only when double_quant
+  core::Tensor code;      // F32 [16] nf4_code()
+  core::Tensor dynamic_map;  // F32 [256] nf4_dynamic_map(), only when double_quant
+  core::Tensor bias;      // F32 [N] or empty
 };
 
 // Quantises W [N, K] (row-major fp32). Throws core::Error on a NaN/inf element (naming its row and column).

@@ -7,6 +7,8 @@
 #pragma once
 #include <cstdint>
 
+#include "kernels/context.h"
+#include "kernels/dropout.h"
 #include "kernels/kernels.h"
 #include "model/lora.h"
 
@@ -30,36 +32,17 @@ struct LoraScratch {
 // out [M,N] = x W^T + b + LoRA; u [M,r] (output, saved for backward) = drop(x) A^T.
 template <typename S>
 void lora_linear_forward(S* out, S* u, const S* x, const kernels::FrozenWeight& w, const LoraBranch& lora,
-                         const S* params, LoraScratch<S> scratch, int64_t M);
+                         const S* params, LoraScratch<S> scratch, int64_t M,
+                         const kernels::Context& ctx = kernels::host());
 
 // dx [M,K] (+=) through W and the LoRA branch; dA, dB (+=) into grads (when non-null).
 template <typename S>
 void lora_linear_backward(S* dx, S* grads, const S* dout, const S* x, const S* u, const kernels::FrozenWeight& w,
-                          const LoraBranch& lora, const S* params, LoraScratch<S> scratch, int64_t M);
+                          const LoraBranch& lora, const S* params, LoraScratch<S> scratch, int64_t M,
+                          const kernels::Context& ctx = kernels::host());
 
-// The LoRA dropout mask of one slot in one pass: counter-based, so the same (seed, slot, element) gives the
-// same decision in the forward, the backward and a checkpointed recompute, with no mask stored. Element
-// n = m * in + i is dropped when the top 24 bits of a 32-bit hash of (n, seed, slot) fall below p * 2^24.
-// All-integer 32-bit arithmetic (murmur3's finaliser twice), so the mask loops vectorise.
-struct DropoutMask {
-  uint32_t key_lo = 0, key_hi = 0, threshold = 0;
-  float keep_scale = 1.0f;  // 1 / (1 - p)
-  DropoutMask(uint64_t seed, int slot_index, double p);
-  static inline uint32_t fmix32(uint32_t h) {
-    h ^= h >> 16;
-    h *= 0x85ebca6bu;
-    h ^= h >> 13;
-    h *= 0xc2b2ae35u;
-    h ^= h >> 16;
-    return h;
-  }
-  inline bool keep(uint64_t n) const {
-    const uint32_t h = fmix32(fmix32(key_lo ^ uint32_t(n)) ^ key_hi ^ uint32_t(n >> 32));
-    return (h >> 8) >= threshold;
-  }
-  // 0 (dropped) or 1 / (1 - p)
-  inline float multiplier(uint64_t n) const { return keep(n) ? keep_scale : 0.0f; }
-};
+// The LoRA dropout mask of one slot in one pass (kernels/dropout.h).
+using kernels::DropoutMask;
 
 // keep-probability mask value for dropout element (m, i) of a slot: 0 (dropped) or 1/(1-p)
 double dropout_multiplier(uint64_t seed, int slot_index, int64_t m, int64_t i, int64_t in, double p);
