@@ -18,18 +18,27 @@ struct LlamaModel<S>::Arena {
     S* u[7];  // LoRA intermediates per projection [M, r] (null when not adapted)
   };
   int64_t B = 0, T = 0, M = 0;
-  std::vector<S> memory;
+  std::shared_ptr<void> memory;  // in the context's memory
+  int64_t elements = 0;
   std::vector<S*> resid;          // L+1 block inputs/outputs [M, C]
   std::vector<Layer> layers;      // L sets (1 with gradient checkpointing)
   S *xf, *rstdf, *u_lm;           // final norm output, its rstd, lm_head LoRA intermediate
   S *tmp, *dres, *dxn, *datt, *dq, *dk, *dv, *dact, *dgate, *dup;  // scratch
   S *lora_h, *lora_du, *logits;   // LoRA scratch, one chunk of logits
-  std::vector<int32_t> positions, lengths, targets;
+  std::vector<int32_t> positions, lengths, targets;  // host: defaults and the shifted labels
+  // CUDA context: the pass's integer inputs uploaded, and the loss sums (loss, count, bad target)
+  kernels::DeviceArray<int32_t> ids_dev, positions_dev, lengths_dev, kv_begin_dev, targets_dev;
+  kernels::DeviceArray<double> sums_dev;
+  double sums_host[3] = {0, 0, 0};
 };
 
 template <typename S>
-LlamaModel<S>::LlamaModel(const LlamaWeights& weights, const LoraLayout* lora, TrainOptions options)
-    : w_(weights), lora_(lora), opt_(options), a_(std::make_unique<Arena>()) {
+LlamaModel<S>::LlamaModel(const LlamaWeights& weights, const LoraLayout* lora, TrainOptions options,
+                          const kernels::Context& ctx)
+    : w_(weights), lora_(lora), opt_(options), a_(std::make_unique<Arena>()), ctx_(&ctx) {
+  core::check(!ctx.on_cuda() || std::is_same_v<S, float>, "model", "the CUDA backend runs float models only");
+  core::check(!ctx.on_cuda() || weights.embed.device() == core::Device::Cuda || weights.embed.numel() == 0, "model",
+              "a CUDA model needs the weights' device copy", "pass model::to_device(weights, ctx)");
   core::check(core::dtype_of<S>() == weights.compute, "model",
               "weights were prepared for another compute dtype");
   inv_freq_ = rope_inv_freq(weights.config);
@@ -40,7 +49,7 @@ LlamaModel<S>::~LlamaModel() = default;
 
 template <typename S>
 int64_t LlamaModel<S>::activation_bytes() const {
-  return int64_t(a_->memory.size() * sizeof(S));
+  return a_->elements * int64_t(sizeof(S));
 }
 
 // The arena's buffers and their sizes, as (pointer to set, element count) pairs; shared by the
@@ -61,11 +70,14 @@ void LlamaModel<S>::ensure_arena(int64_t B, int64_t T) {
   if (a.B == B && a.T == T) return;
   ArenaPlan plan;
   plan_arena(a, plan.items, w_.config, lora_, opt_, B, T);
-  a.memory.assign(size_t(plan.total()), S(0));
-  a.memory.shrink_to_fit();
+  a.memory.reset();  // the old arena goes before the new one is taken
+  a.elements = plan.total();
+  a.memory = kernels::device_alloc(size_t(a.elements) * sizeof(S), *ctx_);
+  S* base = static_cast<S*>(a.memory.get());
+  kernels::fill_zero<S>(base, a.elements, *ctx_);
   int64_t off = 0;
   for (auto& [ptr, n] : plan.items) {
-    *ptr = a.memory.data() + off;
+    *ptr = base + off;
     off += (n + 15) / 16 * 16;
   }
   const int64_t M = B * T;
@@ -77,6 +89,53 @@ void LlamaModel<S>::ensure_arena(int64_t B, int64_t T) {
     for (int64_t t = 0; t < T; ++t) a.positions[b * T + t] = int32_t(t);
   a.lengths.assign(B, int32_t(T));
   a.targets.resize(M);
+  if (ctx_->on_cuda()) {
+    a.ids_dev = kernels::DeviceArray<int32_t>(M, *ctx_);
+    a.positions_dev = kernels::DeviceArray<int32_t>(M, *ctx_);
+    a.lengths_dev = kernels::DeviceArray<int32_t>(B, *ctx_);
+    a.kv_begin_dev = kernels::DeviceArray<int32_t>(M, *ctx_);
+    a.targets_dev = kernels::DeviceArray<int32_t>(M, *ctx_);
+    if (a.sums_dev.size() == 0) a.sums_dev = kernels::DeviceArray<double>(3, *ctx_);
+  }
+}
+
+template <typename S>
+void LlamaModel<S>::prepare_inputs(const ModelInput& in) {
+  Arena& a = *a_;
+  const int64_t M = a.M, T = a.T;
+  Inputs h;
+  h.ids = in.input_ids;
+  h.positions = in.positions ? in.positions : a.positions.data();
+  h.lengths = in.lengths ? in.lengths : a.lengths.data();
+  h.kv_begin = in.kv_begin;
+  if (in.labels) {
+    // causal shift: position t is scored against labels[t+1]; the last position of a row has no target
+    for (int64_t m = 0; m < M; ++m) a.targets[m] = (m % T + 1 < T) ? in.labels[m + 1] : -100;
+    h.targets = a.targets.data();
+  }
+  if (!ctx_->on_cuda()) {
+    inputs_ = h;
+    return;
+  }
+  // the CPU embedding checks ids as it reads them; the device one cannot throw, so check here
+  const int64_t V = w_.config.vocab_size;
+  for (int64_t m = 0; m < M; ++m)
+    core::check(h.ids[m] >= 0 && h.ids[m] < V, "embedding",
+                "token id " + std::to_string(h.ids[m]) + " at position " + std::to_string(m) +
+                    " is outside the vocabulary [0, " + std::to_string(V) + ")",
+                "check the tokenizer matches the model");
+  auto up = [&](kernels::DeviceArray<int32_t>& d, const int32_t* src, int64_t n) -> const int32_t* {
+    if (!src) return nullptr;
+    kernels::copy_to_device(d.data(), src, size_t(n) * sizeof(int32_t), *ctx_);
+    return d.data();
+  };
+  Inputs d;
+  d.ids = up(a.ids_dev, h.ids, M);
+  d.positions = up(a.positions_dev, h.positions, M);
+  d.lengths = up(a.lengths_dev, h.lengths, a.B);
+  d.kv_begin = up(a.kv_begin_dev, h.kv_begin, M);
+  d.targets = up(a.targets_dev, h.targets, M);
+  inputs_ = d;
 }
 
 template <typename S>
@@ -144,6 +203,10 @@ void LlamaModel<S>::ensure_rope(const ModelInput& in) {
   rope_.resize(size_t(n * HD));
   kernels::rope_table<S>(rope_.data(), inv_freq_.data(), n, HD);
   rope_positions_ = n;
+  if (ctx_->on_cuda()) {
+    rope_device_ = kernels::DeviceArray<S>(n * HD, *ctx_);
+    kernels::copy_to_device(rope_device_.data(), rope_.data(), rope_.size() * sizeof(S), *ctx_);
+  }
 }
 
 // The LoRA branch of projection p in layer l (layer -1: lm_head); empty when it is not adapted.
@@ -196,32 +259,32 @@ void LlamaModel<S>::forward_layer(int l, const LayerWeights& W, const ModelInput
   auto& s = a.layers[opt_.gradient_checkpointing ? 0 : l];
   const int64_t M = a.M, C = c.hidden_size, NH = c.num_attention_heads, NKV = c.num_key_value_heads;
   const int64_t HD = c.head_dim, I = c.intermediate_size;
-  const int32_t* pos = in.positions ? in.positions : a.positions.data();
-  const int32_t* lengths = in.lengths ? in.lengths : a.lengths.data();
+  const int32_t* pos = inputs_.positions;
+  const int32_t* lengths = inputs_.lengths;
   const S* x = a.resid[l];
   LoraScratch<S> scratch{a.lora_h, a.lora_du};
   auto branch = [&](Proj p) { return lora_branch(l, p, training, seed); };
 
-  { core::OpTimer t_(core::Op::Norm); kernels::rmsnorm_forward<S>(s.xn1, s.rstd1, x, W.input_norm.data<S>(), M, C, c.rms_norm_eps); }
-  lora_linear_forward<S>(s.q, s.u[0], s.xn1, W.proj[0], branch(Proj::Q), params, scratch, M);
-  lora_linear_forward<S>(s.k, s.u[1], s.xn1, W.proj[1], branch(Proj::K), params, scratch, M);
-  lora_linear_forward<S>(s.v, s.u[2], s.xn1, W.proj[2], branch(Proj::V), params, scratch, M);
-  { core::OpTimer t_(core::Op::Rope); kernels::rope_forward<S>(s.q, rope_.data(), pos, M, NH, HD); }
-  { core::OpTimer t_(core::Op::Rope); kernels::rope_forward<S>(s.k, rope_.data(), pos, M, NKV, HD); }
+  { core::OpTimer t_(core::Op::Norm); kernels::rmsnorm_forward<S>(s.xn1, s.rstd1, x, W.input_norm.data<S>(), M, C, c.rms_norm_eps, *ctx_); }
+  lora_linear_forward<S>(s.q, s.u[0], s.xn1, W.proj[0], branch(Proj::Q), params, scratch, M, *ctx_);
+  lora_linear_forward<S>(s.k, s.u[1], s.xn1, W.proj[1], branch(Proj::K), params, scratch, M, *ctx_);
+  lora_linear_forward<S>(s.v, s.u[2], s.xn1, W.proj[2], branch(Proj::V), params, scratch, M, *ctx_);
+  { core::OpTimer t_(core::Op::Rope); kernels::rope_forward<S>(s.q, rope_table(), pos, M, NH, HD, *ctx_); }
+  { core::OpTimer t_(core::Op::Rope); kernels::rope_forward<S>(s.k, rope_table(), pos, M, NKV, HD, *ctx_); }
   const kernels::AttentionShape shape{a.B, a.T, NH, NKV, HD, bf16_attention()};
   {
     core::OpTimer t_(core::Op::Attention);
-    kernels::attention_forward<S>(s.att, s.lse, s.q, s.k, s.v, shape, lengths, in.kv_begin);
+    kernels::attention_forward<S>(s.att, s.lse, s.q, s.k, s.v, shape, lengths, inputs_.kv_begin, *ctx_);
   }
-  lora_linear_forward<S>(a.tmp, s.u[3], s.att, W.proj[3], branch(Proj::O), params, scratch, M);
-  { core::OpTimer t_(core::Op::Elementwise); for (int64_t i = 0; i < M * C; ++i) s.xmid[i] = x[i] + a.tmp[i]; }
-  { core::OpTimer t_(core::Op::Norm); kernels::rmsnorm_forward<S>(s.xn2, s.rstd2, s.xmid, W.post_norm.data<S>(), M, C, c.rms_norm_eps); }
-  lora_linear_forward<S>(s.gate, s.u[4], s.xn2, W.proj[4], branch(Proj::Gate), params, scratch, M);
-  lora_linear_forward<S>(s.up, s.u[5], s.xn2, W.proj[5], branch(Proj::Up), params, scratch, M);
-  { core::OpTimer t_(core::Op::Swiglu); kernels::swiglu_forward<S>(s.act, s.gate, s.up, M * I); }
-  lora_linear_forward<S>(a.tmp, s.u[6], s.act, W.proj[6], branch(Proj::Down), params, scratch, M);
+  lora_linear_forward<S>(a.tmp, s.u[3], s.att, W.proj[3], branch(Proj::O), params, scratch, M, *ctx_);
+  { core::OpTimer t_(core::Op::Elementwise); kernels::add<S>(s.xmid, x, a.tmp, M * C, *ctx_); }
+  { core::OpTimer t_(core::Op::Norm); kernels::rmsnorm_forward<S>(s.xn2, s.rstd2, s.xmid, W.post_norm.data<S>(), M, C, c.rms_norm_eps, *ctx_); }
+  lora_linear_forward<S>(s.gate, s.u[4], s.xn2, W.proj[4], branch(Proj::Gate), params, scratch, M, *ctx_);
+  lora_linear_forward<S>(s.up, s.u[5], s.xn2, W.proj[5], branch(Proj::Up), params, scratch, M, *ctx_);
+  { core::OpTimer t_(core::Op::Swiglu); kernels::swiglu_forward<S>(s.act, s.gate, s.up, M * I, *ctx_); }
+  lora_linear_forward<S>(a.tmp, s.u[6], s.act, W.proj[6], branch(Proj::Down), params, scratch, M, *ctx_);
   S* out = a.resid[l + 1];
-  { core::OpTimer t_(core::Op::Elementwise); for (int64_t i = 0; i < M * C; ++i) out[i] = s.xmid[i] + a.tmp[i]; }
+  { core::OpTimer t_(core::Op::Elementwise); kernels::add<S>(out, s.xmid, a.tmp, M * C, *ctx_); }
 }
 
 template <typename S>
@@ -232,35 +295,35 @@ void LlamaModel<S>::backward_layer(int l, const LayerWeights& W, const ModelInpu
   auto& s = a.layers[opt_.gradient_checkpointing ? 0 : l];
   const int64_t M = a.M, C = c.hidden_size, NH = c.num_attention_heads, NKV = c.num_key_value_heads;
   const int64_t HD = c.head_dim, I = c.intermediate_size, Q = NH * HD;
-  const int32_t* pos = in.positions ? in.positions : a.positions.data();
-  const int32_t* lengths = in.lengths ? in.lengths : a.lengths.data();
+  const int32_t* pos = inputs_.positions;
+  const int32_t* lengths = inputs_.lengths;
   const S* x = a.resid[l];
   LoraScratch<S> scratch{a.lora_h, a.lora_du};
   auto branch = [&](Proj p) { return lora_branch(l, p, true, seed); };
   // a.dres holds d loss / d resid[l+1]; on return it holds d loss / d resid[l].
-  { core::OpTimer t_(core::Op::Elementwise); std::fill(a.dact, a.dact + M * I, S(0)); }
-  lora_linear_backward<S>(a.dact, grads, a.dres, s.act, s.u[6], W.proj[6], branch(Proj::Down), params, scratch, M);
-  { core::OpTimer t_(core::Op::Swiglu); kernels::swiglu_backward<S>(a.dgate, a.dup, a.dact, s.gate, s.up, M * I); }
-  { core::OpTimer t_(core::Op::Elementwise); std::fill(a.dxn, a.dxn + M * C, S(0)); }
-  lora_linear_backward<S>(a.dxn, grads, a.dgate, s.xn2, s.u[4], W.proj[4], branch(Proj::Gate), params, scratch, M);
-  lora_linear_backward<S>(a.dxn, grads, a.dup, s.xn2, s.u[5], W.proj[5], branch(Proj::Up), params, scratch, M);
-  { core::OpTimer t_(core::Op::Norm); kernels::rmsnorm_backward<S>(a.dres, a.dxn, s.xmid, W.post_norm.data<S>(), s.rstd2, M, C); }  // residual: +=
+  { core::OpTimer t_(core::Op::Elementwise); kernels::fill_zero<S>(a.dact, M * I, *ctx_); }
+  lora_linear_backward<S>(a.dact, grads, a.dres, s.act, s.u[6], W.proj[6], branch(Proj::Down), params, scratch, M, *ctx_);
+  { core::OpTimer t_(core::Op::Swiglu); kernels::swiglu_backward<S>(a.dgate, a.dup, a.dact, s.gate, s.up, M * I, *ctx_); }
+  { core::OpTimer t_(core::Op::Elementwise); kernels::fill_zero<S>(a.dxn, M * C, *ctx_); }
+  lora_linear_backward<S>(a.dxn, grads, a.dgate, s.xn2, s.u[4], W.proj[4], branch(Proj::Gate), params, scratch, M, *ctx_);
+  lora_linear_backward<S>(a.dxn, grads, a.dup, s.xn2, s.u[5], W.proj[5], branch(Proj::Up), params, scratch, M, *ctx_);
+  { core::OpTimer t_(core::Op::Norm); kernels::rmsnorm_backward<S>(a.dres, a.dxn, s.xmid, W.post_norm.data<S>(), s.rstd2, M, C, *ctx_); }  // residual: +=
 
-  { core::OpTimer t_(core::Op::Elementwise); std::fill(a.datt, a.datt + M * Q, S(0)); }
-  lora_linear_backward<S>(a.datt, grads, a.dres, s.att, s.u[3], W.proj[3], branch(Proj::O), params, scratch, M);
+  { core::OpTimer t_(core::Op::Elementwise); kernels::fill_zero<S>(a.datt, M * Q, *ctx_); }
+  lora_linear_backward<S>(a.datt, grads, a.dres, s.att, s.u[3], W.proj[3], branch(Proj::O), params, scratch, M, *ctx_);
   const kernels::AttentionShape shape{a.B, a.T, NH, NKV, HD, bf16_attention()};
   {
     core::OpTimer t_(core::Op::AttentionBackward);
     kernels::attention_backward<S>(a.dq, a.dk, a.dv, a.datt, s.q, s.k, s.v, s.att, s.lse, shape, lengths,
-                                   in.kv_begin);
+                                   inputs_.kv_begin, *ctx_);
   }
-  { core::OpTimer t_(core::Op::Rope); kernels::rope_backward<S>(a.dq, rope_.data(), pos, M, NH, HD); }
-  { core::OpTimer t_(core::Op::Rope); kernels::rope_backward<S>(a.dk, rope_.data(), pos, M, NKV, HD); }
-  { core::OpTimer t_(core::Op::Elementwise); std::fill(a.dxn, a.dxn + M * C, S(0)); }
-  lora_linear_backward<S>(a.dxn, grads, a.dq, s.xn1, s.u[0], W.proj[0], branch(Proj::Q), params, scratch, M);
-  lora_linear_backward<S>(a.dxn, grads, a.dk, s.xn1, s.u[1], W.proj[1], branch(Proj::K), params, scratch, M);
-  lora_linear_backward<S>(a.dxn, grads, a.dv, s.xn1, s.u[2], W.proj[2], branch(Proj::V), params, scratch, M);
-  { core::OpTimer t_(core::Op::Norm); kernels::rmsnorm_backward<S>(a.dres, a.dxn, x, W.input_norm.data<S>(), s.rstd1, M, C); }
+  { core::OpTimer t_(core::Op::Rope); kernels::rope_backward<S>(a.dq, rope_table(), pos, M, NH, HD, *ctx_); }
+  { core::OpTimer t_(core::Op::Rope); kernels::rope_backward<S>(a.dk, rope_table(), pos, M, NKV, HD, *ctx_); }
+  { core::OpTimer t_(core::Op::Elementwise); kernels::fill_zero<S>(a.dxn, M * C, *ctx_); }
+  lora_linear_backward<S>(a.dxn, grads, a.dq, s.xn1, s.u[0], W.proj[0], branch(Proj::Q), params, scratch, M, *ctx_);
+  lora_linear_backward<S>(a.dxn, grads, a.dk, s.xn1, s.u[1], W.proj[1], branch(Proj::K), params, scratch, M, *ctx_);
+  lora_linear_backward<S>(a.dxn, grads, a.dv, s.xn1, s.u[2], W.proj[2], branch(Proj::V), params, scratch, M, *ctx_);
+  { core::OpTimer t_(core::Op::Norm); kernels::rmsnorm_backward<S>(a.dres, a.dxn, x, W.input_norm.data<S>(), s.rstd1, M, C, *ctx_); }
 }
 
 template <typename S>
@@ -273,10 +336,11 @@ void LlamaModel<S>::forward_layers(const ModelInput& in, const S* params, bool t
     for (int64_t b = 0; b < in.B; ++b)
       core::check(in.lengths[b] >= 0 && in.lengths[b] <= in.T, "model input",
                   "row " + std::to_string(b) + " length " + std::to_string(in.lengths[b]) + " outside [0, T]");
+  prepare_inputs(in);
   const core::Tensor& embed = embedding_part();
   {
     core::OpTimer t_(core::Op::Elementwise);
-    kernels::embedding_forward<S>(a.resid[0], in.input_ids, embed, a.M);
+    kernels::embedding_forward<S>(a.resid[0], inputs_.ids, embed, a.M, *ctx_);
   }
   release_part();
   for (int l = 0; l < w_.config.num_hidden_layers; ++l) {
@@ -286,7 +350,7 @@ void LlamaModel<S>::forward_layers(const ModelInput& in, const S* params, bool t
   {
     core::OpTimer t_(core::Op::Norm);
     kernels::rmsnorm_forward<S>(a.xf, a.rstdf, a.resid.back(), w_.final_norm.data<S>(), a.M, w_.config.hidden_size,
-                                w_.config.rms_norm_eps);
+                                w_.config.rms_norm_eps, *ctx_);
   }
 }
 
@@ -296,7 +360,7 @@ void LlamaModel<S>::forward_logits(const ModelInput& in, const S* params, S* log
   forward_layers(in, params, false, 0);
   Arena& a = *a_;
   LoraBranch br = params ? lora_branch(-1, Proj::LmHead, false, 0) : LoraBranch{};
-  lora_linear_forward<S>(logits, a.u_lm, a.xf, lm_head_part(), br, params, {a.lora_h, a.lora_du}, a.M);
+  lora_linear_forward<S>(logits, a.u_lm, a.xf, lm_head_part(), br, params, {a.lora_h, a.lora_du}, a.M, *ctx_);
   release_part();
   if (stream_) stream_->end_pass();
 }
@@ -310,13 +374,19 @@ LossResult LlamaModel<S>::forward_backward(const ModelInput& in, const S* params
   forward_layers(in, params, training, dropout_seed);
   Arena& a = *a_;
   const auto& c = w_.config;
-  const int64_t M = a.M, T = a.T, C = c.hidden_size, V = c.vocab_size;
-  // causal shift: position t is scored against labels[t+1]; the last position of a row has no target
-  for (int64_t m = 0; m < M; ++m) a.targets[m] = (m % T + 1 < T) ? in.labels[m + 1] : -100;
+  const int64_t M = a.M, C = c.hidden_size, V = c.vocab_size;
+  // loss sums (loss, counted rows, first bad target) accumulate where the kernels run; read once at the end
+  double* sums = a.sums_host;
+  if (ctx_->on_cuda()) {
+    sums = a.sums_dev.data();
+    kernels::fill_zero<double>(sums, 3, *ctx_);
+  } else {
+    sums[0] = sums[1] = sums[2] = 0;
+  }
 
   const LoraBranch br = lora_branch(-1, Proj::LmHead, training, dropout_seed);
   LossResult result;
-  if (training) std::fill(a.dxn, a.dxn + M * C, S(0));
+  if (training) kernels::fill_zero<S>(a.dxn, M * C, *ctx_);
   const kernels::FrozenWeight& lm_head = lm_head_part();
   for (int64_t r0 = 0; r0 < M; r0 += opt_.loss_chunk_rows) {
     const int64_t rows = std::min(opt_.loss_chunk_rows, M - r0);
@@ -329,27 +399,38 @@ LossResult LlamaModel<S>::forward_backward(const ModelInput& in, const S* params
     LoraBranch cbr = br;
     cbr.dropout_seed = dropout_seed + uint64_t(r0) * 0x9e3779b97f4a7c15ull;
     S* u = a.u_lm ? a.u_lm + r0 * lora_->config().r : nullptr;
-    lora_linear_forward<S>(a.logits, u, a.xf + r0 * C, lm_head, cbr, params, {a.lora_h, a.lora_du}, rows);
-    int64_t count = 0;
+    lora_linear_forward<S>(a.logits, u, a.xf + r0 * C, lm_head, cbr, params, {a.lora_h, a.lora_du}, rows, *ctx_);
     {
       core::OpTimer t_(core::Op::CrossEntropy);
-      result.loss_sum += kernels::cross_entropy_forward_backward<S>(a.logits, a.targets.data() + r0, rows, V,
-                                                                    training ? grad_scale : 0.0, &count);
+      kernels::cross_entropy_accumulate<S>(a.logits, inputs_.targets + r0, rows, V, training ? grad_scale : 0.0, sums,
+                                           *ctx_);
     }
-    result.tokens += count;
     if (training)
       lora_linear_backward<S>(a.dxn + r0 * C, grads, a.logits, a.xf + r0 * C, u, lm_head, cbr, params,
-                              {a.lora_h, a.lora_du}, rows);
+                              {a.lora_h, a.lora_du}, rows, *ctx_);
   }
   release_part();
+  double got[3] = {sums[0], sums[1], sums[2]};
+  if (ctx_->on_cuda()) kernels::copy_to_host(got, sums, sizeof got, *ctx_);
+  if (got[2] != 0) {
+    const int64_t row = int64_t(got[2]) - 1;  // within its chunk: find it among the host targets
+    for (int64_t m = 0; m < M; ++m)
+      core::check(a.targets[m] == -100 || (a.targets[m] >= 0 && a.targets[m] < V), "cross_entropy",
+                  "target " + std::to_string(a.targets[m]) + " at row " + std::to_string(m) +
+                      " is outside the vocabulary [0, " + std::to_string(V) + ")",
+                  "labels must be token ids or -100 (ignored)");
+    core::check(false, "cross_entropy", "a target outside the vocabulary (chunk row " + std::to_string(row) + ")");
+  }
+  result.loss_sum = got[0];
+  result.tokens = int64_t(got[1]);
   if (!training) {
     if (stream_) stream_->end_pass();
     return result;
   }
   report_gradients_final(c.num_hidden_layers);
 
-  { core::OpTimer t_(core::Op::Elementwise); std::fill(a.dres, a.dres + M * C, S(0)); }
-  { core::OpTimer t_(core::Op::Norm); kernels::rmsnorm_backward<S>(a.dres, a.dxn, a.resid.back(), w_.final_norm.data<S>(), a.rstdf, M, C); }
+  { core::OpTimer t_(core::Op::Elementwise); kernels::fill_zero<S>(a.dres, M * C, *ctx_); }
+  { core::OpTimer t_(core::Op::Norm); kernels::rmsnorm_backward<S>(a.dres, a.dxn, a.resid.back(), w_.final_norm.data<S>(), a.rstdf, M, C, *ctx_); }
   for (int l = c.num_hidden_layers - 1; l >= 0; --l) {
     const LayerWeights& W = layer_part(l);
     if (opt_.gradient_checkpointing) forward_layer(l, W, in, params, true, dropout_seed);  // recompute

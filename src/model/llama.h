@@ -6,9 +6,15 @@
 //               x' = h + down(silu(gate(n2)) * up(n2)),                              n2 = rmsnorm(h)
 //   loss = sum over targets of cross_entropy(lm_head(rmsnorm(x_L)))   (chunked: logits never all kept)
 //
-// Activations live in one arena sized for the largest micro-batch seen (no allocation in the step loop
-// once warm). With gradient checkpointing only each block's input is kept; a block's forward is
-// recomputed in its backward.
+// Activations live in one arena, reallocated when a micro-batch's (B, T) differs from the last one (with
+// --padding max_length every micro-batch has the same shape, so the step loop allocates nothing once warm).
+// With gradient checkpointing only each block's input is kept; a block's forward is recomputed in its
+// backward.
+//
+// Device: the model runs where its kernels::Context says. On a CUDA context the weights must be the
+// device copy (model::to_device), params/grads/logits are device pointers, the arena is device memory,
+// and ModelInput stays host memory (uploaded at the start of each pass); the only copy back is the
+// loss sums at the end of forward_backward.
 #pragma once
 #include <cstdint>
 #include <memory>
@@ -52,7 +58,8 @@ template <typename S>
 class LlamaModel {
  public:
   // weights must outlive the model; lora may be null (base model only).
-  LlamaModel(const LlamaWeights& weights, const LoraLayout* lora, TrainOptions options = {});
+  LlamaModel(const LlamaWeights& weights, const LoraLayout* lora, TrainOptions options = {},
+             const kernels::Context& ctx = kernels::host());
   ~LlamaModel();
 
   // Logits for every position, [B*T, V]. params: the flat LoRA buffer (null = no adapter).
@@ -80,6 +87,7 @@ class LlamaModel {
   static int64_t estimate_activation_bytes(const io::HfConfig& config, const LoraLayout* lora,
                                            const TrainOptions& options, int64_t B, int64_t T);
   const LlamaWeights& weights() const { return w_; }
+  const kernels::Context& context() const { return *ctx_; }
 
  private:
   struct Arena;
@@ -100,6 +108,12 @@ class LlamaModel {
   void ensure_arena(int64_t B, int64_t T);
   LoraBranch lora_branch(int layer, Proj p, bool training, uint64_t seed) const;
   void ensure_rope(const ModelInput& in);
+  // The pass's integer inputs where the kernels read them (host: the caller's arrays or the arena's
+  // defaults; device: uploaded copies). Also the shifted targets when in.labels is set.
+  struct Inputs {
+    const int32_t *ids = nullptr, *positions = nullptr, *lengths = nullptr, *kv_begin = nullptr, *targets = nullptr;
+  };
+  void prepare_inputs(const ModelInput& in);
   // Attention in bf16 (kernels::AttentionShape::bf16) when the frozen weights are bf16 (--bf16, QLoRA's
   // bf16 compute), as autocast runs it, unless the options say fp32; fp32 otherwise.
   bool bf16_attention() const {
@@ -110,7 +124,11 @@ class LlamaModel {
   const LoraLayout* lora_;
   TrainOptions opt_;
   std::unique_ptr<Arena> a_;
+  const kernels::Context* ctx_;
+  Inputs inputs_;
   std::vector<S> rope_;  // [max_pos, HD/2, 2]
+  kernels::DeviceArray<S> rope_device_;  // its copy on a CUDA context
+  const S* rope_table() const { return ctx_->on_cuda() ? rope_device_.data() : rope_.data(); }
   int64_t rope_positions_ = 0;
   std::vector<double> inv_freq_;
   FrozenWeightStream* stream_ = nullptr;

@@ -169,3 +169,32 @@ LlamaWeights build_llama_weights(const io::HfConfig& c, core::DType compute, cor
 }
 
 }  // namespace zerolora::model
+
+namespace zerolora::model {
+
+LlamaWeights to_device(const LlamaWeights& w, const kernels::Context& ctx) {
+  if (!ctx.on_cuda()) return w;
+  core::check(w.compute == core::DType::F32, "--device cuda", "the CUDA backend runs float models only");
+  LlamaWeights d;
+  d.config = w.config;
+  d.compute = w.compute, d.storage = w.storage, d.nf4 = w.nf4;
+  d.embed = kernels::to_device(w.embed, ctx);
+  d.layers.resize(w.layers.size());
+  for (size_t l = 0; l < w.layers.size(); ++l) {
+    d.layers[l].input_norm = kernels::to_device(w.layers[l].input_norm, ctx);
+    d.layers[l].post_norm = kernels::to_device(w.layers[l].post_norm, ctx);
+    for (int p = 0; p < 7; ++p) d.layers[l].proj[p] = kernels::to_device(w.layers[l].proj[p], ctx);
+  }
+  d.final_norm = kernels::to_device(w.final_norm, ctx);
+  if (w.config.tie_word_embeddings) {
+    d.lm_head = kernels::FrozenWeight{};
+    d.lm_head.weight = d.embed;  // shares the device embedding, as on the host
+    d.lm_head.N = w.lm_head.N, d.lm_head.K = w.lm_head.K;
+    d.lm_head.fp16_inputs = w.lm_head.fp16_inputs;
+  } else {
+    d.lm_head = kernels::to_device(w.lm_head, ctx);
+  }
+  return d;
+}
+
+}  // namespace zerolora::model

@@ -58,6 +58,10 @@ void round_to_fp16_in_place(core::Tensor& t);
 // with fp32 accumulation and fp32 activations in between. Needs F32 storage.
 void round_frozen_weights_to_fp16(LlamaWeights& weights);
 
+// The weights' copy in ctx's memory (the same weights on the host context): what a LlamaModel on a CUDA
+// context runs on. NF4 projections stay NF4 (dequantised on the device per GEMM).
+LlamaWeights to_device(const LlamaWeights& w, const kernels::Context& ctx);
+
 // HF tensor names of a model (in file order), with their shapes — shared by the loader, the random
 // model writer and merge.
 std::vector<std::pair<std::string, core::Shape>> llama_tensor_shapes(const io::HfConfig& c);

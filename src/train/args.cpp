@@ -303,6 +303,11 @@ const std::vector<Flag>& flag_table() {
                           "a checkpoint that cannot be written (disk full, I/O error) is reported and training "
                           "goes on; False: the run stops. Either way the previous checkpoint stays whole"));
     t.push_back(int_flag("num_threads", G::Extras, &A::num_threads, "CPU threads per rank, 0 = all cores"));
+    t.push_back(choice_flag<DeviceChoice>("device", G::Extras, &A::device,
+                                          {{"auto", DeviceChoice::Auto}, {"cpu", DeviceChoice::Cpu},
+                                           {"cuda", DeviceChoice::Cuda}},
+                                          "where the step runs: cuda (rank r on GPU r mod the visible GPUs), cpu, "
+                                          "or auto = cuda when a GPU is visible and the build has CUDA"));
     t.push_back(string_flag("metrics_file", G::Extras, &A::metrics_file, "FILE",
                             "JSON-lines metrics log; \"\" = <output_dir>/metrics.jsonl"));
     // HF flags that FastChat users pass and that change nothing here

@@ -20,7 +20,9 @@ namespace zerolora::train {
 enum class LrSchedulerType { Constant, ConstantWithWarmup, Linear, Cosine };
 enum class IntervalStrategy { No, Steps, Epoch };  // HF IntervalStrategy for logging/saving/evaluation
 enum class LoraBias { None, All, LoraOnly };        // PEFT LoraConfig.bias
-enum class PaddingMode { MaxLength, Longest };      // FastChat always pads to model_max_length
+enum class PaddingMode { MaxLength, Longest };
+// --device: auto = cuda when the build has the CUDA backend and a GPU is visible, else cpu
+enum class DeviceChoice { Auto, Cpu, Cuda };      // FastChat always pads to model_max_length
 
 // How to resume. FastChat ignores --resume_from_checkpoint and resumes whenever output_dir holds anything
 // named checkpoint-* (Auto). We honour an explicit value.
@@ -90,6 +92,7 @@ struct TrainArgs {
   std::string deepspeed;     // path of a DeepSpeed JSON config, "" = none
   int64_t local_rank = -1;   // accepted from the deepspeed launcher; ranks come from MPI
   int64_t num_threads = 0;   // ours: 0 = all cores
+  DeviceChoice device = DeviceChoice::Auto;  // ours
   int64_t dataloader_num_workers = 0;  // accepted; preprocessing runs in-process
   std::string cache_dir;     // accepted; unused (no downloads)
 

@@ -17,6 +17,7 @@
 #include "dist/zero_cost.h"
 #include "dist/zero_partition.h"
 #include "io/checkpoint_dir.h"
+#include "kernels/context.h"
 #include "kernels/kernels.h"
 #include "model/adapter_io.h"
 #include "model/llama.h"
@@ -59,6 +60,22 @@ namespace {
 
 // ------------------------------------------------------------------------------------------------
 // Set-up shared by training and evaluation
+
+// --device: a CUDA context on GPU (rank mod visible GPUs), or null for the CPU.
+std::unique_ptr<kernels::CudaContext> open_device(DeviceChoice choice, int rank, Progress& log) {
+  if (choice == DeviceChoice::Cpu) return nullptr;
+  const int gpus = kernels::cuda_device_count();
+  if (gpus == 0) {
+    if (choice == DeviceChoice::Auto) return nullptr;
+    throw core::Error("--device cuda", kernels::cuda_built() ? "no GPU is visible (" + kernels::cuda_devices_summary() + ")"
+                                                            : std::string("this zerolora was built without the CUDA backend"),
+                      kernels::cuda_built() ? "check nvidia-smi and CUDA_VISIBLE_DEVICES, or use --device cpu"
+                                            : "rebuild with the CUDA toolkit installed (cmake -DZEROLORA_CUDA=ON), or use --device cpu");
+  }
+  auto gpu = std::make_unique<kernels::CudaContext>(rank % gpus);
+  log.message("device: cuda:" + std::to_string(gpu->index()) + " (" + gpu->name() + ")");
+  return gpu;
+}
 
 uint64_t fnv1a(const std::string& bytes, uint64_t h = 1469598103934665603ull) {
   for (unsigned char c : bytes) h = (h ^ c) * 1099511628211ull;
@@ -333,6 +350,25 @@ TrainResult run_training(TrainArgs a, dist::Comm& comm) {
   }
   AdamW opt(shard.size(), adam);
 
+  // --device cuda: weights, activations, LoRA params and grads on the GPU; the optimizer and the ZeRO
+  // collectives stay on the host (the LoRA gradients come down once per step, the params go up once).
+  std::unique_ptr<kernels::CudaContext> gpu = open_device(a.device, rank, log);
+  if (gpu && L.zero3)
+    throw core::Error("--device cuda", "ZeRO stage 3 (frozen weights sharded across ranks) does not run on the GPU yet",
+                      "use a DeepSpeed config with stage 0-2, or --device cpu");
+  const kernels::Context& ctx = gpu ? gpu->ctx() : kernels::host();
+  const model::LlamaWeights device_weights = gpu ? model::to_device(L.weights(), ctx) : model::LlamaWeights{};
+  kernels::DeviceArray<float> params_dev, grads_dev;
+  if (gpu) {
+    params_dev = kernels::DeviceArray<float>(padded, ctx);
+    grads_dev = kernels::DeviceArray<float>(padded, ctx);
+  }
+  float* model_params = gpu ? params_dev.data() : params.data();
+  float* model_grads = gpu ? grads_dev.data() : grads.data();
+  auto upload_params = [&] {
+    if (gpu) kernels::copy_to_device(params_dev.data(), params.data(), size_t(padded) * sizeof(float), ctx);
+  };
+
   // Plan: steps per epoch, total, warmup, intervals (HF arithmetic).
   EpochBatchOptions ebo;
   ebo.world = world, ebo.rank = rank, ebo.seed = uint64_t(a.seed);
@@ -397,12 +433,14 @@ TrainResult run_training(TrainArgs a, dist::Comm& comm) {
 
   model::TrainOptions mopt;
   mopt.gradient_checkpointing = a.gradient_checkpointing;
-  model::LlamaModel<float> model(L.weights(), &layout, mopt);
+  model::LlamaModel<float> model(gpu ? device_weights : L.weights(), &layout, mopt, ctx);
   if (L.zero3) model.set_weight_stream(L.zero3.get());
+  upload_params();
   // stages 2/3: DeepSpeed's reduce_bucket_size (default 5e8 elements, "auto" hidden^2) and overlap_comm
   GradientSync grad_sync(comm, zero_stage, layout, part, ds ? ds->zero.reduce_bucket_size : int64_t(500000000),
                          ds ? ds->zero.overlap_comm : false);
-  model.set_gradient_ready_hook([&](int64_t from) { grad_sync.gradients_final_from(from); });
+  // on the GPU the gradients reach the host after the backward pass: no buckets during it
+  if (!gpu) model.set_gradient_ready_hook([&](int64_t from) { grad_sync.gradients_final_from(from); });
   if (rank == 0) fs::create_directories(a.output_dir);
   comm.barrier();
   Progress progress(rank != 0, plan.total_steps, rank == 0 ? a.metrics_file : "");
@@ -497,6 +535,7 @@ TrainResult run_training(TrainArgs a, dist::Comm& comm) {
 
       comm.reset_stats();  // this step's collectives, for the communication report
       std::fill(grads.begin(), grads.end(), 0.f);
+      if (gpu) kernels::fill_zero<float>(model_grads, padded, ctx);
       double logged = 0;
       int64_t step_tokens = 0;
       for (size_t k = 0; k < batches.size(); ++k) {
@@ -507,9 +546,13 @@ TrainResult run_training(TrainArgs a, dist::Comm& comm) {
         if (a.packing) in.kv_begin = b.kv_begin.data();
         const uint64_t seed = uint64_t(a.seed) * 0x9e3779b97f4a7c15ull ^
                               (uint64_t(state.global_step) << 20) ^ (uint64_t(k) << 8) ^ uint64_t(rank);
-        if (k + 1 == batches.size()) grad_sync.begin_last_micro_batch(grads.data());
-        logged += run_micro_batch<float>(model, in, params.data(), grads.data(), norm, b.target_tokens, seed).logged;
+        if (k + 1 == batches.size() && !gpu) grad_sync.begin_last_micro_batch(grads.data());
+        logged += run_micro_batch<float>(model, in, model_params, model_grads, norm, b.target_tokens, seed).logged;
         for (int32_t len : b.lengths) step_tokens += len;
+      }
+      if (gpu) {
+        kernels::copy_to_host(grads.data(), model_grads, size_t(padded) * sizeof(float), ctx);
+        grad_sync.begin_last_micro_batch(grads.data());
       }
       const double step_loss = comm.all_reduce(logged, dist::ScalarOp::Sum);
       // gradients: sum over ranks (the normalisation already divided by what HF divides by)
@@ -557,6 +600,7 @@ TrainResult run_training(TrainArgs a, dist::Comm& comm) {
         std::vector<float> mine(params.begin() + shard.begin, params.begin() + shard.end);
         comm.all_gather(std::span<const float>(mine), std::span<float>(params));
       }
+      upload_params();
       add_step_traffic(comm.stats(), &traffic);
       state.global_step += 1;
       state.epoch = double(epoch) + double(w + 1) / double(windows);
@@ -585,7 +629,7 @@ TrainResult run_training(TrainArgs a, dist::Comm& comm) {
       if (L.eval && ((plan.eval_steps > 0 && state.global_step % plan.eval_steps == 0) ||
                      (a.evaluation_strategy == IntervalStrategy::Epoch && epoch_end) || last)) {
         core::Timer et;
-        auto [sum, n] = evaluate(model, params.data(), *L.eval, a, L.pad_id, comm);
+        auto [sum, n] = evaluate(model, model_params, *L.eval, a, L.pad_id, comm);
         const double eval_loss = n > 0 ? sum / double(n) : NAN;
         nlohmann::json e = {{"eval_loss", eval_loss}, {"eval_perplexity", std::exp(eval_loss)},
                             {"eval_tokens", n}, {"eval_runtime", et.seconds()}, {"epoch", state.epoch},
@@ -637,6 +681,14 @@ TrainResult run_training(TrainArgs a, dist::Comm& comm) {
                                               {"gather_buffers", m.gather_buffer_bytes}};
     }
     progress.message(line);
+    if (gpu) {
+      const int64_t peak = gpu->peak_allocated();
+      state.zerolora["peak_gpu_bytes"] = peak;
+      char b[160];
+      std::snprintf(b, sizeof b, "peak GPU memory (rank %d, %s): %.2f GiB", rank, gpu->name().c_str(),
+                    double(peak) / double(1 << 30));
+      progress.message(b);
+    }
   }
   if (core::op_profiling()) progress.message("time by op (rank " + std::to_string(rank) + "): " + core::op_profile_summary());
   if (traffic.steps > 0 && world > 1) {
@@ -671,8 +723,18 @@ double run_evaluation(const TrainArgs& a, const std::string& adapter_dir, dist::
   if (e.eval_data_path.empty()) e.eval_data_path = e.data_path;
   Loaded L = load_everything(e, false, log);
   const model::LoadedAdapter adapter = model::load_adapter_for_model(L.config, adapter_dir);
-  model::LlamaModel<float> m(L.weights(), adapter.layout.get());
-  auto [sum, n] = evaluate(m, adapter.data(), *L.eval, e, L.pad_id, comm);
+  std::unique_ptr<kernels::CudaContext> gpu = open_device(a.device, comm.rank(), log);
+  const kernels::Context& ctx = gpu ? gpu->ctx() : kernels::host();
+  const model::LlamaWeights device_weights = gpu ? model::to_device(L.weights(), ctx) : model::LlamaWeights{};
+  kernels::DeviceArray<float> adapter_dev;
+  const float* adapter_params = adapter.data();
+  if (gpu && adapter.layout) {
+    adapter_dev = kernels::DeviceArray<float>(adapter.layout->numel(), ctx);
+    kernels::copy_to_device(adapter_dev.data(), adapter.data(), size_t(adapter.layout->numel()) * sizeof(float), ctx);
+    adapter_params = adapter_dev.data();
+  }
+  model::LlamaModel<float> m(gpu ? device_weights : L.weights(), adapter.layout.get(), {}, ctx);
+  auto [sum, n] = evaluate(m, adapter_params, *L.eval, e, L.pad_id, comm);
   core::check(n > 0, e.eval_data_path, "has no trained tokens to evaluate", "check the data and template");
   const double loss = sum / double(n);
   char buf[256];

@@ -315,7 +315,10 @@ void expect_close(const Result& got, const Result& want, double tol_out, double 
 }
 
 // attention_forward / attention_backward: flash fp32, or the bf16 blocked kernels when p.s.bf16
-Result run_default(const Problem& p) { return run_problem(p, attention_forward<float>, attention_backward<float>); }
+Result run_default(const Problem& p) {
+  return run_problem(
+      p, [](auto... a) { attention_forward<float>(a...); }, [](auto... a) { attention_backward<float>(a...); });
+}
 
 Result run_blocked(const Problem& p, AttentionOperands ops, AttentionIsa isa = attention_best_isa()) {
   return run_problem(

@@ -47,7 +47,7 @@ namespace cuda {
   do {                                                                                               \
     cublasStatus_t e_ = (call);                                                                      \
     if (e_ != CUBLAS_STATUS_SUCCESS)                                                                 \
-      ::zerolora::kernels::cuda::fail(#call, cublasGetStatusString(e_), __FILE__, __LINE__);       \
+      ::zerolora::kernels::cuda::fail(#call, cublasLtGetStatusString(e_), __FILE__, __LINE__);       \
   } while (0)
 // After a kernel launch: a launch error (bad configuration) surfaces here, not at the next sync.
 #define ZL_CUDA_LAUNCHED() ZL_CUDA_CHECK(cudaGetLastError())
