@@ -1,0 +1,238 @@
+// The CUDA flash attention (kernels/cuda/attention.cu) against the CPU kernels on the same inputs, through
+// the ctx entry points: forward (out, lse) and backward (dq, dk, dv), with GQA, odd T, right padding
+// (lengths down to 0) and packing (kv_begin), head sizes 32..256. Every test skips where no GPU is visible.
+//
+// Tolerance. Both sides are fp32 with different summation orders (dot products over HD, online-softmax
+// sums over up to T keys, dk/dv/dq sums over up to T queries x the heads of a group, dq by atomics in any
+// order). The reference is the CPU kernel in double on the same (float-exact) inputs; the GPU result must
+// lie within kFloatTol (1e-5, check.h: the bound every fp32 kernel of this repo meets against its double
+// run) of it, relative to the largest |value| of the buffer. The CPU float kernel meets the same bound
+// (checked here too), so the two fp32 kernels agree within 2 kFloatTol. For scale: with unit-normal inputs
+// one rounding is 6e-8 relative; a score is a 128-term dot product (worst case ~128 ulp of sum |q_i k_i|,
+// typically ~sqrt(128)), exp passes the score's absolute error on as a relative one, and the sums over
+// T <= 300 softmax-weighted terms add at most ~T ulp of the largest entry, so fp32 errors of 1e-7..1e-6 of
+// the buffer's scale are expected and 1e-5 is a bound with margin, not a fit to one run.
+// Padded rows and keys no valid query sees must be exactly zero (written, not left over).
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstdint>
+#include <limits>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "check.h"
+#include "core/error.h"
+#include "kernels/context.h"
+#include "kernels/kernels.h"
+
+using namespace zerolora;
+using namespace zerolora::kernels;
+using namespace zerolora::kernels::test;
+
+namespace {
+
+struct Case {
+  AttentionShape s;
+  std::vector<int32_t> lengths;   // empty = all T
+  std::vector<int32_t> kv_begin;  // empty = 0
+  Vec q, k, v, dout;
+  const int32_t* len_ptr() const { return lengths.empty() ? nullptr : lengths.data(); }
+  const int32_t* kvb_ptr() const { return kv_begin.empty() ? nullptr : kv_begin.data(); }
+  int64_t len(int64_t b) const { return lengths.empty() ? s.T : lengths[b]; }
+  size_t nq() const { return size_t(s.B * s.T * s.NH * s.HD); }
+  size_t nkv() const { return size_t(s.B * s.T * s.NKV * s.HD); }
+  size_t nlse() const { return size_t(s.B * s.NH * s.T); }
+};
+
+Case make_case(AttentionShape s, std::vector<int32_t> lengths, std::vector<int32_t> kv_begin, uint64_t seed) {
+  Case c{s, std::move(lengths), std::move(kv_begin), {}, {}, {}, {}};
+  c.q = float_exact(randn(c.nq(), seed, 1.0));
+  c.k = float_exact(randn(c.nkv(), seed + 1, 1.0));
+  c.v = float_exact(randn(c.nkv(), seed + 2, 1.0));
+  c.dout = float_exact(randn(c.nq(), seed + 3, 1.0));
+  return c;
+}
+
+// kv_begin of one row packed with samples of the given lengths (past them the last start repeats)
+std::vector<int32_t> packed_begin(int64_t T, const std::vector<int64_t>& sample_lengths) {
+  std::vector<int32_t> kvb;
+  int32_t start = 0;
+  for (int64_t n : sample_lengths) {
+    for (int64_t i = 0; i < n; ++i) kvb.push_back(start);
+    start += int32_t(n);
+  }
+  while (int64_t(kvb.size()) < T) kvb.push_back(start);
+  kvb.resize(size_t(T));
+  return kvb;
+}
+
+std::vector<int32_t> concat(const std::vector<std::vector<int32_t>>& rows) {
+  std::vector<int32_t> out;
+  for (const auto& r : rows) out.insert(out.end(), r.begin(), r.end());
+  return out;
+}
+
+template <typename S>
+struct Result {
+  std::vector<S> out, lse, dq, dk, dv;
+};
+
+// The CPU kernels (host context) in S.
+template <typename S>
+Result<S> run_cpu(const Case& c) {
+  std::vector<S> q(c.q.begin(), c.q.end()), k(c.k.begin(), c.k.end()), v(c.v.begin(), c.v.end()),
+      dout(c.dout.begin(), c.dout.end());
+  Result<S> r;
+  r.out.assign(c.nq(), S(NAN));
+  r.lse.assign(c.nlse(), S(NAN));
+  attention_forward<S>(r.out.data(), r.lse.data(), q.data(), k.data(), v.data(), c.s, c.len_ptr(), c.kvb_ptr());
+  r.dq.assign(c.nq(), S(NAN));
+  r.dk.assign(c.nkv(), S(NAN));
+  r.dv.assign(c.nkv(), S(NAN));
+  attention_backward<S>(r.dq.data(), r.dk.data(), r.dv.data(), dout.data(), q.data(), k.data(), v.data(),
+                        r.out.data(), r.lse.data(), c.s, c.len_ptr(), c.kvb_ptr());
+  return r;
+}
+
+class CudaAttention : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    if (kernels::cuda_device_count() == 0) GTEST_SKIP() << "no GPU visible: CUDA attention test skipped";
+    gpu_ = std::make_unique<CudaContext>(0);
+  }
+  const Context& ctx() const { return gpu_->ctx(); }
+
+  template <typename T>
+  DeviceArray<T> upload(const std::vector<T>& h) {
+    DeviceArray<T> d(std::max<int64_t>(int64_t(h.size()), 1), ctx());
+    copy_to_device(d.data(), h.data(), h.size() * sizeof(T), ctx());
+    return d;
+  }
+  std::vector<float> download(const DeviceArray<float>& d, size_t n) {
+    std::vector<float> h(n);
+    copy_to_host(h.data(), d.data(), n * sizeof(float), ctx());
+    return h;
+  }
+
+  // The GPU kernels through the ctx entry points; outputs start as NaN so that every entry must be written.
+  Result<float> run_gpu(const Case& c) {
+    const std::vector<float> nan_q(c.nq(), NAN), nan_kv(c.nkv(), NAN), nan_lse(c.nlse(), NAN);
+    auto q = upload(to_float(c.q)), k = upload(to_float(c.k)), v = upload(to_float(c.v)),
+         dout = upload(to_float(c.dout));
+    auto out = upload(nan_q), lse = upload(nan_lse), dq = upload(nan_q), dk = upload(nan_kv), dv = upload(nan_kv);
+    DeviceArray<int32_t> lengths, kv_begin;
+    if (!c.lengths.empty()) lengths = upload(c.lengths);
+    if (!c.kv_begin.empty()) kv_begin = upload(c.kv_begin);
+    const int32_t* lp = c.lengths.empty() ? nullptr : lengths.data();
+    const int32_t* kp = c.kv_begin.empty() ? nullptr : kv_begin.data();
+    attention_forward<float>(out.data(), lse.data(), q.data(), k.data(), v.data(), c.s, lp, kp, ctx());
+    attention_backward<float>(dq.data(), dk.data(), dv.data(), dout.data(), q.data(), k.data(), v.data(), out.data(),
+                              lse.data(), c.s, lp, kp, ctx());
+    Result<float> r;
+    r.out = download(out, c.nq());
+    r.lse = download(lse, c.nlse());
+    r.dq = download(dq, c.nq());
+    r.dk = download(dk, c.nkv());
+    r.dv = download(dv, c.nkv());
+    return r;
+  }
+
+  void expect_matches_cpu(const Case& c, const std::string& what) {
+    SCOPED_TRACE(what);
+    const Result<double> want = run_cpu<double>(c);
+    const Result<float> cpu = run_cpu<float>(c);
+    const Result<float> gpu = run_gpu(c);
+    auto check = [&](const char* name, const std::vector<float>& g, const std::vector<float>& f,
+                     const std::vector<double>& d) {
+      bool finite = true;
+      for (float x : g) finite = finite && std::isfinite(x);
+      EXPECT_TRUE(finite) << name << ": the GPU left an entry unwritten or non-finite";
+      const double eg = rel_err(g, d), ef = rel_err(f, d), egf = rel_err(g, f);
+      EXPECT_LT(eg, kFloatTol) << name << ": GPU vs CPU double";
+      EXPECT_LT(ef, kFloatTol) << name << ": CPU float vs CPU double";
+      EXPECT_LT(egf, 2 * kFloatTol) << name << ": GPU vs CPU float";
+      EXPECT_GT(rel_err(d, std::vector<double>(d.size(), 0.0)), 0.0) << name << " is trivially zero";
+    };
+    check("out", gpu.out, cpu.out, want.out);
+    check("lse", gpu.lse, cpu.lse, want.lse);
+    check("dq", gpu.dq, cpu.dq, want.dq);
+    check("dk", gpu.dk, cpu.dk, want.dk);
+    check("dv", gpu.dv, cpu.dv, want.dv);
+    // padding: rows t >= lengths[b] are exactly zero in out, lse and dq, and so are dk, dv of those keys
+    const auto& s = c.s;
+    int64_t bad = 0;
+    for (int64_t b = 0; b < s.B; ++b)
+      for (int64_t t = c.len(b); t < s.T; ++t) {
+        for (int64_t h = 0; h < s.NH; ++h) {
+          bad += gpu.lse[size_t((b * s.NH + h) * s.T + t)] != 0.0f;
+          for (int64_t i = 0; i < s.HD; ++i) {
+            const size_t o = size_t(((b * s.T + t) * s.NH + h) * s.HD + i);
+            bad += (gpu.out[o] != 0.0f) + (gpu.dq[o] != 0.0f);
+          }
+        }
+        for (int64_t i = 0; i < s.NKV * s.HD; ++i) {
+          const size_t o = size_t((b * s.T + t) * s.NKV * s.HD + i);
+          bad += (gpu.dk[o] != 0.0f) + (gpu.dv[o] != 0.0f);
+        }
+      }
+    EXPECT_EQ(bad, 0) << "entries of padded rows that are not exactly 0";
+  }
+
+ private:
+  std::unique_ptr<CudaContext> gpu_;
+};
+
+}  // namespace
+
+TEST_F(CudaAttention, PlainCausalOddT) {
+  expect_matches_cpu(make_case({2, 37, 4, 2, 64}, {}, {}, 1), "T 37 HD 64 GQA 4/2");
+  expect_matches_cpu(make_case({1, 100, 2, 2, 128}, {}, {}, 2), "T 100 HD 128 MHA 2/2");
+  expect_matches_cpu(make_case({1, 1, 2, 1, 64}, {}, {}, 3), "T 1");
+}
+
+TEST_F(CudaAttention, GqaEightToOneWithPadding) {
+  // lengths: full, 0 (a whole row of padding), a length that ends inside a tile
+  expect_matches_cpu(make_case({3, 100, 8, 1, 128}, {100, 0, 57}, {}, 10), "T 100 HD 128 GQA 8/1");
+  expect_matches_cpu(make_case({3, 300, 8, 1, 64}, {300, 1, 129}, {}, 11), "T 300 HD 64 GQA 8/1");
+}
+
+TEST_F(CudaAttention, PackingAndPadding) {
+  const int64_t T = 300;
+  // row 0: three samples (boundaries inside tiles), row 1: two samples then padding, row 2: one sample
+  const auto kvb = concat({packed_begin(T, {120, 100, 80}), packed_begin(T, {150, 61}), packed_begin(T, {T})});
+  expect_matches_cpu(make_case({3, T, 4, 2, 128}, {300, 211, 300}, kvb, 20), "T 300 HD 128 GQA 4/2 packed");
+  expect_matches_cpu(make_case({3, T, 2, 2, 64}, {300, 211, 300}, kvb, 21), "T 300 HD 64 MHA packed");
+  // short samples: many key tiles that a query tile cannot see at all
+  const auto kvb2 = concat({packed_begin(T, {7, 33, 64, 64, 1, 95, 36}), packed_begin(T, {200, 100})});
+  expect_matches_cpu(make_case({2, T, 8, 1, 64}, {}, kvb2, 22), "T 300 HD 64 GQA 8/1 short samples");
+}
+
+TEST_F(CudaAttention, OtherHeadSizes) {
+  // HD padded to the compiled sizes: 40 -> 64, 80 -> 96, 160 -> 192, 256 (the 32-key backward tiles)
+  for (int64_t HD : {32, 40, 80, 96, 160, 256}) {
+    const auto kvb = concat({packed_begin(70, {30, 40}), packed_begin(70, {70})});
+    expect_matches_cpu(make_case({2, 70, 4, 2, HD}, {70, 45}, kvb, 30 + uint64_t(HD)), "HD " + std::to_string(HD));
+  }
+}
+
+TEST_F(CudaAttention, EmptyShapesAndBadHeadSize) {
+  // B = 0 or T = 0: nothing to do
+  DeviceArray<float> x(16, ctx());
+  EXPECT_NO_THROW(attention_forward<float>(x.data(), x.data(), x.data(), x.data(), x.data(), {0, 8, 2, 1, 64},
+                                           nullptr, nullptr, ctx()));
+  EXPECT_NO_THROW(attention_forward<float>(x.data(), x.data(), x.data(), x.data(), x.data(), {2, 0, 2, 1, 64},
+                                           nullptr, nullptr, ctx()));
+  // a head size the GPU kernels do not run, and heads that do not group
+  EXPECT_THROW(attention_forward<float>(x.data(), x.data(), x.data(), x.data(), x.data(), {1, 2, 1, 1, 12},
+                                        nullptr, nullptr, ctx()),
+               core::Error);
+  EXPECT_THROW(attention_forward<float>(x.data(), x.data(), x.data(), x.data(), x.data(), {1, 2, 1, 1, 264},
+                                        nullptr, nullptr, ctx()),
+               core::Error);
+  EXPECT_THROW(attention_backward<float>(x.data(), x.data(), x.data(), x.data(), x.data(), x.data(), x.data(),
+                                         x.data(), x.data(), {1, 2, 3, 2, 64}, nullptr, nullptr, ctx()),
+               core::Error);
+  synchronize(ctx());
+}
