@@ -45,9 +45,13 @@ __device__ __forceinline__ int64_t q_off(const Params& p, int b, int t, int h) {
 __device__ __forceinline__ int64_t kv_off(const Params& p, int b, int s, int g) {
   return ((int64_t(b) * p.T + s) * p.NKV + g) * p.HD;
 }
-__device__ __forceinline__ int row_len(const Params& p, int b) { return p.lengths ? p.lengths[b] : p.T; }
+// lengths and kv_begin live in device memory and are not validated on the host (that would need a
+// synchronisation); clamped here so that a bad value gives wrong numbers, never an access out of bounds.
+__device__ __forceinline__ int row_len(const Params& p, int b) {
+  return p.lengths ? min(max(p.lengths[b], 0), p.T) : p.T;
+}
 __device__ __forceinline__ int row_lo(const Params& p, int b, int t) {
-  return p.kv_begin ? p.kv_begin[int64_t(b) * p.T + t] : 0;
+  return p.kv_begin ? max(p.kv_begin[int64_t(b) * p.T + t], 0) : 0;
 }
 
 __device__ __forceinline__ void fma4(float4& acc, float a, const float4& x) {
@@ -514,8 +518,8 @@ Params check_args(const AttentionShape& s, const int32_t* lengths, const int32_t
                   " T=" + std::to_string(s.T));
   for (const float* x : ptrs)
     core::check(aligned16(x), fn, "a tensor is not 16-byte aligned on the device");
-  // lengths and kv_begin live in device memory: the kernels trust them (0 <= lengths[b] <= T,
-  // 0 <= kv_begin[b*T+t] <= t for t < lengths[b]), as the CPU kernels check.
+  // lengths and kv_begin live in device memory and are not checked here (the CPU kernels check
+  // 0 <= lengths[b] <= T and 0 <= kv_begin[b*T+t] <= t); the kernels clamp them (see row_len).
   return Params{int(s.B), int(s.T), int(s.NH), int(s.NKV), int(s.HD), int(s.NH / s.NKV), lengths, kv_begin,
                 float(1.0 / std::sqrt(double(s.HD)))};
 }
