@@ -60,6 +60,9 @@ def parse_args():
     p.add_argument("--gemm", action="store_true",
                    help="also probe torch's linear GFLOP/s on the model's shapes (bf16 is very slow on AVX2 CPUs)")
     p.add_argument("--json-only", action="store_true")
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
+                   help="cuda: the model on GPU 0 with SDPA attention, bf16 autocast on cuda; peak GPU memory from "
+                        "torch.cuda.max_memory_allocated")
     return p.parse_args()
 
 
@@ -71,10 +74,11 @@ def build_model(args):
     if args.layers > 0:
         shape["num_hidden_layers"] = args.layers
     config = LlamaConfig(**shape, rms_norm_eps=1e-5, rope_theta=10000.0, tie_word_embeddings=False,
-                         initializer_range=0.02, use_cache=False, attn_implementation="eager")
+                         initializer_range=0.02, use_cache=False,
+                         attn_implementation="sdpa" if args.device == "cuda" else "eager")
     base_dtype = torch.bfloat16 if args.base_dtype == "bf16" else torch.float32
     torch.manual_seed(0)
-    model = LlamaForCausalLM(config).to(base_dtype)  # HF's own init: N(0, 0.02)
+    model = LlamaForCausalLM(config).to(base_dtype).to(args.device)  # HF's own init: N(0, 0.02)
     model.config.use_cache = False
     if args.checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -140,17 +144,18 @@ def main():
     optimizer = torch.optim.AdamW(trainable, lr=2e-4, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0)
 
     B, T = args.batch, args.seq
-    ids = ((torch.arange(B * T, dtype=torch.int64) * 7919 + 17) % config.vocab_size).view(B, T)
+    ids = ((torch.arange(B * T, dtype=torch.int64) * 7919 + 17) % config.vocab_size).view(B, T).to(args.device)
+    cuda = args.device == "cuda"
     autocast = args.dtype == "bf16"
     last_loss = [0.0]
 
     def step():
         optimizer.zero_grad(set_to_none=True)
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        with torch.autocast(args.device, dtype=torch.bfloat16, enabled=autocast):
             out = model(input_ids=ids, labels=ids)
         out.loss.backward()
         optimizer.step()
-        last_loss[0] = float(out.loss.detach())
+        last_loss[0] = float(out.loss.detach())  # waits for the device
 
     t = time.perf_counter()
     step()
@@ -161,6 +166,10 @@ def main():
         step()
         times.append(time.perf_counter() - t)
     peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    peak_gpu = torch.cuda.max_memory_allocated() if cuda else 0
+    if cuda:
+        print(f"  device {torch.cuda.get_device_name(0)}, peak GPU memory {peak_gpu / 2**30:.2f} GiB "
+              f"(torch.cuda.max_memory_allocated)")
     med = statistics.median(times)
     flops = model_flops(config, args)
     achieved = flops / med * 1e-9
@@ -192,7 +201,7 @@ def main():
         "warmup_seconds": warmup_s, "tokens_per_s": B * T / med, "peak_rss_bytes": peak_rss, "loss": last_loss[0],
         "trainable_params": n_trainable, "model_gflop": flops * 1e-9, "achieved_gflops": achieved,
         "gemm_gflops_f32": gemm.get("f32", 0.0), "gemm_gflops_bf16": gemm.get("bf16", 0.0),
-        "torch_version": torch.__version__,
+        "torch_version": torch.__version__, "device": args.device, "peak_gpu_bytes": peak_gpu,
     }))
 
 

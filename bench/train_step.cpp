@@ -24,6 +24,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <memory>
 #include <sstream>
 #include <string>
 #include <vector>
@@ -33,6 +34,7 @@
 #include "core/error.h"
 #include "core/op_profile.h"
 #include "core/runtime.h"
+#include "kernels/context.h"
 #include "kernels/kernels.h"
 #include "model/llama.h"
 #include "model/lora.h"
@@ -51,6 +53,7 @@ struct Options {
   std::string dtype = "bf16", lora_targets = "q_proj,v_proj";
   double lora_alpha = 16, lora_dropout = 0.05;
   bool checkpointing = false, prepack = false, gemm = true, json_only = false, profile = false;
+  std::string device = "cpu";
   int steps = 3, threads = 0;
 };
 
@@ -87,11 +90,13 @@ Options parse(int argc, char** argv) {
     else if (a == "--no-gemm") o.gemm = false;
     else if (a == "--json-only") o.json_only = true;
     else if (a == "--profile") o.profile = true;
+    else if (a == "--device") o.device = value();
     else if (a == "-h" || a == "--help") usage("");
     else usage(("unknown argument " + a).c_str());
   }
   if (o.dtype != "bf16" && o.dtype != "f32" && o.dtype != "nf4")
     usage("--dtype must be bf16, f32 or nf4 (QLoRA: NF4 projections, bf16 compute, bf16 embeddings/lm_head)");
+  if (o.device != "cpu" && o.device != "cuda") usage("--device must be cpu or cuda");
   if (o.seq < 2 || o.batch < 1 || o.steps < 1 || o.lora_r < 1) usage("--seq >= 2, --batch/--steps/--lora-r >= 1");
   return o;
 }
@@ -126,18 +131,24 @@ FlopCount model_flops(const model::LlamaWeights& w, const model::LoraLayout& lor
   return f;
 }
 
-// GFLOP/s of linear_forward on one weight shape [N, K] with M rows: median of reps after a warm-up.
-double gemm_rate(core::DType dtype, int64_t N, int64_t K, int64_t M, bool prepack, int reps) {
+// GFLOP/s of linear_forward on one weight shape [N, K] with M rows: median of reps after a warm-up. On a
+// CUDA context the time includes the fp32 -> bf16 rounding of the input (part of every bf16 linear there).
+double gemm_rate(core::DType dtype, int64_t N, int64_t K, int64_t M, bool prepack, int reps,
+                 const kernels::Context& ctx = kernels::host()) {
   core::Tensor wt = fast_random_source()("gemm.weight", dtype, {N, K});
-  kernels::FrozenWeight w = kernels::FrozenWeight::make(wt);
-  if (prepack) w.prepack(M);
-  std::vector<float> x(size_t(M * K)), y(size_t(M * N));
-  for (size_t i = 0; i < x.size(); ++i) x[i] = float(int64_t(i * 2654435761u % 2001) - 1000) * 1e-3f;
-  kernels::linear_forward<float>(y.data(), x.data(), w, M);
+  kernels::FrozenWeight w = kernels::to_device(kernels::FrozenWeight::make(wt), ctx);
+  if (prepack && !ctx.on_cuda()) w.prepack(M);
+  std::vector<float> xh(size_t(M * K));
+  for (size_t i = 0; i < xh.size(); ++i) xh[i] = float(int64_t(i * 2654435761u % 2001) - 1000) * 1e-3f;
+  kernels::DeviceArray<float> x(M * K, ctx), y(M * N, ctx);
+  kernels::copy_to_device(x.data(), xh.data(), xh.size() * sizeof(float), ctx);
+  kernels::linear_forward<float>(y.data(), x.data(), w, M, ctx);
+  kernels::synchronize(ctx);
   std::vector<double> times;
   for (int r = 0; r < reps; ++r) {
     core::Timer t;
-    kernels::linear_forward<float>(y.data(), x.data(), w, M);
+    kernels::linear_forward<float>(y.data(), x.data(), w, M, ctx);
+    kernels::synchronize(ctx);
     times.push_back(t.seconds());
   }
   return 2.0 * double(M) * double(N) * double(K) / median(times) * 1e-9;
@@ -145,9 +156,10 @@ double gemm_rate(core::DType dtype, int64_t N, int64_t K, int64_t M, bool prepac
 
 // The rate over the model's two main shapes together (gate/up [I, C] and q/o [C, C]): total FLOPs over
 // total median time, so neither shape dominates by its size alone more than it does in the model.
-double model_gemm_rate(core::DType dtype, const io::HfConfig& c, int64_t M, bool prepack) {
+double model_gemm_rate(core::DType dtype, const io::HfConfig& c, int64_t M, bool prepack,
+                       const kernels::Context& ctx = kernels::host()) {
   const int64_t I = c.intermediate_size, C = c.hidden_size;
-  const double r1 = gemm_rate(dtype, I, C, M, prepack, 3), r2 = gemm_rate(dtype, C, C, M, prepack, 3);
+  const double r1 = gemm_rate(dtype, I, C, M, prepack, 3, ctx), r2 = gemm_rate(dtype, C, C, M, prepack, 3, ctx);
   const double f1 = 2.0 * double(M) * double(I) * double(C), f2 = 2.0 * double(M) * double(C) * double(C);
   return (f1 + f2) / (f1 / r1 + f2 / r2);
 }
@@ -174,6 +186,11 @@ int main(int argc, char** argv) {
       packed = weights.lm_head.prepack(M) || packed;
     }
     const double build_s = build_timer.seconds();
+    std::unique_ptr<kernels::CudaContext> gpu;
+    if (o.device == "cuda") gpu = std::make_unique<kernels::CudaContext>(0);
+    const kernels::Context& ctx = gpu ? gpu->ctx() : kernels::host();
+    const model::LlamaWeights device_weights = gpu ? model::to_device(weights, ctx) : model::LlamaWeights{};
+    if (gpu) core::set_op_timer_sync([&ctx] { kernels::synchronize(ctx); });  // --profile: per-op device time
 
     model::LoraConfig lc;
     lc.r = o.lora_r;
@@ -188,10 +205,25 @@ int main(int argc, char** argv) {
     for (const auto& s : layout.slots())
       for (int64_t i = 0; i < s.out * s.r; ++i) params[size_t(s.b_offset + i)] = 1e-3f * float((i % 7) - 3);
     train::AdamW optimizer(layout.numel(), train::AdamWConfig{0.9, 0.999, 1e-8, 0.0});
+    // on a GPU the LoRA state lives there and AdamW runs there
+    kernels::DeviceArray<float> params_dev, grads_dev, m_dev, v_dev;
+    float* p_ptr = params.data();
+    float* g_ptr = grads.data();
+    if (gpu) {
+      params_dev = kernels::DeviceArray<float>(layout.numel(), ctx);
+      grads_dev = kernels::DeviceArray<float>(layout.numel(), ctx);
+      m_dev = kernels::DeviceArray<float>(layout.numel(), ctx);
+      v_dev = kernels::DeviceArray<float>(layout.numel(), ctx);
+      kernels::copy_to_device(params_dev.data(), params.data(), params.size() * sizeof(float), ctx);
+      kernels::fill_zero<float>(m_dev.data(), layout.numel(), ctx);
+      kernels::fill_zero<float>(v_dev.data(), layout.numel(), ctx);
+      p_ptr = params_dev.data(), g_ptr = grads_dev.data();
+    }
 
     model::TrainOptions topt;
     topt.gradient_checkpointing = o.checkpointing;
-    model::LlamaModel<float> net(weights, &layout, topt);
+    if (gpu) topt.loss_chunk_rows = std::max<int64_t>(256, (int64_t(1) << 28) / config.vocab_size);  // ~1 GiB of logits
+    model::LlamaModel<float> net(gpu ? device_weights : weights, &layout, topt, ctx);
 
     std::vector<int32_t> ids(static_cast<size_t>(M));
     for (int64_t i = 0; i < M; ++i) ids[size_t(i)] = int32_t((i * 7919 + 17) % config.vocab_size);
@@ -201,10 +233,16 @@ int main(int argc, char** argv) {
 
     double last_loss = 0;
     auto step = [&](int index) {
-      std::fill(grads.begin(), grads.end(), 0.0f);
-      model::LossResult res = net.forward_backward(in, params.data(), grads.data(), grad_scale, uint64_t(index));
+      kernels::fill_zero<float>(g_ptr, layout.numel(), ctx);
+      model::LossResult res = net.forward_backward(in, p_ptr, g_ptr, grad_scale, uint64_t(index));
       core::OpTimer ot(core::Op::Optimizer);
-      optimizer.step(params.data(), grads.data(), 2e-4);
+      if (gpu) {
+        kernels::adamw_step(p_ptr, g_ptr, m_dev.data(), v_dev.data(), layout.numel(), 2e-4, 0.9, 0.999, 1e-8, 0.0,
+                            index + 1, ctx);
+        kernels::synchronize(ctx);
+      } else {
+        optimizer.step(params.data(), grads.data(), 2e-4);
+      }
       last_loss = res.loss_sum / double(std::max<int64_t>(res.tokens, 1));
     };
     core::Timer warm_timer;
@@ -227,14 +265,22 @@ int main(int argc, char** argv) {
 
     double gemm_bf16 = 0, gemm_f32 = 0;
     if (o.gemm) {
-      gemm_bf16 = model_gemm_rate(core::DType::BF16, config, M, o.prepack);
-      gemm_f32 = model_gemm_rate(core::DType::F32, config, M, o.prepack);
+      gemm_bf16 = model_gemm_rate(core::DType::BF16, config, M, o.prepack, ctx);
+      gemm_f32 = model_gemm_rate(core::DType::F32, config, M, o.prepack, ctx);
+      if (gpu) {  // the yardstick: bf16 8192^3 through cuBLASLt (with the input's bf16 rounding)
+        const double big = gemm_rate(core::DType::BF16, 8192, 8192, 8192, false, 5, ctx);
+        std::printf("  GEMM probe 8192^3 bf16 (cuBLASLt via linear_forward): %.1f GFLOP/s -> MFU vs it %.1f%%\n", big,
+                    100.0 * (flops.total() / med * 1e-9) / big);
+      }
     }
     const double mfu = gemm_bf16 > 0 ? achieved / gemm_bf16 : 0;
     const double gib = 1024.0 * 1024.0 * 1024.0;
     const std::string lora_name = o.lora_targets + ":r" + std::to_string(o.lora_r);
 
     if (!o.json_only) {
+      if (gpu)
+        std::printf("  device cuda:0 %s, peak GPU memory %.2f GiB\n", gpu->name().c_str(),
+                    double(gpu->peak_allocated()) / (1024.0 * 1024.0 * 1024.0));
       std::printf("train_step %s %s layers=%lld B=%lld T=%lld lora=%s ckpt=%d threads=%d\n", o.preset.c_str(),
                   o.dtype.c_str(), (long long)config.num_hidden_layers, (long long)B, (long long)T, lora_name.c_str(),
                   int(o.checkpointing), core::num_threads());

@@ -38,7 +38,10 @@ std::string shared_path(const std::string& relative) {
   return std::filesystem::exists(p) ? p.string() : "";
 }
 
-std::string zerolora_binary() { return ZEROLORA_BINARY; }
+std::string zerolora_binary() {
+  const char* env = std::getenv("ZEROLORA_BINARY");  // a wrapper (scripts/gpu-check.sh runs carried binaries)
+  return env && *env ? env : ZEROLORA_BINARY;
+}
 
 int run_command(const std::string& command, std::string* output) {
   std::string cmd = command + " 2>&1";

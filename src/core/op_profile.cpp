@@ -8,6 +8,7 @@ namespace zerolora::core {
 
 namespace {
 bool g_on = false;
+std::function<void()> g_sync;
 std::array<double, size_t(Op::Count)> g_seconds{};
 }  // namespace
 
@@ -20,6 +21,10 @@ const char* op_name(Op op) {
 }
 
 void set_op_profiling(bool on) { g_on = on; }
+void set_op_timer_sync(std::function<void()> sync) { g_sync = std::move(sync); }
+void op_timer_sync() {
+  if (g_sync) g_sync();
+}
 bool op_profiling() { return g_on; }
 void reset_op_profile() { g_seconds.fill(0.0); }
 void add_op_seconds(Op op, double seconds) { g_seconds[size_t(op)] += seconds; }

@@ -1,9 +1,12 @@
 // Where a step's wall time goes, by kind of operation: a scoped timer around each model op (off unless
-// enabled, then one steady_clock read at each end). Used by `bench_train_step --profile` and by
+// enabled, then one steady_clock read at each end). Ops that run asynchronously (a GPU stream) register a
+// sync with set_op_timer_sync: a profiled timer then waits for the device at both ends, so each op's time is
+// its own (the waits serialise host and device: profile runs are slower than plain ones). Used by `bench_train_step --profile` and by
 // `zerolora train` with ZEROLORA_PROFILE=1, for the breakdown in docs/PERFORMANCE.md. Timers run on the
 // calling thread only (the kernels parallelise inside an op), so the shares add up to the step's time.
 #pragma once
 #include <chrono>
+#include <functional>
 #include <string>
 #include <utility>
 #include <vector>
@@ -36,14 +39,23 @@ std::vector<std::pair<std::string, double>> op_profile_seconds();
 std::string op_profile_summary();
 
 void add_op_seconds(Op op, double seconds);
+// A wait for asynchronous work (null: none, the default), called by profiled timers.
+void set_op_timer_sync(std::function<void()> sync);
+void op_timer_sync();
 
 class OpTimer {
  public:
   explicit OpTimer(Op op) : op_(op), on_(op_profiling()) {
-    if (on_) start_ = std::chrono::steady_clock::now();
+    if (on_) {
+      op_timer_sync();
+      start_ = std::chrono::steady_clock::now();
+    }
   }
   ~OpTimer() {
-    if (on_) add_op_seconds(op_, std::chrono::duration<double>(std::chrono::steady_clock::now() - start_).count());
+    if (on_) {
+      op_timer_sync();
+      add_op_seconds(op_, std::chrono::duration<double>(std::chrono::steady_clock::now() - start_).count());
+    }
   }
   OpTimer(const OpTimer&) = delete;
   OpTimer& operator=(const OpTimer&) = delete;

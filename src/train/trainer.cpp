@@ -358,6 +358,10 @@ TrainResult run_training(TrainArgs a, dist::Comm& comm) {
                       "use a DeepSpeed config with stage 0-2, or --device cpu");
   const kernels::Context& ctx = gpu ? gpu->ctx() : kernels::host();
   const model::LlamaWeights device_weights = gpu ? model::to_device(L.weights(), ctx) : model::LlamaWeights{};
+  if (gpu) core::set_op_timer_sync([&ctx] { kernels::synchronize(ctx); });  // ZEROLORA_PROFILE=1: device time per op
+  struct SyncReset {
+    ~SyncReset() { core::set_op_timer_sync(nullptr); }
+  } sync_reset;
   kernels::DeviceArray<float> params_dev, grads_dev;
   if (gpu) {
     params_dev = kernels::DeviceArray<float>(padded, ctx);
