@@ -437,6 +437,8 @@ TrainResult run_training(TrainArgs a, dist::Comm& comm) {
 
   model::TrainOptions mopt;
   mopt.gradient_checkpointing = a.gradient_checkpointing;
+  // the GPU takes the lm_head + cross-entropy in chunks of ~1 GiB of logits (few, large GEMMs)
+  if (gpu) mopt.loss_chunk_rows = std::max<int64_t>(256, (int64_t(1) << 28) / std::max<int64_t>(L.config.vocab_size, 1));
   model::LlamaModel<float> model(gpu ? device_weights : L.weights(), &layout, mopt, ctx);
   if (L.zero3) model.set_weight_stream(L.zero3.get());
   upload_params();

@@ -21,10 +21,19 @@ struct PlanKey {
   cudaDataType_t ab;
   bool ta, tb;
   int64_t M, N, K, lda, ldb, ldc;
+  uint32_t align_a, align_b, align_c;  // the pointers' alignment (bytes, up to 256): algorithms must not assume more
   bool operator<(const PlanKey& o) const {
-    return std::tie(ab, ta, tb, M, N, K, lda, ldb, ldc) < std::tie(o.ab, o.ta, o.tb, o.M, o.N, o.K, o.lda, o.ldb, o.ldc);
+    return std::tie(ab, ta, tb, M, N, K, lda, ldb, ldc, align_a, align_b, align_c) <
+           std::tie(o.ab, o.ta, o.tb, o.M, o.N, o.K, o.lda, o.ldb, o.ldc, o.align_a, o.align_b, o.align_c);
   }
 };
+
+uint32_t alignment(const void* p) {
+  const uintptr_t a = reinterpret_cast<uintptr_t>(p);
+  uint32_t al = 256;
+  while (al > 1 && (a % al) != 0) al /= 2;
+  return al;
+}
 
 struct Plan {
   cublasLtMatmulDesc_t desc = nullptr;
@@ -64,6 +73,15 @@ const Plan& plan_for(const PlanKey& k, CudaState& s) {
   ZL_CUBLAS_CHECK(cublasLtMatmulPreferenceCreate(&pref));
   ZL_CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
                                                        &s.lt_workspace_bytes, sizeof s.lt_workspace_bytes));
+  // cuBLASLt's first operand is our B, its second our A
+  ZL_CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, &k.align_b,
+                                                       sizeof k.align_b));
+  ZL_CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, &k.align_a,
+                                                       sizeof k.align_a));
+  ZL_CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, &k.align_c,
+                                                       sizeof k.align_c));
+  ZL_CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, &k.align_c,
+                                                       sizeof k.align_c));
   cublasLtMatmulHeuristicResult_t result{};
   int found = 0;
   const cublasStatus_t st = cublasLtMatmulAlgoGetHeuristic(s.lt, p->desc, p->a, p->b, p->c, p->c, pref, 1, &result, &found);
@@ -89,7 +107,7 @@ void matmul(cudaDataType_t ab, bool ta, bool tb, int64_t M, int64_t N, int64_t K
     }
     return;
   }
-  const Plan& p = plan_for({ab, ta, tb, M, N, K, lda, ldb, ldc}, s);
+  const Plan& p = plan_for({ab, ta, tb, M, N, K, lda, ldb, ldc, alignment(A), alignment(B), alignment(C)}, s);
   ZL_CUBLAS_CHECK(cublasLtMatmul(s.lt, p.desc, &alpha, B, p.a, A, p.b, &beta, C, p.c, C, p.c, &p.algo,
                                  s.lt_workspace, s.lt_workspace_bytes, s.stream));
 }
