@@ -14,6 +14,7 @@ int cmd_demo(int argc, char** argv);
 int cmd_merge(int argc, char** argv);
 int cmd_generate(int argc, char** argv);
 int cmd_chat(int argc, char** argv);
+int cmd_version(int argc, char** argv);  // zerolora --version
 
 }  // namespace zerolora::cli
 

@@ -30,7 +30,8 @@ const Command kCommands[] = {
 };
 
 void usage(FILE* out) {
-  std::fprintf(out, "usage: zerolora <command> [flags]   (zerolora <command> --help for its flags)\n\ncommands:\n");
+  std::fprintf(out, "usage: zerolora <command> [flags]   (zerolora <command> --help for its flags)\n"
+                   "       zerolora --version          (commit, build flags, CPU kernels in use, CUDA backend)\n\ncommands:\n");
   for (const auto& c : kCommands) std::fprintf(out, "  %-12s %s\n", c.name, c.help);
 }
 
@@ -42,6 +43,7 @@ int main(int argc, char** argv) {
     usage(argc < 2 ? stderr : stdout);
     return argc < 2 ? 2 : 0;
   }
+  if (!std::strcmp(argv[1], "--version") || !std::strcmp(argv[1], "version")) return zerolora::cli::cmd_version(argc - 1, argv + 1);
   for (const auto& c : kCommands) {
     if (std::strcmp(argv[1], c.name) != 0) continue;
     try {

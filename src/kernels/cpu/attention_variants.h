@@ -32,8 +32,11 @@ AttentionLayout check_attention_args(const AttentionShape& s, const int32_t* len
 // ---- flash kernels (attention.cpp): register-blocked tiles in fp32 (or fp64), per instruction set
 enum class AttentionIsa { Avx2, Avx512 };
 
-// True when this build has the AVX-512 copy (GCC) and the CPU runs it.
+// True when this build has the AVX-512 copy (GCC), the CPU runs it and oneDNN's effective ISA (capped by
+// ONEDNN_MAX_CPU_ISA) includes AVX-512.
 bool attention_avx512_available();
+// oneDNN's effective ISA includes avx512_core (kernels/cpu/cpu_info.cpp).
+bool onednn_isa_has_avx512();
 
 template <typename S>
 void attention_forward_variant(AttentionIsa isa, S* out, S* lse, const S* q, const S* k, const S* v,
