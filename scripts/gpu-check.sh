@@ -10,7 +10,7 @@ QUICK=0; [ "${1:-}" = "--quick" ] && QUICK=1
 O=${OUT:-$(pwd)/gpu-check-out}; mkdir -p "$O"
 D=/tmp/zerolora-gpu; rm -rf "$D"; mkdir -p "$D"
 tar -C "$D" -xJf .gpucarry/carry.tar.xz || { echo "no .gpucarry/carry.tar.xz: run scripts/gpu-pack.sh first"; exit 2; }
-cublas=$(find / -xdev \( -name 'libcublasLt.so.13' -o -name 'libcublasLt.so.13.*' \) -not -path '/proc/*' 2>/dev/null | head -1)
+cublas=$(find /usr/local /opt /usr/lib -xdev \( -name 'libcublasLt.so.13' -o -name 'libcublasLt.so.13.*' \) -not -path '/proc/*' 2>/dev/null | head -1)
 [ -n "$cublas" ] || { echo "libcublasLt.so.13 not found on this machine"; exit 2; }
 export LD_LIBRARY_PATH="$D/lib:$(dirname "$cublas"):${LD_LIBRARY_PATH:-}"
 export ZEROLORA_BINARY="$D/bin/zerolora" OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
