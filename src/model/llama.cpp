@@ -410,8 +410,8 @@ LossResult LlamaModel<S>::forward_backward(const ModelInput& in, const S* params
                               {a.lora_h, a.lora_du}, rows, *ctx_);
   }
   release_part();
-  double got[3] = {sums[0], sums[1], sums[2]};
-  if (ctx_->on_cuda()) kernels::copy_to_host(got, sums, sizeof got, *ctx_);
+  double got[3] = {0, 0, 0};
+  kernels::copy_to_host(got, sums, sizeof got, *ctx_);  // waits for the device; a plain copy on the host
   if (got[2] != 0) {
     const int64_t row = int64_t(got[2]) - 1;  // within its chunk: find it among the host targets
     for (int64_t m = 0; m < M; ++m)
