@@ -3,10 +3,10 @@
 # packed elsewhere (.gpucarry/carry.tar.xz): builds nothing. Prints a summary; raw output goes to $OUT (or
 # ./gpu-check-out) when that is writable. Needs the driver, cuBLASLt 13 (a CUDA 13 toolkit or PyTorch's
 # nvidia-cublas wheel), and python3 with torch + transformers + peft for the peer benchmark.
-#   bash scripts/gpu-check.sh [--quick]     (--quick: tests and one short benchmark only)
+#   bash scripts/gpu-check.sh [SECTION...]   sections: tests tinyllama qlora llama3-8b (default: all)
 set -uo pipefail
 cd "$(dirname "$0")/.."
-QUICK=0; [ "${1:-}" = "--quick" ] && QUICK=1
+SECTIONS=("$@")
 O=${OUT:-$(pwd)/gpu-check-out}; mkdir -p "$O"
 D=/tmp/zerolora-gpu; rm -rf "$D"; mkdir -p "$D"
 tar -C "$D" -xJf .gpucarry/carry.tar.xz || { echo "no .gpucarry/carry.tar.xz: run scripts/gpu-pack.sh first"; exit 2; }
@@ -23,18 +23,28 @@ step() {  # step NAME TIMEOUT CMD...: runs, logs, records pass/fail
   summary+=("$(printf '%-28s rc=%-3s %4ss' "$name" "$rc" $((SECONDS - s)))")
 }
 echo "== machine"; nvidia-smi -L; "$D/bin/zerolora" --version 2>/dev/null | head -5; date
-step kernel-tests 60 "$D/bin/test_kernels" --gtest_filter='Cuda*'
-step model-tests 90 "$D/bin/test_model" --gtest_filter='CudaModel*'
-step e2e-tests 150 "$D/bin/test_e2e" --gtest_filter='CudaE2E*'
-# TinyLlama-1.1B shape, bf16, LoRA r 16 on all seven projections (the issue's configuration)
+want_tests() { [ ${#SECTIONS[@]} -eq 0 ] || [[ " ${SECTIONS[*]} " == *" tests "* ]]; }
+if want_tests; then
+  step kernel-tests 60 "$D/bin/test_kernels" --gtest_filter='Cuda*'
+  step model-tests 90 "$D/bin/test_model" --gtest_filter='CudaModel*'
+  step e2e-tests 150 "$D/bin/test_e2e" --gtest_filter='CudaE2E*'
+fi
+# TinyLlama-1.1B shape, bf16, LoRA r 16 on all seven projections (the issue's configuration), against the peer
 S="--preset tinyllama-1.1b --dtype bf16 --lora-r 16 --lora-alpha 32 --lora-targets all --steps 3"
-if [ $QUICK = 1 ]; then
-  step bench-ours-b1-t512 120 "$D/bin/bench_train_step" $S --batch 1 --seq 512 --device cuda --profile
-else
+want() { [ ${#SECTIONS[@]} -eq 0 ] || [[ " ${SECTIONS[*]} " == *" $1 "* ]]; }
+if want tinyllama; then
   step bench-ours-b8-t2048 150 "$D/bin/bench_train_step" $S --batch 8 --seq 2048 --device cuda
   step bench-peer-b8-t2048 180 python3 bench/peer_pytorch.py $S --batch 8 --seq 2048 --device cuda
   step bench-ours-b8-t2048-ckpt 120 "$D/bin/bench_train_step" $S --batch 8 --seq 2048 --device cuda --checkpointing --no-gemm
   step bench-peer-b8-t2048-ckpt 180 python3 bench/peer_pytorch.py $S --batch 8 --seq 2048 --device cuda --checkpointing
   step bench-ours-profile 100 "$D/bin/bench_train_step" $S --batch 8 --seq 2048 --device cuda --no-gemm --profile --steps 1
+fi
+if want qlora; then  # QLoRA (NF4 projections) next to bf16 LoRA, same shape
+  step bench-ours-nf4-b8-t2048 150 "$D/bin/bench_train_step" ${S/--dtype bf16/--dtype nf4} --batch 8 --seq 2048 --device cuda --no-gemm
+fi
+if want llama3-8b; then  # Llama-3-8B shape, bf16 (the peer's fp32 model build alone takes minutes there: not run)
+  S8="--preset llama3-8b --dtype bf16 --lora-r 16 --lora-alpha 32 --lora-targets all --steps 2"
+  step bench-ours-8b-b1-t2048 150 "$D/bin/bench_train_step" $S8 --batch 1 --seq 2048 --device cuda --no-gemm
+  step bench-ours-8b-b4-t2048-ckpt 150 "$D/bin/bench_train_step" $S8 --batch 4 --seq 2048 --device cuda --checkpointing --no-gemm
 fi
 echo "== summary"; printf '%s\n' "${summary[@]}" | tee "$O/summary.txt"

@@ -11,7 +11,7 @@
 
 namespace zerolora::model {
 
-std::vector<std::string> preset_names() { return {"tiny", "small", "tinyllama-1.1b"}; }
+std::vector<std::string> preset_names() { return {"tiny", "small", "tinyllama-1.1b", "llama3-8b"}; }
 
 io::HfConfig preset_config(const std::string& preset) {
   io::HfConfig c;
@@ -31,6 +31,13 @@ io::HfConfig preset_config(const std::string& preset) {
   } else if (preset == "tinyllama-1.1b") {
     c.vocab_size = 32000, c.hidden_size = 2048, c.intermediate_size = 5632, c.num_hidden_layers = 22;
     c.num_attention_heads = 32, c.num_key_value_heads = 4, c.max_position_embeddings = 2048;
+    c.torch_dtype = "bfloat16";
+  } else if (preset == "llama3-8b") {  // Meta-Llama-3-8B's shapes
+    c.vocab_size = 128256, c.hidden_size = 4096, c.intermediate_size = 14336, c.num_hidden_layers = 32;
+    c.num_attention_heads = 32, c.num_key_value_heads = 8, c.max_position_embeddings = 8192;
+    c.rope_theta = 500000.0;
+    c.bos_token_id = 128000;
+    c.eos_token_ids = {128001};
     c.torch_dtype = "bfloat16";
   } else {
     std::string names;
