@@ -6,7 +6,9 @@
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <mutex>
 #include <optional>
+#include <thread>
 #include <unistd.h>
 
 #include "core/error.h"
@@ -52,6 +54,25 @@ void install_stop_signal_handlers() {
   sigemptyset(&sa.sa_mask);
   sigaction(SIGTERM, &sa, nullptr);
   sigaction(SIGINT, &sa, nullptr);
+}
+
+// A stop signal must never run its handler on a compute thread: Debian's oneDNN 2.6 sgemm moves the stack
+// pointer into a heap workspace (oneDNN #4845), so a handler running there writes its frame into the heap
+// ("corrupted size vs. prev_size" seen when SIGTERM landed mid-GEMM). The signals are blocked in the
+// calling thread before it starts any worker (OpenMP inherits the mask), and one idle thread that keeps them
+// unblocked receives them instead (MPI's own threads may too: they never run our kernels).
+void route_stop_signals_away_from_compute_threads() {
+  static std::once_flag once;
+  std::call_once(once, [] {
+    std::thread([] {
+      for (;;) pause();
+    }).detach();
+  });
+  sigset_t set;
+  sigemptyset(&set);
+  sigaddset(&set, SIGTERM);
+  sigaddset(&set, SIGINT);
+  pthread_sigmask(SIG_BLOCK, &set, nullptr);
 }
 
 bool stop_requested() { return g_stop_signals.load() > 0; }
@@ -291,6 +312,7 @@ nlohmann::json report_traffic(const StepTraffic& t, const dist::ZeroStepVolume& 
 // ------------------------------------------------------------------------------------------------
 
 TrainResult run_training(TrainArgs a, dist::Comm& comm) {
+  route_stop_signals_away_from_compute_threads();  // first: before any OpenMP thread exists
   const int world = comm.size(), rank = comm.rank();
   core::set_num_threads(int(a.num_threads));
   Progress log(rank != 0, 0, "");

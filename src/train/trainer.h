@@ -28,6 +28,9 @@ double run_evaluation(const TrainArgs& args, const std::string& adapter_dir, dis
 // Installs SIGTERM/SIGINT handlers: the first signal asks the loop to save and stop at the next step
 // boundary; a second one exits at once (nothing half-written survives: every save is atomic).
 void install_stop_signal_handlers();
+// Blocks SIGTERM/SIGINT in the calling thread (and the threads it starts later) and leaves one idle thread to
+// receive them; run_training calls it first.
+void route_stop_signals_away_from_compute_threads();
 bool stop_requested();
 
 }  // namespace zerolora::train
