@@ -13,6 +13,8 @@
 // T <= 300 softmax-weighted terms add at most ~T ulp of the largest entry, so fp32 errors of 1e-7..1e-6 of
 // the buffer's scale are expected and 1e-5 is a bound with margin, not a fit to one run.
 // Padded rows and keys no valid query sees must be exactly zero (written, not left over).
+// shape.bf16 with HD 64 or 128 runs the bf16 tensor-core kernels (the Bf16* tests): bf16 tolerances, see
+// expect_bf16_matches_cpu.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -140,11 +142,14 @@ class CudaAttention : public ::testing::Test {
     return r;
   }
 
-  void expect_matches_cpu(const Case& c, const std::string& what) {
+  // gpu_bf16: the GPU runs with shape.bf16 set (the CPU without: its float kernel may take the flag)
+  void expect_matches_cpu(const Case& c, const std::string& what, bool gpu_bf16 = false) {
     SCOPED_TRACE(what);
     const Result<double> want = run_cpu<double>(c);
     const Result<float> cpu = run_cpu<float>(c);
-    const Result<float> gpu = run_gpu(c);
+    Case cg = c;
+    cg.s.bf16 = gpu_bf16;
+    const Result<float> gpu = run_gpu(cg);
     auto check = [&](const char* name, const std::vector<float>& g, const std::vector<float>& f,
                      const std::vector<double>& d, bool vanishes = false) {
       bool finite = true;
@@ -169,7 +174,12 @@ class CudaAttention : public ::testing::Test {
     check("dq", gpu.dq, cpu.dq, want.dq, one_key);
     check("dk", gpu.dk, cpu.dk, want.dk, one_key);
     check("dv", gpu.dv, cpu.dv, want.dv);
-    // padding: rows t >= lengths[b] are exactly zero in out, lse and dq, and so are dk, dv of those keys
+    EXPECT_EQ(padded_nonzero(c, gpu), 0) << "entries of padded rows that are not exactly 0";
+  }
+
+  // padding: rows t >= lengths[b] must be exactly zero in out, lse and dq, and so must dk, dv of those keys;
+  // the number of entries that are not
+  static int64_t padded_nonzero(const Case& c, const Result<float>& gpu) {
     const auto& s = c.s;
     int64_t bad = 0;
     for (int64_t b = 0; b < s.B; ++b)
@@ -186,7 +196,36 @@ class CudaAttention : public ::testing::Test {
           bad += (gpu.dk[o] != 0.0f) + (gpu.dv[o] != 0.0f);
         }
       }
-    EXPECT_EQ(bad, 0) << "entries of padded rows that are not exactly 0";
+    return bad;
+  }
+
+  // shape.bf16 with HD 64 or 128: the tensor-core kernels, whose products take q, k, v, dout, P and dS rounded
+  // to bf16 (8 significant bits: 2^-9 relative per rounding) and accumulate in fp32. Against the CPU in double
+  // (fp32 semantics) they agree within bf16's rounding, the bounds the CPU's own bf16 attention meets against
+  // fp32 (tests/kernels/test_attention.cpp, Bf16BlockedCloseToF32): out and lse 2e-2, the gradients 3e-2,
+  // relative to the buffer's largest |value|. And they must differ from it by more than fp32 rounding
+  // (kFloatTol) in out: proof that the bf16 path ran, not the fp32 one.
+  void expect_bf16_matches_cpu(Case c, const std::string& what) {
+    SCOPED_TRACE(what + " (bf16 tensor cores)");
+    c.s.bf16 = true;
+    const Result<double> want = run_cpu<double>(c);  // double ignores bf16: the exact-arithmetic reference
+    const Result<float> gpu = run_gpu(c);
+    auto check = [&](const char* name, const std::vector<float>& g, const std::vector<double>& d, double tol) {
+      bool finite = true;
+      for (float x : g) finite = finite && std::isfinite(x);
+      EXPECT_TRUE(finite) << name << ": the GPU left an entry unwritten or non-finite";
+      const double e = rel_err(g, d);
+      EXPECT_LT(e, tol) << name << ": GPU bf16 vs CPU double";
+      EXPECT_GT(rel_err(d, std::vector<double>(d.size(), 0.0)), 0.0) << name << " is trivially zero";
+      return e;
+    };
+    const double eo = check("out", gpu.out, want.out, 2e-2);
+    check("lse", gpu.lse, want.lse, 2e-2);
+    check("dq", gpu.dq, want.dq, 3e-2);
+    check("dk", gpu.dk, want.dk, 3e-2);
+    check("dv", gpu.dv, want.dv, 3e-2);
+    EXPECT_GT(eo, kFloatTol) << "out is fp32-exact: the bf16 tensor-core path did not run";
+    EXPECT_EQ(padded_nonzero(c, gpu), 0) << "entries of padded rows that are not exactly 0";
   }
 
  private:
@@ -223,6 +262,41 @@ TEST_F(CudaAttention, OtherHeadSizes) {
   for (int64_t HD : {32, 40, 80, 96, 160, 256}) {
     const auto kvb = concat({packed_begin(70, {30, 40}), packed_begin(70, {70})});
     expect_matches_cpu(make_case({2, 70, 4, 2, HD}, {70, 45}, kvb, 30 + uint64_t(HD)), "HD " + std::to_string(HD));
+  }
+}
+
+// ---- shape.bf16: the tensor-core kernels (HD 64 and 128), the same problem families as above -------------
+
+TEST_F(CudaAttention, Bf16PlainCausalOddT) {
+  expect_bf16_matches_cpu(make_case({2, 37, 4, 2, 64}, {}, {}, 101), "T 37 HD 64 GQA 4/2");
+  expect_bf16_matches_cpu(make_case({1, 100, 2, 2, 128}, {}, {}, 102), "T 100 HD 128 MHA 2/2");
+  expect_bf16_matches_cpu(make_case({2, 300, 4, 2, 128}, {}, {}, 103), "T 300 HD 128 GQA 4/2");
+  expect_bf16_matches_cpu(make_case({1, 2, 2, 1, 64}, {}, {}, 104), "T 2");
+}
+
+TEST_F(CudaAttention, Bf16GqaEightToOneWithPadding) {
+  // lengths: full, 0 (a whole row of padding), a length that ends inside a tile
+  expect_bf16_matches_cpu(make_case({3, 100, 8, 1, 128}, {100, 0, 57}, {}, 110), "T 100 HD 128 GQA 8/1");
+  expect_bf16_matches_cpu(make_case({3, 300, 8, 1, 64}, {300, 1, 129}, {}, 111), "T 300 HD 64 GQA 8/1");
+}
+
+TEST_F(CudaAttention, Bf16PackingAndPadding) {
+  const int64_t T = 300;
+  const auto kvb = concat({packed_begin(T, {120, 100, 80}), packed_begin(T, {150, 61}), packed_begin(T, {T})});
+  expect_bf16_matches_cpu(make_case({3, T, 4, 2, 128}, {300, 211, 300}, kvb, 120), "T 300 HD 128 GQA 4/2 packed");
+  expect_bf16_matches_cpu(make_case({3, T, 2, 2, 64}, {300, 211, 300}, kvb, 121), "T 300 HD 64 MHA packed");
+  // short samples: many key tiles that a query tile cannot see at all
+  const auto kvb2 = concat({packed_begin(T, {7, 33, 64, 64, 1, 95, 36}), packed_begin(T, {200, 100})});
+  expect_bf16_matches_cpu(make_case({2, T, 8, 1, 64}, {}, kvb2, 122), "T 300 HD 64 GQA 8/1 short samples");
+  expect_bf16_matches_cpu(make_case({2, T, 8, 1, 128}, {250, 300}, kvb2, 123), "T 300 HD 128 GQA 8/1 short samples");
+}
+
+// Head sizes without a tensor-core kernel ignore shape.bf16: the fp32 kernels, fp32 accuracy.
+TEST_F(CudaAttention, Bf16OtherHeadSizesRunFp32) {
+  for (int64_t HD : {32, 96}) {
+    const auto kvb = concat({packed_begin(70, {30, 40}), packed_begin(70, {70})});
+    expect_matches_cpu(make_case({2, 70, 4, 2, HD}, {70, 45}, kvb, 130 + uint64_t(HD)),
+                       "bf16 flag, HD " + std::to_string(HD), /*gpu_bf16=*/true);
   }
 }
 
