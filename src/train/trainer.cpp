@@ -336,8 +336,6 @@ TrainResult run_training(TrainArgs a, dist::Comm& comm) {
   const double base_lr = ds ? ds->learning_rate : a.learning_rate;
   AdamWConfig adam{a.adam_beta1, a.adam_beta2, a.adam_epsilon, a.weight_decay};
   if (ds) adam = ds->adamw;
-  if (ds && (ds->zero.offload_optimizer.device == "cpu" || ds->zero.offload_param.device == "cpu"))
-    log.message("deepspeed: offload to cpu requested: on this CPU build all state already lives in host memory");
 
   // Every rank must run the same configuration, or collectives would mismatch later.
   dist::check_same_on_all_ranks(comm, "training arguments", args_json(a, world, "", "").dump());
@@ -378,6 +376,10 @@ TrainResult run_training(TrainArgs a, dist::Comm& comm) {
   if (gpu && L.zero3)
     throw core::Error("--device cuda", "ZeRO stage 3 (frozen weights sharded across ranks) does not run on the GPU yet",
                       "use a DeepSpeed config with stage 0-2, or --device cpu");
+  if (ds && (ds->zero.offload_optimizer.device == "cpu" || ds->zero.offload_param.device == "cpu"))
+    log.message(gpu ? "deepspeed: offload_optimizer cpu: the optimizer state and step live in host memory (as always "
+                      "with --device cuda in this version); offload_param applies to stage 3, which runs on the CPU"
+                    : "deepspeed: offload to cpu requested: on the CPU all state already lives in host memory");
   const kernels::Context& ctx = gpu ? gpu->ctx() : kernels::host();
   const model::LlamaWeights device_weights = gpu ? model::to_device(L.weights(), ctx) : model::LlamaWeights{};
   if (gpu) core::set_op_timer_sync([&ctx] { kernels::synchronize(ctx); });  // ZEROLORA_PROFILE=1: device time per op
