@@ -572,12 +572,13 @@ __device__ __forceinline__ void c_to_a(uint32_t (&a)[4], const float (&c0)[4], c
 
 // rows [0, ROWS) x HD columns of a [*, stride] fp32 tensor starting at src, rounded to bf16, into dst[r][c]
 // (leading dimension LD; skipped if LD == 0) and, if LDT > 0, transposed into dstT[c][r] (leading dimension LDT); rows >= nvalid
-// are zero. Consecutive threads take consecutive rows (the transposed 2-byte stores of a warp then fill
-// consecutive halves of 16 words).
+// are zero. Without the transposed copy consecutive threads take consecutive float4 of a row (coalesced
+// reads); with it, consecutive rows (the transposed 2-byte stores of a warp then fill consecutive halves of
+// 16 words instead of piling onto two banks).
 template <int ROWS, int HD, int LD, int LDT, int NT>
 __device__ __forceinline__ void load_bf16(bf16* dst, bf16* dstT, const float* src, int64_t stride, int nvalid) {
   for (int i = threadIdx.x; i < ROWS * (HD / 4); i += NT) {
-    const int r = i % ROWS, c = i / ROWS * 4;
+    const int r = LDT > 0 ? i % ROWS : i / (HD / 4), c = LDT > 0 ? i / ROWS * 4 : i % (HD / 4) * 4;
     float4 x = make_float4(0.f, 0.f, 0.f, 0.f);
     if (r < nvalid) x = __ldg(reinterpret_cast<const float4*>(src + r * stride + c));
     if constexpr (LD > 0)
