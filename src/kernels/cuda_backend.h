@@ -74,7 +74,8 @@ void adamw_step(float* param, const float* grad, float* m, float* v, int64_t n, 
 // synchronises (returns the value)
 double sum_squares(const float* x, int64_t n, CudaState& s);
 
-// --- attention (kernels/cuda/attention.cu); shape.bf16 is ignored (fp32 throughout)
+// --- attention (kernels/cuda/attention.cu): fp32 FMA kernels; with shape.bf16 and HD 64 or 128, tensor-core
+// kernels with bf16 operands (q, k, v, dout, P, dS) and fp32 softmax and accumulation, as autocast runs it
 void attention_forward(float* out, float* lse, const float* q, const float* k, const float* v,
                        const AttentionShape& shape, const int32_t* lengths, const int32_t* kv_begin, CudaState& s);
 void attention_backward(float* dq, float* dk, float* dv, const float* dout, const float* q, const float* k,

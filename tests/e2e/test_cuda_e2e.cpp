@@ -79,6 +79,36 @@ TEST(CudaE2E, TrainMatchesCpuAndResumesOnCpu) {
   EXPECT_LT(adapter_rel_diff(resumed, cpu), 1e-3);
 }
 
+double eval_loss_of(const std::string& log) {
+  const auto pos = log.find("eval_loss ");
+  return pos == std::string::npos ? -1.0 : std::stod(log.substr(pos + 10));
+}
+
+// `zerolora eval --device cuda` with an adapter, and evaluation inside training, equal the CPU's (fp32 weights:
+// summation order only, 1e-5 of the loss bounds it with room).
+TEST(CudaE2E, EvalMatchesCpu) {
+  if (kernels::cuda_device_count() == 0) GTEST_SKIP() << "no GPU visible: CUDA end-to-end test skipped";
+  TinyRun run(32);
+  const std::string out = (run.dir / "trained").string();
+  std::string log;
+  ASSERT_EQ(run_command(run.train_cmd(out, "--max_steps 4 --per_device_train_batch_size 4 --save_strategy no "
+                                           "--eval_data_path " + run.data + " --device cuda"), &log), 0) << log;
+  const auto state = read_json_file(fs::path(out) / "trainer_state.json");
+  double in_training = -1;
+  for (const auto& e : state["log_history"])
+    if (e.contains("eval_loss")) in_training = e["eval_loss"].get<double>();
+  const std::string eval = zerolora_binary() + " eval --model_name_or_path " + run.model + " --eval_data_path " +
+                           run.data + " --conv_template chatml --model_max_length 64 --padding longest "
+                           "--num_threads 1 --adapter " + out;
+  ASSERT_EQ(run_command(eval + " --device cpu", &log), 0) << log;
+  const double cpu = eval_loss_of(log);
+  ASSERT_EQ(run_command(eval + " --device cuda", &log), 0) << log;
+  const double gpu = eval_loss_of(log);
+  ASSERT_GT(cpu, 0);
+  EXPECT_NEAR(gpu, cpu, 1e-5 * cpu) << log;
+  EXPECT_NEAR(in_training, cpu, 1e-5 * cpu);
+}
+
 // bf16 weights on the GPU: the loss falls as on the CPU (bf16 rounding makes the runs differ more).
 TEST(CudaE2E, Bf16TrainingLearns) {
   if (kernels::cuda_device_count() == 0) GTEST_SKIP() << "no GPU visible: CUDA end-to-end test skipped";
