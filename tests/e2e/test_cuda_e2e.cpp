@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstdlib>
 #include <filesystem>
 
 #include "e2e_util.h"
@@ -121,4 +122,27 @@ TEST(CudaE2E, Bf16TrainingLearns) {
   ASSERT_EQ(l.size(), 20u);
   EXPECT_LT(l.back(), l.front());
   EXPECT_TRUE(fs::exists(fs::path(out) / "adapter_model.safetensors"));
+}
+
+// Two ranks on one GPU (rank r takes GPU r mod the visible GPUs), ZeRO stage 2 over MPI's host buffers: the
+// same losses and adapter as one rank with the same global batch (token-weighted loss, dropout off, fp32).
+TEST(CudaE2E, TwoRanksShareOneGpu) {
+  if (kernels::cuda_device_count() == 0) GTEST_SKIP() << "no GPU visible: CUDA end-to-end test skipped";
+  if (std::system("command -v mpirun > /dev/null 2>&1") != 0) GTEST_SKIP() << "no mpirun: multi-rank GPU test skipped";
+  TinyRun run(48);
+  const std::string ds = (run.dir / "ds.json").string();
+  write_file(ds, "{\"zero_optimization\": {\"stage\": 2, \"reduce_bucket_size\": 1000}, \"train_batch_size\": \"auto\","
+                 " \"train_micro_batch_size_per_gpu\": \"auto\", \"gradient_accumulation_steps\": \"auto\"}");
+  const std::string flags = "--max_steps 6 --gradient_accumulation_steps 1 --token_weighted_loss True --save_strategy no "
+                            "--device cuda --deepspeed " + ds + " ";
+  const std::string one = (run.dir / "one").string(), two = (run.dir / "two").string();
+  std::string log;
+  ASSERT_EQ(run_command(run.train_cmd(one, flags + "--per_device_train_batch_size 4"), &log), 0) << log;
+  ASSERT_EQ(run_command("OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 mpirun --oversubscribe -np 2 " +
+                            run.train_cmd(two, flags + "--per_device_train_batch_size 2"), &log), 0) << log;
+  const auto l1 = losses(one), l2 = losses(two);
+  ASSERT_EQ(l1.size(), 6u);
+  ASSERT_EQ(l2.size(), 6u);
+  for (size_t i = 0; i < l1.size(); ++i) EXPECT_NEAR(l2[i], l1[i], 1e-4 * std::abs(l1[i])) << "step " << i + 1;
+  EXPECT_LT(adapter_rel_diff(two, one), 1e-4);
 }
