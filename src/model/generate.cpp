@@ -1,4 +1,5 @@
 #include "model/generate.h"
+#include "model/llama.h"
 
 #include <algorithm>
 #include <cmath>
@@ -126,11 +127,7 @@ void KvCacheDecoder<S>::feed(const int32_t* ids, int64_t n, S* logits, bool all_
   const auto& c = w_.config;
   const int64_t C = c.hidden_size, NH = c.num_attention_heads, NKV = c.num_key_value_heads, HD = c.head_dim;
   const int64_t KV = NKV * HD, I = c.intermediate_size, p0 = length_;
-  // Mistral/Qwen2 sliding-window attention is not implemented: past the window the math would differ.
-  core::check(c.sliding_window <= 0 || p0 + n <= c.sliding_window, c.path + ":sliding_window",
-              "the sequence (" + std::to_string(p0 + n) + " tokens) is longer than the attention window (" +
-                  std::to_string(c.sliding_window) + "), which zerolora does not implement",
-              "keep prompt + --max_new_tokens within sliding_window");
+  check_attention_span(c, p0 + n, "generate", "keep prompt + --max_new_tokens within sliding_window");
   ensure_capacity(p0 + n);
   ensure_rows(n);
   Buffers& b = *b_;

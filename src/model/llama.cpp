@@ -10,6 +10,13 @@
 
 namespace zerolora::model {
 
+void check_attention_span(const io::HfConfig& c, int64_t span, const std::string& what, const std::string& fix) {
+  if (c.sliding_window <= 0 || span <= c.sliding_window) return;
+  throw core::Error(what, std::to_string(span) + " tokens of attention exceed the model's sliding_window " +
+                              std::to_string(c.sliding_window) + " (" + c.path +
+                              "), and sliding-window attention is not implemented", fix);
+}
+
 // Shapes: M = B*T rows, C hidden, Q = NH*HD, KV = NKV*HD, I intermediate, V vocab.
 template <typename S>
 struct LlamaModel<S>::Arena {
@@ -329,6 +336,7 @@ void LlamaModel<S>::backward_layer(int l, const LayerWeights& W, const ModelInpu
 template <typename S>
 void LlamaModel<S>::forward_layers(const ModelInput& in, const S* params, bool training, uint64_t seed) {
   core::check(in.B > 0 && in.T > 0 && in.input_ids, "model input", "empty batch");
+  check_attention_span(w_.config, in.T, "model input", "use sequences of at most sliding_window tokens");
   ensure_arena(in.B, in.T);
   ensure_rope(in);
   Arena& a = *a_;

@@ -54,6 +54,11 @@ struct TrainOptions {
   bool bf16_attention = true;
 };
 
+// Mistral/Qwen2 sliding-window attention is not implemented: a sequence whose attention span (tokens a query
+// can see) exceeds config.sliding_window would be computed with full attention, a different model. Throws
+// core::Error naming `what` (the flag or input that sets the span) and `fix`; nothing when span fits.
+void check_attention_span(const io::HfConfig& config, int64_t span, const std::string& what, const std::string& fix);
+
 template <typename S>
 class LlamaModel {
  public:

@@ -203,15 +203,26 @@ Loaded load_everything(const TrainArgs& a, bool need_train_data, Progress& log,
   return L;
 }
 
-// Loss sum and token count of a data set over this rank's share, summed over ranks.
-std::pair<double, int64_t> evaluate(model::LlamaModel<float>& m, const float* params, data::Dataset& ds,
-                                    const TrainArgs& a, int32_t pad_id, dist::Comm& comm) {
+// An evaluation pass over a data set, summed over ranks.
+struct EvalSums {
+  double token_loss_sum = 0;  // sum over tokens of the per-token loss
+  int64_t tokens = 0;
+  double batch_weighted_sum = 0;  // sum over batches of (batch size x the batch's token-mean loss)
+  int64_t samples = 0;            // sum of the batch sizes of the batches that had tokens
+  // HF's eval_loss: evaluation_loop gathers each batch's mean loss repeated batch_size times and takes the
+  // mean of all of them (a batch without target tokens would be NaN there; it is left out here).
+  double batch_mean() const { return samples > 0 ? batch_weighted_sum / double(samples) : NAN; }
+  double token_mean() const { return tokens > 0 ? token_loss_sum / double(tokens) : NAN; }
+  double loss(bool token_weighted) const { return token_weighted ? token_mean() : batch_mean(); }
+};
+
+EvalSums evaluate(model::LlamaModel<float>& m, const float* params, data::Dataset& ds, const TrainArgs& a,
+                  int32_t pad_id, dist::Comm& comm) {
   EpochBatchOptions o;
   o.world = comm.size(), o.rank = comm.rank(), o.seed = uint64_t(a.seed);
   o.per_device_batch_size = a.per_device_eval_batch_size, o.shuffle = false;
   o.packing = false, o.model_max_length = a.model_max_length;
-  double loss = 0;
-  int64_t tokens = 0;
+  EvalSums e;
   const auto padding = a.padding == PaddingMode::Longest ? data::Padding::Longest : data::Padding::MaxLength;
   for (const auto& plan : epoch_micro_batches(ds, 0, o)) {
     data::Batch b = collate_micro_batch(ds, plan, padding, a.model_max_length, pad_id, false);
@@ -219,10 +230,18 @@ std::pair<double, int64_t> evaluate(model::LlamaModel<float>& m, const float* pa
     in.B = b.B, in.T = b.T, in.input_ids = b.input_ids.data(), in.labels = b.labels.data();
     in.lengths = b.lengths.data(), in.positions = b.positions.data();
     auto r = m.forward_backward(in, params, nullptr, 1.0, 0);
-    loss += r.loss_sum;
-    tokens += r.tokens;
+    e.token_loss_sum += r.loss_sum;
+    e.tokens += r.tokens;
+    if (r.tokens > 0) {
+      e.batch_weighted_sum += double(b.B) * (r.loss_sum / double(r.tokens));
+      e.samples += b.B;
+    }
   }
-  return {comm.all_reduce(loss, dist::ScalarOp::Sum), comm.all_reduce(tokens, dist::ScalarOp::Sum)};
+  e.token_loss_sum = comm.all_reduce(e.token_loss_sum, dist::ScalarOp::Sum);
+  e.tokens = comm.all_reduce(e.tokens, dist::ScalarOp::Sum);
+  e.batch_weighted_sum = comm.all_reduce(e.batch_weighted_sum, dist::ScalarOp::Sum);
+  e.samples = comm.all_reduce(e.samples, dist::ScalarOp::Sum);
+  return e;
 }
 
 nlohmann::json args_json(const TrainArgs& a, int world, const std::string& data_hash, const std::string& model_hash) {
@@ -277,6 +296,20 @@ std::string resume_incompatibility(const nlohmann::json& saved, const nlohmann::
   return "";
 }
 
+// HF's speed_metrics: <split>_runtime rounded to 4 decimals, <split>_samples_per_second and
+// <split>_steps_per_second (over that runtime) rounded to 3.
+double round_to(double x, int decimals) {
+  const double f = std::pow(10.0, decimals);
+  return std::nearbyint(x * f) / f;
+}
+
+void add_speed_metrics(nlohmann::json& e, const std::string& split, double runtime, int64_t samples, int64_t steps) {
+  e[split + "_runtime"] = round_to(runtime, 4);
+  if (runtime <= 0) return;
+  e[split + "_samples_per_second"] = round_to(double(samples) / runtime, 3);
+  e[split + "_steps_per_second"] = round_to(double(steps) / runtime, 3);
+}
+
 // What the collectives of the optimizer steps sent from this rank (ring bytes, the ZeRO formulas' unit).
 struct StepTraffic {
   int64_t steps = 0;
@@ -326,11 +359,8 @@ TrainResult run_training(TrainArgs a, dist::Comm& comm) {
     for (const auto& n : ds->notes) log.message("deepspeed: " + n);
   }
   refuse_bias_training(a, peek);
-  // Mistral/Qwen2 sliding-window attention is not implemented: refuse sequences that would need it.
-  if (peek.sliding_window > 0 && a.model_max_length > peek.sliding_window)
-    throw core::Error("--model_max_length", std::to_string(a.model_max_length) + " exceeds the model's sliding_window " +
-                      std::to_string(peek.sliding_window) + " (" + peek.path + "), and sliding-window attention is not "
-                      "implemented", "use --model_max_length <= " + std::to_string(peek.sliding_window));
+  model::check_attention_span(peek, a.model_max_length, "--model_max_length",
+                              "use --model_max_length <= " + std::to_string(peek.sliding_window));
   const int zero_stage = ds ? int(ds->zero.stage) : 0;
   const double clip = ds ? ds->gradient_clipping : a.max_grad_norm;
   const double base_lr = ds ? ds->learning_rate : a.learning_rate;
@@ -505,6 +535,8 @@ TrainResult run_training(TrainArgs a, dist::Comm& comm) {
       snap.exp_avg_sq.assign(v.begin(), v.begin() + numel);
       snap.optimizer_steps = opt.steps();
       snap.state = state;
+      // as HF's _save_checkpoint stores the TrainerControl (should_save set; training stops at the last step)
+      snap.state.stateful_callbacks = trainer_control_callbacks(true, step >= plan.total_steps);
       snap.scheduler = {{"type", to_string(a.lr_scheduler_type)}, {"base_lr", base_lr},
                         {"total_steps", plan.total_steps}, {"warmup_steps", plan.warmup_steps}, {"last_step", step},
                         {"skipped_steps", skipped_steps}, {"loss_scaler", scaler.to_json()}};
@@ -528,6 +560,14 @@ TrainResult run_training(TrainArgs a, dist::Comm& comm) {
     comm.barrier();
     return saved_ok;
   };
+
+  // HF's total_flos: Trainer adds model.floating_point_ops(inputs) = 6 x input_ids.numel() x
+  // num_parameters(exclude_embeddings=True) per micro-batch (summed over ranks); the PEFT-wrapped model counts
+  // every parameter but the nn.Embedding ones: the frozen model without embed_tokens (a tied lm_head is that
+  // same tensor), the LoRA A/B weights included. QLoRA counts NF4 weights at their logical size, as HF does.
+  const double non_embedding_params = double(L.weights().parameter_count()) -
+                                      double(L.config.vocab_size) * double(L.config.hidden_size) + double(numel);
+  const double flos_per_input_id = 6.0 * non_embedding_params;
 
   TrainResult result;
   StepTraffic traffic;
@@ -567,7 +607,7 @@ TrainResult run_training(TrainArgs a, dist::Comm& comm) {
       std::fill(grads.begin(), grads.end(), 0.f);
       if (gpu) kernels::fill_zero<float>(model_grads, padded, ctx);
       double logged = 0;
-      int64_t step_tokens = 0;
+      int64_t step_tokens = 0, step_input_ids = 0;
       for (size_t k = 0; k < batches.size(); ++k) {
         const data::Batch& b = batches[k];
         model::ModelInput in;
@@ -579,6 +619,7 @@ TrainResult run_training(TrainArgs a, dist::Comm& comm) {
         if (k + 1 == batches.size() && !gpu) grad_sync.begin_last_micro_batch(grads.data());
         logged += run_micro_batch<float>(model, in, model_params, model_grads, norm, b.target_tokens, seed).logged;
         for (int32_t len : b.lengths) step_tokens += len;
+        step_input_ids += int64_t(b.input_ids.size());  // padding included, as HF's estimate_tokens
       }
       if (gpu) {
         kernels::copy_to_host(grads.data(), model_grads, size_t(padded) * sizeof(float), ctx);
@@ -635,19 +676,23 @@ TrainResult run_training(TrainArgs a, dist::Comm& comm) {
       state.global_step += 1;
       state.epoch = double(epoch) + double(w + 1) / double(windows);
       state.num_input_tokens_seen += comm.all_reduce(step_tokens, dist::ScalarOp::Sum);
+      state.total_flos += flos_per_input_id * double(comm.all_reduce(step_input_ids, dist::ScalarOp::Sum));
       tokens_since += step_tokens;
       logged_loss_sum += step_loss, logged_steps += 1, run_loss_sum += step_loss, run_steps += 1;
 
+      // HF logs lr_scheduler.get_last_lr() after scheduler.step(): the rate of the NEXT update, lr(global_step)
+      // (0.009667 at step 1 of a 30-step linear decay from 0.01, which step 1 applied)
+      const double logged_lr = schedule.lr(state.global_step - skipped_steps);
       const double elapsed = run_timer.seconds();
       const double tps = double(tokens_since) * world / std::max(since_log.seconds(), 1e-9);
       const double eta = elapsed / double(state.global_step - start_step) * double(plan.total_steps - state.global_step);
-      progress.step(state.global_step, step_loss, lr, tps, eta);
+      progress.step(state.global_step, step_loss, logged_lr, tps, eta);
 
       const bool last = state.global_step >= plan.total_steps;
       if ((plan.logging_steps > 0 && state.global_step % plan.logging_steps == 0) || last ||
           (a.logging_first_step && state.global_step == 1)) {
         nlohmann::json e = {{"loss", logged_loss_sum / double(logged_steps)}, {"grad_norm", grad_norm},
-                            {"learning_rate", lr}, {"epoch", state.epoch}, {"step", state.global_step},
+                            {"learning_rate", logged_lr}, {"epoch", state.epoch}, {"step", state.global_step},
                             {"tokens_per_second", tps}};
         if (fp16) e["loss_scale"] = loss_scale_used;
         state.log_history.push_back(e);
@@ -659,11 +704,14 @@ TrainResult run_training(TrainArgs a, dist::Comm& comm) {
       if (L.eval && ((plan.eval_steps > 0 && state.global_step % plan.eval_steps == 0) ||
                      (a.evaluation_strategy == IntervalStrategy::Epoch && epoch_end) || last)) {
         core::Timer et;
-        auto [sum, n] = evaluate(model, model_params, *L.eval, a, L.pad_id, comm);
-        const double eval_loss = n > 0 ? sum / double(n) : NAN;
+        const EvalSums sums = evaluate(model, model_params, *L.eval, a, L.pad_id, comm);
+        const double eval_loss = sums.loss(a.eval_token_weighted_loss);
         nlohmann::json e = {{"eval_loss", eval_loss}, {"eval_perplexity", std::exp(eval_loss)},
-                            {"eval_tokens", n}, {"eval_runtime", et.seconds()}, {"epoch", state.epoch},
-                            {"step", state.global_step}};
+                            {"eval_tokens", sums.tokens}, {"epoch", state.epoch}, {"step", state.global_step}};
+        // HF's speed_metrics("eval", ...): samples = len(eval_dataset), steps = ceil(samples / (batch x world))
+        const int64_t eval_samples = int64_t(L.eval->size());
+        add_speed_metrics(e, "eval", et.seconds(), eval_samples,
+                          (eval_samples + a.per_device_eval_batch_size * world - 1) / (a.per_device_eval_batch_size * world));
         state.log_history.push_back(e);
         progress.log(e);
         result.last_eval_loss = eval_loss;
@@ -684,9 +732,20 @@ TrainResult run_training(TrainArgs a, dist::Comm& comm) {
 
   // Final: the adapter is always written to output_dir (FastChat skips it without a launcher).
   if (run_steps > 0) {
-    nlohmann::json e = {{"train_runtime", run_timer.seconds()}, {"train_loss", run_loss_sum / double(run_steps)},
-                        {"train_steps_per_second", double(run_steps) / run_timer.seconds()},
+    // HF's speed_metrics("train", start, num_train_samples, max_steps): num_train_samples is max_steps x the
+    // global batch with --max_steps, else len(train_dataset) x num_train_epochs; both over the whole run's
+    // steps even after a resume, as HF counts them
+    const double num_train_samples =
+        a.max_steps > 0 ? double(a.max_steps * a.per_device_train_batch_size * a.gradient_accumulation_steps * world)
+                        : double(train_set.size()) * a.num_train_epochs;
+    const double runtime = run_timer.seconds();
+    nlohmann::json e = {{"train_loss", run_loss_sum / double(run_steps)}, {"total_flos", state.total_flos},
                         {"epoch", state.epoch}, {"step", state.global_step}};
+    e["train_runtime"] = round_to(runtime, 4);
+    if (runtime > 0) {
+      e["train_samples_per_second"] = round_to(num_train_samples / runtime, 3);
+      e["train_steps_per_second"] = round_to(double(plan.total_steps) / runtime, 3);
+    }
     state.log_history.push_back(e);
     progress.log(e);
   }
@@ -736,6 +795,7 @@ TrainResult run_training(TrainArgs a, dist::Comm& comm) {
   }
   if (rank == 0) {
     model::save_peft_adapter(a.output_dir, layout, params.data(), a.model_name_or_path);
+    state.stateful_callbacks = trainer_control_callbacks(false, true);  // HF's save_state after train()
     save_trainer_state(state, (fs::path(a.output_dir) / "trainer_state.json").string());
     write_loss_curve_svg(state.log_history, (fs::path(a.output_dir) / "loss_curve.svg").string());
     progress.message("adapter written to " + a.output_dir + " (adapter_config.json, adapter_model.safetensors)");
@@ -764,11 +824,12 @@ double run_evaluation(const TrainArgs& a, const std::string& adapter_dir, dist::
     adapter_params = adapter_dev.data();
   }
   model::LlamaModel<float> m(gpu ? device_weights : L.weights(), adapter.layout.get(), {}, ctx);
-  auto [sum, n] = evaluate(m, adapter_params, *L.eval, e, L.pad_id, comm);
-  core::check(n > 0, e.eval_data_path, "has no trained tokens to evaluate", "check the data and template");
-  const double loss = sum / double(n);
+  const EvalSums sums = evaluate(m, adapter_params, *L.eval, e, L.pad_id, comm);
+  core::check(sums.tokens > 0, e.eval_data_path, "has no trained tokens to evaluate", "check the data and template");
+  const double loss = sums.loss(e.eval_token_weighted_loss);
   char buf[256];
-  std::snprintf(buf, sizeof buf, "eval_loss %.6f  perplexity %.4f  tokens %lld", loss, std::exp(loss), (long long)n);
+  std::snprintf(buf, sizeof buf, "eval_loss %.6f  perplexity %.4f  tokens %lld", loss, std::exp(loss),
+                (long long)sums.tokens);
   log.message(buf);
   return loss;
 }
