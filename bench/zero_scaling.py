@@ -9,7 +9,7 @@ The same global batch everywhere: world 1 runs micro-batch 2 on 2 threads, world
 one thread per rank (the two cores split between the ranks). Model: `zerolora init-model --preset
 tinyllama-1.1b` (random bf16 weights) with the Llama-2 tokenizer from ../shared, trained on FastChat's
 dummy_conversation.json with packing (every row full). Every number comes from the run's own
-trainer_state.json: tokens/s (median over the steps after the first), `communication` (the ring bytes
+trainer_state.json and zerolora_state.json: tokens/s (median over the steps after the first), `communication` (the ring bytes
 each rank sent per step, measured by dist::Comm, and dist::zero_step_volume's prediction; stage 3 runs
 with stage3_max_reuse_distance 0 so every part is gathered at each use and the two must agree) and
 `peak_rss_bytes_per_rank`.
@@ -81,7 +81,11 @@ def main():
         with open(os.path.join(out, "trainer_state.json")) as f:
             st = json.load(f)
         tps = [e["tokens_per_second"] for e in st["log_history"] if "tokens_per_second" in e]
-        z = st.get("zerolora", {})
+        z = st.get("zerolora", {})  # runs from before zerolora_state.json
+        zpath = os.path.join(out, "zerolora_state.json")
+        if os.path.exists(zpath):
+            with open(zpath) as f:
+                z = json.load(f)
         return {"world": world, "stage": stage, "tokens_per_s": statistics.median(tps[1:] or tps),
                 "communication": z.get("communication"), "peak_rss_bytes_per_rank": z.get("peak_rss_bytes_per_rank"),
                 "zero3_frozen_bytes": z.get("zero3_frozen_bytes")}

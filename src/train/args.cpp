@@ -297,6 +297,9 @@ const std::vector<Flag>& flag_table() {
     t.push_back(bool_flag("use_rslora", G::Extras, &A::use_rslora, "rsLoRA scaling alpha / sqrt(r)"));
     t.push_back(bool_flag("token_weighted_loss", G::Extras, &A::token_weighted_loss,
                           "False: mean per micro-batch / GA (HF < 4.46); True: mean over all tokens of the step"));
+    t.push_back(bool_flag("eval_token_weighted_loss", G::Extras, &A::eval_token_weighted_loss,
+                          "False: eval_loss is HF's mean of the eval batches' mean losses (weighted by batch size); "
+                          "True: the mean over all evaluated tokens"));
     t.push_back(bool_flag("strict_data", G::Extras, &A::strict_data,
                           "refuse samples FastChat silently drops (tokenization mismatch, bad roles)"));
     t.push_back(bool_flag("continue_on_save_error", G::Extras, &A::continue_on_save_error,

@@ -81,6 +81,7 @@ struct TrainArgs {
   bool gradient_checkpointing = false;
   bool continue_on_save_error = false;  // ours: a failed checkpoint save (disk full) is reported, training goes on
   bool token_weighted_loss = false;  // ours: false = HF<4.46 (micro-batch mean / GA), true = token mean
+  bool eval_token_weighted_loss = false;  // ours: false = HF's eval_loss (mean of batch means), true = token mean
   ResumeMode resume_mode = ResumeMode::Auto;
   std::string resume_from_checkpoint;  // the folder when resume_mode == Path
 

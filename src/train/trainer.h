@@ -21,8 +21,9 @@ struct TrainResult {
 // Runs the whole job; throws core::Error for anything a user can fix.
 TrainResult run_training(TrainArgs args, dist::Comm& comm);
 
-// Evaluation only: the token-mean loss of args.eval_data_path (or data_path) under the base model plus
-// an optional adapter folder. Returns the loss; prints loss and perplexity on rank 0.
+// Evaluation only: the loss of args.eval_data_path (or data_path) under the base model plus an optional
+// adapter folder: HF's eval_loss (the mean of the batches' mean losses, weighted by batch size), or with
+// --eval_token_weighted_loss True the mean over all tokens. Returns the loss; prints loss and perplexity on rank 0.
 double run_evaluation(const TrainArgs& args, const std::string& adapter_dir, dist::Comm& comm);
 
 // Installs SIGTERM/SIGINT handlers: the first signal asks the loop to save and stop at the next step

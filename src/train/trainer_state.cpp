@@ -2,6 +2,7 @@
 
 #include <cmath>
 
+#include <filesystem>
 #include <fstream>
 #include <sstream>
 
@@ -108,7 +109,6 @@ json trainer_state_to_json(const TrainerState& s) {
   j["trial_name"] = optional_to_json(s.trial_name);
   j["trial_params"] = s.trial_params;
   j["stateful_callbacks"] = s.stateful_callbacks;
-  j["zerolora"] = s.zerolora;
   return j;
 }
 
@@ -146,33 +146,60 @@ TrainerState trainer_state_from_json(const json& j, const std::string& where) {
   r.text("trial_name", s.trial_name);
   r.any("trial_params", s.trial_params);
   r.object("stateful_callbacks", s.stateful_callbacks);
-  r.object("zerolora", s.zerolora);
+  r.object("zerolora", s.zerolora);  // legacy: zerolora_state.json since; load_trainer_state prefers that file
   return s;
+}
+
+json trainer_control_callbacks(bool should_save, bool should_training_stop) {
+  json args = {{"should_epoch_stop", false}, {"should_evaluate", false}, {"should_log", false},
+               {"should_save", should_save}, {"should_training_stop", should_training_stop}};
+  return {{"TrainerControl", {{"args", args}, {"attributes", json::object()}}}};
 }
 
 std::string trainer_state_to_text(const TrainerState& state) {
   return trainer_state_to_json(state).dump(2) + "\n";
 }
 
+std::string zerolora_state_path(const std::string& trainer_state_path) {
+  return (std::filesystem::path(trainer_state_path).parent_path() / kZeroloraStateFile).string();
+}
+
 void save_trainer_state(const TrainerState& state, const std::string& path) {
+  io::write_file_synced(zerolora_state_path(path), state.zerolora.dump(2) + "\n");
   io::write_file_synced(path, trainer_state_to_text(state));
 }
+
+namespace {
+
+json parse_json_file(const std::string& path, std::ifstream& file) {
+  std::stringstream text;
+  text << file.rdbuf();
+  try {
+    return json::parse(text.str());
+  } catch (const json::exception& e) {  // parse errors and numbers out of range
+    throw core::Error(path, std::string("is not valid JSON: ") + e.what(),
+                      "repair it, or resume from an earlier checkpoint-<step>");
+  }
+}
+
+}  // namespace
 
 TrainerState load_trainer_state(const std::string& path) {
   std::ifstream file(path, std::ios::binary);
   if (!file)
     throw core::Error(path, "cannot open trainer_state.json",
                       "check the checkpoint folder; a complete checkpoint always has one");
-  std::stringstream text;
-  text << file.rdbuf();
-  json j;
-  try {
-    j = json::parse(text.str());
-  } catch (const json::exception& e) {  // parse errors and numbers out of range
-    throw core::Error(path, std::string("is not valid JSON: ") + e.what(),
-                      "repair it, or resume from an earlier checkpoint-<step>");
+  TrainerState s = trainer_state_from_json(parse_json_file(path, file), path);
+  const std::string extras_path = zerolora_state_path(path);
+  std::ifstream extras(extras_path, std::ios::binary);
+  if (extras) {
+    json j = parse_json_file(extras_path, extras);
+    if (!j.is_object())
+      throw core::Error(extras_path, "expected a JSON object, got " + std::string(j.type_name()),
+                        "repair or delete the file (it is rewritten at the next save)");
+    s.zerolora = std::move(j);
   }
-  return trainer_state_from_json(j, path);
+  return s;
 }
 
 }  // namespace zerolora::train

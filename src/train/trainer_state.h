@@ -1,11 +1,15 @@
 // trainer_state.json, as HF Trainer writes it into output_dir and every checkpoint-<step>/ folder
 // (deepspeed-peft-spec §3.2): JSON, indent 2, keys sorted. Tools that plot or inspect HF runs read ours.
 //
-// Our extra key `zerolora` holds what an exact resume needs beyond HF's fields (data position, RNG states,
-// a fingerprint of the data and flags); the trainer decides its content. Note: HF's own
-// TrainerState.load_from_json passes every key to the dataclass constructor, so HF Trainer itself would
-// refuse this file (unexpected keyword 'zerolora'); a zerolora checkpoint is not an HF-resumable one anyway
-// (no DeepSpeed global_step folder, no optimizer.pt), and plain json readers are unaffected.
+// The file holds exactly the keys of HF's TrainerState dataclass (transformers 4.41-4.50: epoch ...
+// stateful_callbacks), nothing else: HF's TrainerState.load_from_json passes every key to the dataclass
+// constructor, so one extra key is a TypeError there (FastChat's auto-resume on our output_dir would crash).
+// `best_global_step` (added in transformers 4.51) is read but not written: 4.44's constructor refuses it,
+// and the newer ones default it to None.
+//
+// Our extras (run shape, fingerprint, memory and communication reports; the trainer decides the content)
+// go to zerolora_state.json beside it, written and read together with it. Files from before that split
+// (a top-level "zerolora" key in trainer_state.json) are still read.
 #pragma once
 #include <cstdint>
 #include <optional>
@@ -38,20 +42,36 @@ struct TrainerState {
   std::optional<std::string> trial_name;
   nlohmann::json trial_params = nullptr;
   nlohmann::json stateful_callbacks = nlohmann::json::object();
-  nlohmann::json zerolora = nlohmann::json::object();  // ours, free-form (see above)
+  nlohmann::json zerolora = nlohmann::json::object();  // ours, free-form: zerolora_state.json (see above)
 };
+
+// The name of the file our extras go to, in the folder of trainer_state.json.
+inline constexpr const char* kZeroloraStateFile = "zerolora_state.json";
+
+// HF's stateful_callbacks value as HF Trainer writes it: {"TrainerControl": {"args": {should_*}, "attributes": {}}}.
+// At a checkpoint HF saves with should_save true (and should_training_stop true at the last step); at the
+// end of training (save_state) with should_training_stop true and the rest false.
+nlohmann::json trainer_control_callbacks(bool should_save, bool should_training_stop);
 
 nlohmann::json trainer_state_to_json(const TrainerState& state);
 
+// HF's keys only (no "zerolora").
 // Missing keys keep their defaults, unknown keys are ignored (older and newer HF versions differ); a known key
-// with the wrong type is an Error naming "<where>:<key>".
+// with the wrong type is an Error naming "<where>:<key>". A legacy top-level "zerolora" object is read into
+// state.zerolora.
 TrainerState trainer_state_from_json(const nlohmann::json& j, const std::string& where);
 
 // The file text: indent 2, keys sorted, trailing newline (HF: json.dumps(..., indent=2, sort_keys=True) + "\n").
 std::string trainer_state_to_text(const TrainerState& state);
 
-// Writes the file with write_file_synced (inside a checkpoint's AtomicDir, or output_dir at the end).
+// Writes the file, and state.zerolora to zerolora_state.json in the same folder, with write_file_synced
+// (inside a checkpoint's AtomicDir, or output_dir at the end).
 void save_trainer_state(const TrainerState& state, const std::string& path);
+// Reads the file and, when present, zerolora_state.json beside it (it takes precedence over a legacy
+// "zerolora" key; a folder written by HF Trainer has neither, and state.zerolora stays empty).
 TrainerState load_trainer_state(const std::string& path);
+
+// zerolora_state.json's path for a trainer_state.json path.
+std::string zerolora_state_path(const std::string& trainer_state_path);
 
 }  // namespace zerolora::train

@@ -2,7 +2,7 @@
 //   adapter_config.json + adapter_model.safetensors   the PEFT adapter (loads in PEFT as it is)
 //   optimizer.safetensors                              fp32 AdamW moments (exp_avg, exp_avg_sq), unsharded
 //   scheduler.json                                     LR schedule (type, base lr, total, warmup, step)
-//   trainer_state.json                                 HF TrainerState + our "zerolora" block
+//   trainer_state.json + zerolora_state.json           HF TrainerState (HF's keys only) + our extras
 //   training_args.json                                 the command line and resolved settings
 //   tokenizer files                                    copied from the model folder, as HF does
 // Nothing in it depends on the number of ranks that wrote it: the optimizer state is gathered before

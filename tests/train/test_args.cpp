@@ -299,7 +299,7 @@ TEST(TrainArgs, HelpListsGroupsFlagsAndDefaults) {
         "lora_target_modules", "lora_weight_path", "lora_bias", "q_lora", "gradient_checkpointing", "bf16", "fp16",
         "tf32", "flash_attn", "deepspeed", "seed", "resume_from_checkpoint", "report_to", "local_rank", "optim",
         "dataloader_num_workers", "cache_dir", "conv_template", "packing", "padding", "use_rslora",
-        "token_weighted_loss", "strict_data", "num_threads", "metrics_file"}) {
+        "token_weighted_loss", "eval_token_weighted_loss", "strict_data", "num_threads", "metrics_file"}) {
     EXPECT_NE(help.find("  --" + std::string(name) + " "), std::string::npos) << name;
     std::string msg = error_for({"--" + std::string(name) + "=1"});
     EXPECT_EQ(msg.find("unknown flag"), std::string::npos) << msg;

@@ -78,6 +78,67 @@ TEST(TrainerState, SaveAndLoadRoundTrip) {
   EXPECT_EQ(r.stateful_callbacks, s.stateful_callbacks);
   EXPECT_EQ(r.zerolora, s.zerolora);
   EXPECT_EQ(trainer_state_to_text(r), trainer_state_to_text(s));
+  // our extras live beside the file, not in it
+  EXPECT_EQ(json::parse(zerolora::test::read_file(dir / "zerolora_state.json")), s.zerolora);
+  EXPECT_FALSE(json::parse(zerolora::test::read_file(path)).contains("zerolora"));
+}
+
+// HF's TrainerState.load_from_json is cls(**json.loads(text)): any key that is not a dataclass field is a
+// TypeError. The file holds exactly the fields of transformers 4.41-4.50 (4.51+ only add best_global_step,
+// which 4.44 would refuse and the newer ones default).
+TEST(TrainerState, KeysAreExactlyHfTrainerStateFields) {
+  const json j = trainer_state_to_json(filled_state());
+  std::vector<std::string> keys;
+  for (const auto& item : j.items()) keys.push_back(item.key());
+  const std::vector<std::string> hf = {"best_metric", "best_model_checkpoint", "epoch", "eval_steps", "global_step",
+                                       "is_hyper_param_search", "is_local_process_zero", "is_world_process_zero",
+                                       "log_history", "logging_steps", "max_steps", "num_input_tokens_seen",
+                                       "num_train_epochs", "save_steps", "stateful_callbacks", "total_flos",
+                                       "train_batch_size", "trial_name", "trial_params"};
+  EXPECT_EQ(keys, hf);
+}
+
+// Checkpoints written before zerolora_state.json carried the extras as a top-level "zerolora" key.
+TEST(TrainerState, LegacyZeroloraKeyIsStillRead) {
+  TempDir dir;
+  write_file(dir / "trainer_state.json", R"({"global_step": 7, "zerolora": {"world_size": 2, "seed": 42}})");
+  TrainerState s = load_trainer_state((dir / "trainer_state.json").string());
+  EXPECT_EQ(s.global_step, 7);
+  EXPECT_EQ(s.zerolora, json::parse(R"({"world_size": 2, "seed": 42})"));
+  // the side file, when both exist, is the newer one
+  write_file(dir / "zerolora_state.json", R"({"world_size": 4})");
+  s = load_trainer_state((dir / "trainer_state.json").string());
+  EXPECT_EQ(s.zerolora, json::parse(R"({"world_size": 4})"));
+}
+
+TEST(TrainerState, HfFolderWithoutSideFileLoads) {
+  TempDir dir;
+  write_file(dir / "trainer_state.json", R"({"global_step": 3, "best_global_step": null})");
+  TrainerState s = load_trainer_state((dir / "trainer_state.json").string());
+  EXPECT_EQ(s.global_step, 3);
+  EXPECT_TRUE(s.zerolora.is_object() && s.zerolora.empty());
+}
+
+TEST(TrainerState, BrokenSideFileIsNamed) {
+  TempDir dir;
+  write_file(dir / "trainer_state.json", R"({"global_step": 3})");
+  for (const char* text : {"{\"world_size\": ", "[1, 2]"}) {
+    write_file(dir / "zerolora_state.json", text);
+    try {
+      load_trainer_state((dir / "trainer_state.json").string());
+      ADD_FAILURE() << "expected an error for " << text;
+    } catch (const zerolora::core::Error& e) {
+      EXPECT_NE(std::string(e.what()).find("zerolora_state.json"), std::string::npos) << e.what();
+    }
+  }
+}
+
+TEST(TrainerState, TrainerControlAsHfWritesIt) {
+  const json c = trainer_control_callbacks(true, false);
+  EXPECT_EQ(c, json::parse(R"({"TrainerControl": {"args": {"should_epoch_stop": false, "should_evaluate": false,
+      "should_log": false, "should_save": true, "should_training_stop": false}, "attributes": {}}})"));
+  EXPECT_EQ(trainer_control_callbacks(false, true)["TrainerControl"]["args"]["should_training_stop"], true);
+  EXPECT_EQ(trainer_control_callbacks(false, true)["TrainerControl"]["args"]["should_save"], false);
 }
 
 TEST(TrainerState, TextIsIndentedWithSortedKeys) {
@@ -88,7 +149,7 @@ TEST(TrainerState, TextIsIndentedWithSortedKeys) {
                                  "is_hyper_param_search", "is_local_process_zero", "is_world_process_zero",
                                  "log_history", "logging_steps", "max_steps", "num_input_tokens_seen",
                                  "num_train_epochs", "save_steps", "stateful_callbacks", "total_flos",
-                                 "train_batch_size", "trial_name", "trial_params", "zerolora"};
+                                 "train_batch_size", "trial_name", "trial_params"};
   size_t last = 0;
   for (const char* key : keys_in_order) {
     size_t at = text.find("\n  \"" + std::string(key) + "\": ");
@@ -108,7 +169,7 @@ TEST(TrainerState, DefaultsWriteNulls) {
   EXPECT_TRUE(j["trial_name"].is_null());
   EXPECT_TRUE(j["trial_params"].is_null());
   EXPECT_TRUE(j["log_history"].is_array());
-  EXPECT_TRUE(j["zerolora"].is_object());
+  EXPECT_FALSE(j.contains("zerolora"));
 }
 
 // What transformers 4.35 wrote (no num_input_tokens_seen, train_batch_size, stateful_callbacks) plus a key
