@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 
 #include <filesystem>
+#include <functional>
 #include <string>
 
 namespace zerolora::test {
@@ -33,6 +34,9 @@ std::string zerolora_binary();
 int run_command(const std::string& command, std::string* output = nullptr);
 
 std::string read_file(const std::filesystem::path& path);
+
+// The message of the core::Error fn throws; fails the test when it throws nothing or something else.
+std::string error_of(const std::function<void()>& fn);
 void write_file(const std::filesystem::path& path, const std::string& content);
 
 }  // namespace zerolora::test

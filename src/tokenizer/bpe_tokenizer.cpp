@@ -10,6 +10,7 @@
 #include <sstream>
 
 #include "core/error.h"
+#include "core/file.h"
 #include "tokenizer/unicode.h"
 
 namespace zerolora::tokenizer {
@@ -18,13 +19,7 @@ namespace {
 
 using nlohmann::json;
 
-std::string read_whole_file(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  core::check(static_cast<bool>(in), path, "cannot be read", "check the path and its permissions");
-  std::ostringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
+using core::read_whole_file;
 
 // bytes_to_unicode() of GPT-2: printable bytes map to themselves, the others to U+0100 onwards.
 const std::array<char32_t, 256>& byte_to_char_table() {

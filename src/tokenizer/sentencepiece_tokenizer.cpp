@@ -6,6 +6,7 @@
 #include <sstream>
 
 #include "core/error.h"
+#include "core/file.h"
 #include "tokenizer/sentencepiece_model_proto.h"
 #include "tokenizer/unicode.h"
 
@@ -15,13 +16,7 @@ namespace {
 
 const char* const kUnderline = "\xE2\x96\x81";  // "▁", SentencePiece's whitespace mark
 
-std::string read_whole_file(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  core::check(static_cast<bool>(in), path, "cannot be read", "check the path and its permissions");
-  std::ostringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
+using core::read_whole_file;
 
 // A token in tokenizer_config.json is a string, an {"content": ...} object (AddedToken) or null.
 bool token_string(const nlohmann::json& j, std::string* out) {

@@ -17,6 +17,8 @@ using zerolora::test::TempDir;
 using zerolora::test::write_file;
 namespace fs = std::filesystem;
 
+using zerolora::test::error_of;
+
 namespace {
 
 // Makes output_dir/name as a folder holding one file that records which version it is.
@@ -32,14 +34,6 @@ std::vector<std::string> names_in(const fs::path& dir) {
   return names;
 }
 
-std::string error_of(const std::function<void()>& fn) {
-  try {
-    fn();
-  } catch (const core::Error& e) {
-    return e.what();
-  }
-  return "<no error>";
-}
 
 }  // namespace
 

@@ -13,6 +13,8 @@
 #include "test_util.h"
 
 namespace zerolora::io {
+using zerolora::test::error_of;
+
 namespace {
 
 using core::DType;
@@ -38,19 +40,6 @@ std::string raw_bytes(std::initializer_list<T> values) {
   return s;
 }
 
-// The message of the core::Error fn throws; fails the test when it throws nothing or something else.
-std::string error_of(const std::function<void()>& fn) {
-  try {
-    fn();
-  } catch (const core::Error& e) {
-    return e.what();
-  } catch (const std::exception& e) {
-    ADD_FAILURE() << "threw a non-core::Error: " << e.what();
-    return "";
-  }
-  ADD_FAILURE() << "did not throw";
-  return "";
-}
 
 void expect_contains(const std::string& message, const std::vector<std::string>& parts) {
   for (const auto& part : parts) EXPECT_NE(message.find(part), std::string::npos) << "missing '" << part << "' in: " << message;

@@ -9,6 +9,8 @@
 
 using namespace zerolora::train;
 
+using zerolora::test::error_of;
+
 namespace {
 
 std::string golden(const std::string& name) {
@@ -27,14 +29,6 @@ TrainArgs script_flags(int64_t batch = 2, int64_t ga = 1) {
 
 DeepSpeedConfig parse(const std::string& text) { return parse_deepspeed_config(text, "ds.json"); }
 
-std::string error_of(const std::function<void()>& fn) {
-  try {
-    fn();
-  } catch (const zerolora::core::Error& e) {
-    return e.what();
-  }
-  return "<no error>";
-}
 
 bool has_note(const ResolvedDeepSpeedConfig& r, const std::string& fragment) {
   for (const auto& note : r.notes)
