@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The README's main job: installs, builds, then `zerolora demo` — a small random model, a byte-level BPE
-# tokenizer and a synthetic conversation set made on the spot, LoRA fine-tuning with the loss falling,
-# the adapter written, and generation with it. Extra arguments go to `zerolora demo`.
+# tokenizer and a synthetic conversation set made on the spot, 20 held-out questions answered before and after
+# LoRA fine-tuning (the score, e.g. 0/20 -> 20/20), the loss curve, the adapter and the command to chat with it.
+# Extra arguments go to `zerolora demo`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install-deps.sh
