@@ -138,6 +138,13 @@ void attention_backward(S* dq, S* dk, S* dv, const S* dout, const S* q, const S*
                         const S* out, const S* lse, const AttentionShape& shape, const int32_t* lengths,
                         const int32_t* kv_begin);
 
+// Generation against a KV cache: the n new tokens (absolute positions p0 .. p0+n-1) attend to every cached
+// position up to their own. q [n, NH, HD]; k_cache/v_cache [p0+n, NKV, HD] (the new tokens' rows included);
+// out [n, NH, HD]. Scores and sums in double (the decoder is the reference the training forward is checked with).
+template <typename S>
+void attention_decode(S* out, const S* q, const S* k_cache, const S* v_cache, int64_t n, int64_t p0, int64_t NH,
+                      int64_t NKV, int64_t HD);
+
 // ---------------------------------------------------------------------------------------------
 // SwiGLU: out = silu(gate) * up, silu(x) = x / (1 + exp(-x)). All [n].
 template <typename S>

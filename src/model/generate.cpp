@@ -79,46 +79,12 @@ void KvCacheDecoder<S>::ensure_rows(int64_t n) {
   b.rows = n;
 }
 
-// att[i] for the n new tokens (absolute positions p0+i, p0 = length_): softmax-weighted sum of the cached
-// values at positions 0..p0+i. Scores and sums in double; one (token, head) pair per task.
+// att[i] for the n new tokens against the cached keys and values (kernels::attention_decode).
 template <typename S>
 void KvCacheDecoder<S>::attend(int l, int64_t n) {
   const auto& c = w_.config;
-  const int64_t NH = c.num_attention_heads, NKV = c.num_key_value_heads, HD = c.head_dim;
-  const int64_t Q = NH * HD, KV = NKV * HD, group = NH / NKV, p0 = length_;
-  const double scale = 1.0 / std::sqrt(double(HD));
-  const S* K = k_cache_[l].data();
-  const S* Vc = v_cache_[l].data();
-  S* att = b_->att.data();
-  // Decoding one token of a small model is microseconds of work: waking threads would cost more.
-  const bool worth_threads = n * NH * (p0 + n) * HD > (int64_t(1) << 16);
-#pragma omp parallel if (worth_threads)
-  {
-    std::vector<double> score(static_cast<size_t>(p0 + n)), acc(static_cast<size_t>(HD));
-#pragma omp for schedule(dynamic)
-    for (int64_t task = 0; task < n * NH; ++task) {
-      const int64_t i = task / NH, h = task % NH, g = h / group, last = p0 + i;
-      const S* q = b_->q.data() + i * Q + h * HD;
-      double max_score = -INFINITY;
-      for (int64_t s = 0; s <= last; ++s) {
-        const S* k = K + s * KV + g * HD;
-        double dot = 0;
-        for (int64_t d = 0; d < HD; ++d) dot += double(q[d]) * double(k[d]);
-        score[size_t(s)] = dot * scale;
-        max_score = std::max(max_score, score[size_t(s)]);
-      }
-      double sum = 0;
-      std::fill(acc.begin(), acc.end(), 0.0);
-      for (int64_t s = 0; s <= last; ++s) {
-        const double p = std::exp(score[size_t(s)] - max_score);
-        sum += p;
-        const S* v = Vc + s * KV + g * HD;
-        for (int64_t d = 0; d < HD; ++d) acc[size_t(d)] += p * double(v[d]);
-      }
-      S* out = att + i * Q + h * HD;
-      for (int64_t d = 0; d < HD; ++d) out[d] = S(acc[size_t(d)] / sum);
-    }
-  }
+  kernels::attention_decode<S>(b_->att.data(), b_->q.data(), k_cache_[l].data(), v_cache_[l].data(), n, length_,
+                               c.num_attention_heads, c.num_key_value_heads, c.head_dim);
 }
 
 template <typename S>
@@ -159,14 +125,14 @@ void KvCacheDecoder<S>::feed(const int32_t* ids, int64_t n, S* logits, bool all_
     kernels::rope_forward<S>(k_new, rope_.data(), b.positions.data(), n, NKV, HD);
     attend(l, n);
     linear(b.tmp.data(), b.att.data(), l, Proj::O, W.proj[3], n);
-    for (int64_t i = 0; i < n * C; ++i) b.xmid[size_t(i)] = b.x[size_t(i)] + b.tmp[size_t(i)];
+    kernels::add<S>(b.xmid.data(), b.x.data(), b.tmp.data(), n * C);
     kernels::rmsnorm_forward<S>(b.xn.data(), b.rstd.data(), b.xmid.data(), W.post_norm.data<S>(), n, C,
                                 c.rms_norm_eps);
     linear(b.gate.data(), b.xn.data(), l, Proj::Gate, W.proj[4], n);
     linear(b.up.data(), b.xn.data(), l, Proj::Up, W.proj[5], n);
     kernels::swiglu_forward<S>(b.act.data(), b.gate.data(), b.up.data(), n * I);
     linear(b.tmp.data(), b.act.data(), l, Proj::Down, W.proj[6], n);
-    for (int64_t i = 0; i < n * C; ++i) b.x[size_t(i)] = b.xmid[size_t(i)] + b.tmp[size_t(i)];
+    kernels::add<S>(b.x.data(), b.xmid.data(), b.tmp.data(), n * C);
   }
   length_ = p0 + n;
 
