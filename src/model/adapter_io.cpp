@@ -54,6 +54,36 @@ static void write_text_atomic(const fs::path& path, const std::string& text) {
   fs::rename(tmp, path);
 }
 
+namespace {
+
+constexpr const char* kCardMarker = "This LoRA adapter was written by zerolora";
+
+// A YAML scalar for a path or Hub id: plain when it cannot be misread, else double-quoted (JSON escapes are
+// valid YAML double-quoted escapes).
+std::string yaml_scalar(const std::string& v) {
+  bool plain = !v.empty() && v.find(": ") == std::string::npos && v.find(" #") == std::string::npos &&
+               v.back() != ':' && v.back() != ' ' && v.front() != ' ';
+  for (unsigned char c : v)
+    if (c < 0x20 || c == 0x7f || c == '"' || c == '\'' || c == '\\') plain = false;
+  if (plain && std::string("-?:,[]{}#&*!|>%@`").find(v.front()) != std::string::npos) plain = false;
+  for (const char* word : {"null", "Null", "NULL", "~", "true", "True", "TRUE", "false", "False", "FALSE", "yes",
+                           "Yes", "no", "No", "on", "On", "off", "Off"})
+    if (v == word) plain = false;
+  if (plain && v.find_first_not_of("0123456789.+-eE") == std::string::npos) plain = false;  // a number
+  return plain ? v : nlohmann::json(v).dump();
+}
+
+}  // namespace
+
+std::string peft_model_card(const std::string& base_model_name_or_path) {
+  std::string card = "---\n";
+  if (!base_model_name_or_path.empty()) card += "base_model: " + yaml_scalar(base_model_name_or_path) + "\n";
+  card += "library_name: peft\n---\n\n# Model Card for Model ID\n\n";
+  card += std::string(kCardMarker) + " in PEFT's format: load it with `PeftModel.from_pretrained(base_model, "
+          "this_folder)`.\n\n### Framework versions\n\n- zerolora (PEFT LoRA adapter format)\n";
+  return card;
+}
+
 void save_peft_adapter(const std::string& dir, const LoraLayout& layout, const float* params,
                        const std::string& base_model_name_or_path, core::DType dtype) {
   fs::create_directories(dir);
@@ -67,6 +97,14 @@ void save_peft_adapter(const std::string& dir, const LoraLayout& layout, const f
   io::write_safetensors((fs::path(dir) / "adapter_model.safetensors").string(), tensors);
   write_text_atomic(fs::path(dir) / "adapter_config.json",
                     peft_adapter_config(layout.config(), base_model_name_or_path).dump(2) + "\n");
+  const fs::path readme = fs::path(dir) / "README.md";
+  bool ours = true;
+  if (fs::exists(readme)) {
+    std::ifstream f(readme, std::ios::binary);
+    const std::string text((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
+    ours = text.find(kCardMarker) != std::string::npos;
+  }
+  if (ours) write_text_atomic(readme, peft_model_card(base_model_name_or_path));
 }
 
 LoraConfig read_peft_adapter_config(const std::string& dir) {

@@ -17,7 +17,13 @@ namespace zerolora::model {
 // keys are written so older PEFT versions load it too (use_rslora only when true).
 nlohmann::json peft_adapter_config(const LoraConfig& lora, const std::string& base_model_name_or_path);
 
-// Writes both files into dir (created if needed), each atomically (temp file + fsync + rename).
+// The README.md model card PEFT's save_pretrained writes beside the adapter: YAML front matter with
+// base_model and library_name: peft (what the Hub and PEFT read), then a short body.
+std::string peft_model_card(const std::string& base_model_name_or_path);
+
+// Writes both files into dir (created if needed), each atomically (temp file + fsync + rename), and the
+// README.md model card unless dir has a README.md that zerolora did not write (PEFT would edit a user's
+// card; it is left as it is here).
 // dtype: F32 (default, as PEFT up-casts adapters), BF16 or F16.
 void save_peft_adapter(const std::string& dir, const LoraLayout& layout, const float* params,
                        const std::string& base_model_name_or_path, core::DType dtype = core::DType::F32);

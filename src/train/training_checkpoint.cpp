@@ -12,10 +12,53 @@ namespace zerolora::train {
 
 namespace fs = std::filesystem;
 
+namespace {
+
+// A JSON file of the model folder, or null when it is absent or unreadable (then it is copied as it is).
+nlohmann::json read_json_or_null(const fs::path& path) {
+  std::ifstream f(path);
+  if (!f) return nullptr;
+  try {
+    nlohmann::json j = nlohmann::json::parse(f);
+    return j.is_object() ? j : nlohmann::json(nullptr);
+  } catch (const std::exception&) {
+    return nullptr;
+  }
+}
+
+bool has_token(const nlohmann::json& j, const char* key) {
+  return j.is_object() && j.contains(key) && (j[key].is_string() || j[key].is_object());
+}
+
+}  // namespace
+
 void copy_tokenizer_files(const std::string& model_dir, const std::string& dir) {
   for (const char* name : {"tokenizer.model", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"}) {
     const fs::path src = fs::path(model_dir) / name;
     if (fs::exists(src)) fs::copy_file(src, fs::path(dir) / name, fs::copy_options::overwrite_existing);
+  }
+  // FastChat sets tokenizer.pad_token = tokenizer.unk_token, and HF Trainer saves that tokenizer into every
+  // checkpoint (tokenizer.save_pretrained): its tokenizer_config.json and special_tokens_map.json carry
+  // pad_token = the unk token. Without an unk token (Llama 3) pad stays unset, as there. HF writes both
+  // files with indent 2 and sorted keys.
+  nlohmann::json config = read_json_or_null(fs::path(model_dir) / "tokenizer_config.json");
+  nlohmann::json map = read_json_or_null(fs::path(model_dir) / "special_tokens_map.json");
+  const bool map_absent = !fs::exists(fs::path(model_dir) / "special_tokens_map.json");
+  nlohmann::json unk = has_token(map, "unk_token") ? map["unk_token"] : has_token(config, "unk_token") ? config["unk_token"]
+                                                                                                    : nlohmann::json();
+  if (unk.is_null()) return;
+  if (config.is_object()) {
+    config["pad_token"] = has_token(config, "unk_token") ? config["unk_token"] : unk;
+    io::write_file_synced((fs::path(dir) / "tokenizer_config.json").string(), config.dump(2) + "\n");
+  }
+  if (map.is_object() || map_absent) {
+    if (!map.is_object()) {  // save_pretrained always writes it: the special tokens of the config
+      map = nlohmann::json::object();
+      for (const char* key : {"bos_token", "eos_token", "unk_token"})
+        if (has_token(config, key)) map[key] = config[key];
+    }
+    map["pad_token"] = has_token(map, "unk_token") ? map["unk_token"] : unk;
+    io::write_file_synced((fs::path(dir) / "special_tokens_map.json").string(), map.dump(2) + "\n");
   }
 }
 

@@ -35,7 +35,10 @@ void save_training_checkpoint(const std::string& dir, const TrainingSnapshot& sn
 // Reads everything back; any missing or inconsistent file is a core::Error naming it.
 TrainingSnapshot load_training_checkpoint(const std::string& dir, const model::LoraLayout& layout);
 
-// Copies the tokenizer files present in model_dir into dir.
+// Copies the tokenizer files present in model_dir into dir, as HF Trainer's tokenizer.save_pretrained leaves
+// them after FastChat's pad_token = unk_token: tokenizer_config.json and special_tokens_map.json get
+// "pad_token" = the unk token (special_tokens_map.json is created from the config's bos/eos/unk when the
+// model folder has none). Without an unk token, or with unreadable JSON, the files are copied unchanged.
 void copy_tokenizer_files(const std::string& model_dir, const std::string& dir);
 
 }  // namespace zerolora::train
