@@ -83,8 +83,18 @@ namespace {
 // Set-up shared by training and evaluation
 
 // --device: a CUDA context on GPU (rank mod visible GPUs), or null for the CPU.
-std::unique_ptr<kernels::CudaContext> open_device(DeviceChoice choice, int rank, Progress& log) {
+// cpu_only_reason: why this run cannot use the GPU ("" = it can); auto then picks the CPU and says why, an
+// explicit --device cuda is an error naming it.
+std::unique_ptr<kernels::CudaContext> open_device(DeviceChoice choice, int rank, Progress& log,
+                                                  const std::string& cpu_only_reason = "") {
   if (choice == DeviceChoice::Cpu) return nullptr;
+  if (!cpu_only_reason.empty()) {
+    if (choice == DeviceChoice::Cuda)
+      throw core::Error("--device cuda", cpu_only_reason + " does not run on the GPU yet",
+                        "use a DeepSpeed config with stage 0-2, or --device cpu");
+    if (kernels::cuda_device_count() > 0) log.message("device: cpu (" + cpu_only_reason + " runs on the CPU only)");
+    return nullptr;
+  }
   const int gpus = kernels::cuda_device_count();
   if (gpus == 0) {
     if (choice == DeviceChoice::Auto) return nullptr;
@@ -402,10 +412,8 @@ TrainResult run_training(TrainArgs a, dist::Comm& comm) {
 
   // --device cuda: weights, activations, LoRA params and grads on the GPU; the optimizer and the ZeRO
   // collectives stay on the host (the LoRA gradients come down once per step, the params go up once).
-  std::unique_ptr<kernels::CudaContext> gpu = open_device(a.device, rank, log);
-  if (gpu && L.zero3)
-    throw core::Error("--device cuda", "ZeRO stage 3 (frozen weights sharded across ranks) does not run on the GPU yet",
-                      "use a DeepSpeed config with stage 0-2, or --device cpu");
+  std::unique_ptr<kernels::CudaContext> gpu =
+      open_device(a.device, rank, log, L.zero3 ? "ZeRO stage 3 (frozen weights sharded across ranks)" : "");
   if (ds && (ds->zero.offload_optimizer.device == "cpu" || ds->zero.offload_param.device == "cpu"))
     log.message(gpu ? "deepspeed: offload_optimizer cpu: the optimizer state and step live in host memory (as always "
                       "with --device cuda in this version); offload_param applies to stage 3, which runs on the CPU"
