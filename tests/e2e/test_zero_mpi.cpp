@@ -153,7 +153,7 @@ TEST(ZeroMpi, EveryWorldSizeAndStageMatchesOneProcess) {
     EXPECT_LE(diff, bound(spread.adapter)) << "world " << c.world << " stage " << c.stage << "; spread " << spread.what;
     // bytes sent per step: as the ZeRO formula predicts (every part gathered at each use: reuse distance 0)
     if (c.world > 1) {
-      const auto comm = read_json_file(fs::path(out) / "trainer_state.json")["zerolora"]["communication"];
+      const auto comm = read_json_file(fs::path(out) / "zerolora_state.json")["communication"];
       EXPECT_DOUBLE_EQ(comm["bytes_sent_per_step"].get<double>(), comm["predicted_bytes_per_step"].get<double>())
           << "world " << c.world << " stage " << c.stage << ": " << comm.dump();
       EXPECT_GT(comm["bytes_sent_per_step"].get<double>(), 0);
