@@ -59,7 +59,12 @@ TEST(FastChatE2E, Stories260KOnDummyConversations) {
                         &log),
             0)
       << log;
-  EXPECT_NEAR(std::stod(log.substr(log.find("eval_loss ") + 10)), evals.back(), 1e-4);
+  // --bf16: every GEMM takes bf16-rounded inputs. A fresh process may run oneDNN's products with another blocking
+  // (summation order) than the training process did; an fp32 difference that moves a value across a bf16
+  // rounding boundary changes the next GEMM's input by one bf16 ulp (2^-8 relative). A few such flips per layer,
+  // averaged over the eval tokens' mean loss, stay far below 1e-3 of the loss (clang/ASan measured 6e-5; gcc
+  // builds agree closer): that bounds them; a wrong adapter or eval batching moves the loss by much more.
+  EXPECT_NEAR(std::stod(log.substr(log.find("eval_loss ") + 10)), evals.back(), 1e-3 * evals.back());
   ASSERT_EQ(run_command(zerolora_binary() + " generate " + model + " --adapter " + out +
                             " --prompt 'Once upon a time' --max_new_tokens 16",
                         &log),
