@@ -150,6 +150,7 @@ double sum_squares(const float* x, int64_t n, const Context& ctx) {
 void scale(float* x, int64_t n, double factor, const Context& ctx) {
   if (ctx.on_cuda()) return cuda::scale(x, n, float(factor), *ctx.cuda);
   const float f = float(factor);
+#pragma omp parallel for schedule(static) if (n > 65536)
   for (int64_t i = 0; i < n; ++i) x[i] *= f;
 }
 

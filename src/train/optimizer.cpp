@@ -18,9 +18,7 @@ double clip_coefficient(double total_norm, double max_norm) {
 
 void scale_in_place(float* x, int64_t n, double factor) {
   if (factor == 1.0) return;
-  const float f = float(factor);
-#pragma omp parallel for schedule(static) if (n > 65536)
-  for (int64_t i = 0; i < n; ++i) x[i] *= f;
+  kernels::scale(x, n, factor, kernels::host());
 }
 
 }  // namespace zerolora::train
