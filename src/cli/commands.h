@@ -16,6 +16,9 @@ int cmd_generate(int argc, char** argv);
 int cmd_chat(int argc, char** argv);
 int cmd_version(int argc, char** argv);  // zerolora --version
 
+// `zerolora <command> ...`: finds the command, runs it, turns errors into one line and an exit code.
+int run_command_line(int argc, char** argv);
+
 }  // namespace zerolora::cli
 
 // Parses a CLI11 app; on --help or a parse error prints CLI11's message and returns its exit code from the

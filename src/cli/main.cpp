@@ -1,62 +1,18 @@
-// zerolora command line: thin; each subcommand parses flags and calls the library.
-#include <cstdio>
+// zerolora command line: thin; the command table and the dispatch live in cli/dispatch.cpp, each subcommand
+// parses its flags and calls the library.
 #include <cstring>
-#include <exception>
-#include <string>
 
 #include "cli/commands.h"
-#include "core/error.h"
 #include "core/runtime.h"
-
-namespace {
-
-struct Command {
-  const char* name;
-  int (*run)(int, char**);
-  const char* help;
-};
-
-const Command kCommands[] = {
-    {"demo", zerolora::cli::cmd_demo, "make a small model + synthetic data, fine-tune LoRA, generate (no downloads)"},
-    {"train", zerolora::cli::cmd_train, "fine-tune LoRA adapters (FastChat train_lora.py flags; mpirun for ranks)"},
-    {"eval", zerolora::cli::cmd_eval, "evaluation loss and perplexity of a base model plus an adapter"},
-    {"generate", zerolora::cli::cmd_generate, "generate text with a base model and an optional adapter (KV cache)"},
-    {"chat", zerolora::cli::cmd_chat, "chat with a model + adapter in its conversation template (stdin lines)"},
-    {"merge", zerolora::cli::cmd_merge, "merge an adapter into the base weights: an HF model folder (apply_lora)"},
-    {"data", zerolora::cli::cmd_data, "data inspect: tokenised samples, trained-token masks, dropped samples"},
-    {"init-model", zerolora::cli::cmd_init_model, "write a random model folder in HF format (--preset, --out)"},
-    {"inspect", zerolora::cli::cmd_inspect, "describe a model folder: architecture, parameters, memory estimate"},
-    {"forward", zerolora::cli::cmd_forward, "run the model on token ids; print loss and next-token argmax"},
-};
-
-void usage(FILE* out) {
-  std::fprintf(out, "usage: zerolora <command> [flags]   (zerolora <command> --help for its flags)\n"
-                   "       zerolora --version          (commit, build flags, CPU kernels in use, CUDA backend)\n\ncommands:\n");
-  for (const auto& c : kCommands) std::fprintf(out, "  %-12s %s\n", c.name, c.help);
-}
-
-}  // namespace
+#include "train/stop_signals.h"
 
 int main(int argc, char** argv) {
+  // First, before any library starts a thread: every thread inherits the blocked mask, and one thread takes
+  // the signals (no asynchronous handler; see train/stop_signals.h for why).
+  zerolora::train::block_stop_signals();
+  // train and demo save a checkpoint and stop on the first signal; every other command ends as by default
+  const bool trains = argc >= 2 && (!std::strcmp(argv[1], "train") || !std::strcmp(argv[1], "demo"));
+  zerolora::train::take_stop_signals(trains);
   zerolora::core::return_large_frees_to_system();
-  if (argc < 2 || !std::strcmp(argv[1], "--help") || !std::strcmp(argv[1], "-h") || !std::strcmp(argv[1], "help")) {
-    usage(argc < 2 ? stderr : stdout);
-    return argc < 2 ? 2 : 0;
-  }
-  if (!std::strcmp(argv[1], "--version") || !std::strcmp(argv[1], "version")) return zerolora::cli::cmd_version(argc - 1, argv + 1);
-  for (const auto& c : kCommands) {
-    if (std::strcmp(argv[1], c.name) != 0) continue;
-    try {
-      return c.run(argc - 1, argv + 1);
-    } catch (const zerolora::core::Error& e) {
-      std::fprintf(stderr, "error: %s\n", e.what());
-      return 1;
-    } catch (const std::exception& e) {
-      std::fprintf(stderr, "internal error: %s\n", e.what());
-      return 3;
-    }
-  }
-  std::fprintf(stderr, "error: unknown command '%s'\n", argv[1]);
-  usage(stderr);
-  return 2;
+  return zerolora::cli::run_command_line(argc, argv);
 }
