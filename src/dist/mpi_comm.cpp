@@ -19,6 +19,7 @@
 
 #include "core/error.h"
 #include "core/runtime.h"
+#include "dist/consistency.h"
 #include "dist/watchdog_report.h"
 
 namespace zerolora::dist {
@@ -149,6 +150,7 @@ class MpiComm final : public Comm {
     MPI_Comm_rank(comm_, &rank_);
     MPI_Comm_size(comm_, &size_);
     recent_names_.fill(-1);
+    gather_host_names();
   }
 
   ~MpiComm() override {
@@ -290,6 +292,19 @@ class MpiComm final : public Comm {
     return recent_names_[seq % kRecentNames];
   }
 
+  // Every rank's host name, once at start-up (on the control communicator, so no collective sequence
+  // number is taken): when a rank stops answering later, the watchdog can say which node it was on.
+  void gather_host_names() {
+    constexpr int kLength = 256;  // Linux host names are at most 64 bytes; longer ones are cut
+    std::string mine = host_name().substr(0, kLength - 1);
+    mine.resize(kLength, '\0');
+    std::string all(size_t(kLength) * size_t(size_), '\0');
+    if (MPI_Allgather(mine.data(), kLength, MPI_CHAR, all.data(), kLength, MPI_CHAR, control_) != MPI_SUCCESS)
+      return;  // the names only decorate messages; the next collective reports a real failure
+    hosts_.resize(size_t(size_));
+    for (int r = 0; r < size_; ++r) hosts_[size_t(r)] = all.c_str() + size_t(r) * kLength;
+  }
+
   void answer_status_queries();
   [[noreturn]] void report_timeout_and_abort(CollectiveName name, int64_t seq, double waited_s);
 
@@ -301,6 +316,7 @@ class MpiComm final : public Comm {
   std::array<int64_t, kRecentNames> recent_names_;
   int64_t waiting_seq_ = -1;  // what this rank is blocked in, for status replies
   int64_t waiting_name_ = -1;
+  std::vector<std::string> hosts_;    // hosts_[r]: rank r's host name (empty when the gather failed)
   std::list<PendingReply> replies_;  // a list: MPI_Isend keeps each payload's address until done
 };
 
@@ -399,7 +415,7 @@ void MpiComm::report_timeout_and_abort(CollectiveName name, int64_t seq, double 
     const auto [issued, waiting_seq, waiting_name, name_at_seq] = answers[r];
     if (answered[r]) others[r] = {true, issued, waiting_seq, waiting_name, name_at_seq};
   }
-  std::string message = collective_timeout_message(rank_, name, seq, waited_s, timeout_s_, others);
+  std::string message = collective_timeout_message(rank_, name, seq, waited_s, timeout_s_, others, hosts_);
   std::fprintf(stderr, "%s\n", message.c_str());
   std::fflush(stderr);
   MPI_Abort(MPI_COMM_WORLD, 1);

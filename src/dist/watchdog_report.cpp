@@ -1,5 +1,6 @@
 #include "dist/watchdog_report.h"
 
+#include <algorithm>
 #include <cstdio>
 #include <iterator>
 
@@ -42,7 +43,11 @@ const char* collective_name_text(int64_t code) {
 }
 
 std::string collective_timeout_message(int rank, CollectiveName name, int64_t seq, double waited_s,
-                                       double timeout_s, const std::vector<RankStatus>& others) {
+                                       double timeout_s, const std::vector<RankStatus>& others,
+                                       const std::vector<std::string>& hosts) {
+  // Host names only help when there is more than one: on one machine "rank 2 on node1" is noise.
+  const bool name_hosts = int(hosts.size()) == int(others.size()) &&
+                          std::any_of(hosts.begin(), hosts.end(), [&](const std::string& h) { return h != hosts[0]; });
   std::string late_ranks, details;
   for (int r = 0; r < int(others.size()); ++r) {
     if (r == rank) continue;
@@ -51,7 +56,9 @@ std::string collective_timeout_message(int rank, CollectiveName name, int64_t se
     if (!late_ranks.empty()) late_ranks += ", ";
     late_ranks += std::to_string(r);
     if (!details.empty()) details += "; ";
-    details += "rank " + std::to_string(r) + ": " + why;
+    details += "rank " + std::to_string(r);
+    if (name_hosts && !hosts[size_t(r)].empty()) details += " on " + hosts[size_t(r)];
+    details += ": " + why;
   }
   std::string message = "rank " + std::to_string(rank) + ": collective " +
                         collective_name_text(int64_t(name)) + " #" + std::to_string(seq) +

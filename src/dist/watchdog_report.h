@@ -24,8 +24,12 @@ struct RankStatus {
 };
 
 // One line: "rank R: collective <name> #<seq> timed out after X s waiting for ranks A, B (rank A: why;
-// rank B: why); (fix: ...)". others[r] is rank r's status; others[rank] is ignored.
+// rank B: why); (fix: ...)". others[r] is rank r's status; others[rank] is ignored. hosts[r] is rank r's
+// host name (empty: unknown); when the ranks span several hosts each late rank is named with its host
+// ("rank A on node2: why"), which says which node to look at (a dead node's own output may never reach
+// mpirun).
 std::string collective_timeout_message(int rank, CollectiveName name, int64_t seq, double waited_s,
-                                       double timeout_s, const std::vector<RankStatus>& others);
+                                       double timeout_s, const std::vector<RankStatus>& others,
+                                       const std::vector<std::string>& hosts = {});
 
 }  // namespace zerolora::dist
