@@ -124,9 +124,13 @@ void rope_backward(S* dx, const S* cos_sin, const int32_t* positions, int64_t M,
 //   bf16 (float only; ignored for double): where the CPU has a native bf16 matmul (AMX, AVX512-BF16),
 //   the products take q, k, v, dout, P and dS rounded to bf16 and accumulate in fp32, as autocast's
 //   attention does (the softmax stays fp32), on the matrix units. Elsewhere, and with false: fp32.
+//   window (>= 0; 0 = none): sliding-window attention as HF Mistral/Qwen2 define it (transformers'
+//   sliding_window_overlay: kv_idx > q_idx - sliding_window): query t sees keys s with t - window < s <= t,
+//   i.e. itself and the window - 1 keys before it, on top of kv_begin (s >= max(kv_begin, t - window + 1)).
 struct AttentionShape {
   int64_t B, T, NH, NKV, HD;
   bool bf16 = false;
+  int64_t window = 0;
 };
 template <typename S>
 void attention_forward(S* out, S* lse, const S* q, const S* k, const S* v, const AttentionShape& shape,
@@ -139,11 +143,12 @@ void attention_backward(S* dq, S* dk, S* dv, const S* dout, const S* q, const S*
                         const int32_t* kv_begin);
 
 // Generation against a KV cache: the n new tokens (absolute positions p0 .. p0+n-1) attend to every cached
-// position up to their own. q [n, NH, HD]; k_cache/v_cache [p0+n, NKV, HD] (the new tokens' rows included);
-// out [n, NH, HD]. Scores and sums in double (the decoder is the reference the training forward is checked with).
+// position up to their own (window > 0: only the last `window` of them, itself included, as AttentionShape).
+// q [n, NH, HD]; k_cache/v_cache [p0+n, NKV, HD] (the new tokens' rows included); out [n, NH, HD]. Scores
+// and sums in double (the decoder is the reference the training forward is checked with).
 template <typename S>
 void attention_decode(S* out, const S* q, const S* k_cache, const S* v_cache, int64_t n, int64_t p0, int64_t NH,
-                      int64_t NKV, int64_t HD);
+                      int64_t NKV, int64_t HD, int64_t window = 0);
 
 // ---------------------------------------------------------------------------------------------
 // SwiGLU: out = silu(gate) * up, silu(x) = x / (1 + exp(-x)). All [n].

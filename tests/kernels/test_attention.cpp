@@ -2,6 +2,7 @@
 // padding, packing across key/query tiles); float vs double; argument validation.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <limits>
@@ -27,7 +28,11 @@ struct Case {
   const int32_t* len_ptr() const { return lengths.empty() ? nullptr : lengths.data(); }
   const int32_t* kvb_ptr() const { return kv_begin.empty() ? nullptr : kv_begin.data(); }
   int64_t len(int64_t b) const { return lengths.empty() ? s.T : lengths[b]; }
-  int64_t lo(int64_t b, int64_t t) const { return kv_begin.empty() ? 0 : kv_begin[b * s.T + t]; }
+  // the definition of the key range: the sample's start, and with a window keys j > t - window only
+  int64_t lo(int64_t b, int64_t t) const {
+    const int64_t begin = kv_begin.empty() ? 0 : kv_begin[b * s.T + t];
+    return s.window > 0 ? std::max(begin, t - s.window + 1) : begin;
+  }
   size_t nq() const { return size_t(s.B * s.T * s.NH * s.HD); }
   size_t nkv() const { return size_t(s.B * s.T * s.NKV * s.HD); }
 };
@@ -485,4 +490,134 @@ TEST(Attention, FusedAndTwoPassBackwardAgree) {
     }
     EXPECT_LT(d / m, 1e-5) << "gradient " << i;
   }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Sliding window (Mistral, Qwen2): query t sees keys t - window < s <= t (and s >= kv_begin), against the
+// definition (naive() masks with Case::lo, which is that rule written out).
+
+namespace {
+AttentionShape windowed(AttentionShape s, int64_t window) {
+  s.window = window;
+  return s;
+}
+}  // namespace
+
+TEST(AttentionWindow, ForwardMatchesNaive) {
+  // T = 150 spans 5 query tiles and 3 key tiles: windows smaller than a tile (8), between tiles (40, 70), and
+  // at least T (no effect); with packing (row 0: samples of 70, 45, 35) and padding (row 1: 100 tokens)
+  const int64_t T = 150;
+  auto kvb = packed_begin(T, {70, 45, 35});
+  auto kvb1 = packed_begin(T, {T});
+  kvb.insert(kvb.end(), kvb1.begin(), kvb1.end());
+  for (int64_t w : {1, 8, 40, 70, 150, 400}) {
+    SCOPED_TRACE("window " + std::to_string(w));
+    expect_forward_matches_naive(make_case(windowed({2, T, 4, 2, 16}, w), {150, 100}, kvb, 30));
+  }
+  // a window of 1: every query sees itself only, so out = its own v row
+  Case one = make_case(windowed({1, 9, 2, 1, 8}, 1), {}, {}, 31);
+  std::vector<double> out, lse;
+  run_forward<double>(one, out, lse);
+  for (int64_t t = 0; t < 9; ++t)
+    for (int64_t h = 0; h < 2; ++h)
+      for (int64_t i = 0; i < 8; ++i) EXPECT_NEAR(out[(t * 2 + h) * 8 + i], one.v[t * 8 + i], 1e-15);
+}
+
+TEST(AttentionWindow, ChangesTheResultOnlyBeyondTheWindow) {
+  // rows t < window see every earlier key either way: identical there, different after
+  Case full = make_case({1, 40, 2, 1, 8}, {}, {}, 32);
+  Case win = full;
+  win.s.window = 8;
+  std::vector<double> of, lf, ow, lw;
+  run_forward<double>(full, of, lf);
+  run_forward<double>(win, ow, lw);
+  for (int64_t t = 0; t < 40; ++t) {
+    double d = 0;
+    for (int64_t i = 0; i < 16; ++i) d = std::max(d, std::abs(of[t * 16 + i] - ow[t * 16 + i]));
+    if (t < 8)
+      EXPECT_EQ(d, 0.0) << t;
+    else
+      EXPECT_GT(d, 1e-6) << t;
+  }
+}
+
+TEST(AttentionWindow, GradientCheck) {
+  // window 5 within one tile; window 24 across the tiles of T = 80, with packing at 40 and padding after 75
+  expect_gradients(make_case(windowed({2, 9, 4, 2, 8}, 5), {9, 7}, {}, 33), 10000, 34);
+  const int64_t T = 80;
+  expect_gradients(make_case(windowed({1, T, 4, 2, 8}, 24), {75}, packed_begin(T, {40, 35}), 35), 150, 36);
+}
+
+TEST(AttentionWindow, FloatMatchesDouble) {
+  const int64_t T = 150;
+  Case c = make_case(windowed({2, T, 4, 2, 32}, 37), {150, 120}, {}, 37);
+  Vec R = float_exact(randn(c.nq(), 38));
+  Vec dq, dk, dv, out, lse;
+  std::vector<float> dqf, dkf, dvf, outf, lsef;
+  run_backward<double>(c, R, dq, dk, dv);
+  run_backward<float>(c, R, dqf, dkf, dvf);
+  run_forward<double>(c, out, lse);
+  run_forward<float>(c, outf, lsef);
+  EXPECT_LT(rel_err(outf, out), kFloatTol);
+  EXPECT_LT(rel_err(lsef, lse), kFloatTol);
+  EXPECT_LT(rel_err(dqf, dq), kFloatTol);
+  EXPECT_LT(rel_err(dkf, dk), kFloatTol);
+  EXPECT_LT(rel_err(dvf, dv), kFloatTol);
+}
+
+// The blocked kernels (the bf16 path's, here with fp32 operands) honour the window: against the definition
+// (forward) and the flash kernels (gradients), with the window shorter than a key chunk and spanning several.
+TEST(AttentionWindow, BlockedMatchesNaiveAndFlash) {
+  std::vector<int32_t> kv_begin(400, 0);
+  for (int64_t t = 60; t < 200; ++t) kv_begin[size_t(200 + t)] = 60;
+  for (int64_t w : {8, 100}) {
+    SCOPED_TRACE("window " + std::to_string(w));
+    const Case c = make_case(windowed({2, 200, 4, 2, 32}, w), {200, 170}, kv_begin, 39);
+    Vec want_out, want_lse;
+    naive(c, want_out, want_lse);
+    std::vector<float> q(c.q.begin(), c.q.end()), k(c.k.begin(), c.k.end()), v(c.v.begin(), c.v.end());
+    std::vector<float> out(c.nq(), 7.f), lse(size_t(c.s.B * c.s.NH * c.s.T), 7.f);
+    attention_forward_blocked(attention_best_isa(), AttentionOperands::F32, out.data(), lse.data(), q.data(),
+                              k.data(), v.data(), c.s, c.len_ptr(), c.kvb_ptr());
+    EXPECT_LT(rel_err(out, want_out), kFloatTol);
+    EXPECT_LT(rel_err(lse, want_lse), kFloatTol);
+  }
+  for (int64_t chunk : {512, 64}) {
+    const int64_t before = attention_blocked_key_chunk(chunk);
+    for (Problem p : blocked_problems())
+      for (int64_t w : {8, 100}) {
+        p.s.window = w;
+        SCOPED_TRACE("chunk=" + std::to_string(chunk) + " T=" + std::to_string(p.s.T) + " window=" + std::to_string(w));
+        expect_close(run_blocked(p, AttentionOperands::F32), run_default(p), 1e-5, 1e-5, 1e-5);
+      }
+    attention_blocked_key_chunk(before);
+  }
+}
+
+// Decoding against a KV cache with a window: the rows of a full forward over the same tokens.
+TEST(AttentionWindow, DecodeMatchesForward) {
+  const int64_t T = 30, NH = 4, NKV = 2, HD = 8;
+  for (int64_t w : {0, 1, 7, 30}) {
+    SCOPED_TRACE("window " + std::to_string(w));
+    Case c = make_case(windowed({1, T, NH, NKV, HD}, w), {}, {}, 40);
+    Vec want, lse;
+    naive(c, want, lse);
+    // the last 5 tokens fed at once after 25 cached ones, and the last one alone after 29
+    for (int64_t p0 : {25, 29}) {
+      const int64_t n = T - p0;
+      Vec out(size_t(n * NH * HD));
+      attention_decode<double>(out.data(), c.q.data() + p0 * NH * HD, c.k.data(), c.v.data(), n, p0, NH, NKV, HD, w);
+      Vec ref(want.begin() + p0 * NH * HD, want.end());
+      EXPECT_LT(rel_err(out, ref), 1e-13);
+    }
+  }
+  std::vector<float> x(64, 1.f);
+  EXPECT_THROW(attention_decode<float>(x.data(), x.data(), x.data(), x.data(), 1, 0, 1, 1, 8, -1), core::Error);
+}
+
+TEST(AttentionWindow, RejectsNegativeWindow) {
+  std::vector<float> in(64, 0.5f), out(64), lse(8);
+  EXPECT_THROW(attention_forward<float>(out.data(), lse.data(), in.data(), in.data(), in.data(),
+                                        windowed({1, 4, 2, 1, 8}, -1), nullptr, nullptr),
+               core::Error);
 }

@@ -303,6 +303,24 @@ TEST_F(CudaAttention, Bf16OtherHeadSizesRunFp32) {
   }
 }
 
+// ---- sliding window (Mistral, Qwen2): a lower bound on each query's keys, with packing and padding --------
+
+TEST_F(CudaAttention, SlidingWindow) {
+  const int64_t T = 300;
+  const auto kvb = concat({packed_begin(T, {120, 100, 80}), packed_begin(T, {150, 61}), packed_begin(T, {T})});
+  // bf16 only from window 8: with one or two keys per query dS cancels (see Bf16PlainCausalOddT)
+  for (int64_t w : {2, 8, 100, 299}) {
+    AttentionShape s{3, T, 4, 2, 64};
+    s.window = w;
+    const std::string what = "window " + std::to_string(w);
+    expect_matches_cpu(make_case(s, {300, 211, 300}, kvb, 140 + uint64_t(w)), what + " fp32");
+    if (w >= 8) expect_bf16_matches_cpu(make_case(s, {300, 211, 300}, kvb, 150 + uint64_t(w)), what);
+    s.HD = 128;
+    expect_matches_cpu(make_case(s, {}, {}, 160 + uint64_t(w)), what + " HD 128 fp32");
+    if (w >= 8) expect_bf16_matches_cpu(make_case(s, {}, {}, 170 + uint64_t(w)), what + " HD 128");
+  }
+}
+
 TEST_F(CudaAttention, EmptyShapesAndBadHeadSize) {
   // B = 0 or T = 0: nothing to do
   DeviceArray<float> x(16, ctx());

@@ -2,7 +2,8 @@
 // tiles through an online softmax and keeps only lse = max + log(sum exp) per (query, head); the
 // backward recomputes P = exp(score - lse) tile by tile. No T x T buffer anywhere.
 //
-//   score_ts = scale q_t.k_s for kv_begin[t] <= s <= t,  P = softmax_s(score),  out_t = sum_s P_ts v_s
+//   score_ts = scale q_t.k_s for lo_t <= s <= t,  P = softmax_s(score),  out_t = sum_s P_ts v_s
+//   (lo_t = kv_begin[t], or with a sliding window max(kv_begin[t], t - window + 1): AttentionLayout::lo)
 // Backward, with D_t = dout_t.out_t (= sum_s P_ts dP_ts):
 //   dP_ts = dout_t.v_s,  dS_ts = P_ts (dP_ts - D_t)
 //   dq_t = scale sum_s dS_ts k_s,  dk_s = scale sum_t dS_ts q_t,  dv_s = sum_t P_ts dout_t
@@ -63,16 +64,19 @@ AttentionLayout check_attention_args(const AttentionShape& s, const int32_t* len
   core::check(s.NH % s.NKV == 0, fn,
               std::to_string(s.NH) + " query heads are not a multiple of " + std::to_string(s.NKV) + " kv heads",
               "check num_attention_heads / num_key_value_heads in config.json");
-  AttentionLayout L{s.B, s.T, s.NH, s.NKV, s.HD, s.NH / s.NKV, lengths, kv_begin};
+  core::check(s.window >= 0, fn, "negative sliding window " + std::to_string(s.window));
+  AttentionLayout L{s.B, s.T, s.NH, s.NKV, s.HD, s.NH / s.NKV, lengths, kv_begin, s.window};
   for (int64_t b = 0; b < s.B; ++b) {
     int64_t n = L.len(b);
     core::check(0 <= n && n <= s.T, fn,
                 "lengths[" + std::to_string(b) + "] = " + std::to_string(n) + " outside [0, " + std::to_string(s.T) +
                     "]");
-    for (int64_t t = 0; t < n; ++t)
-      core::check(0 <= L.lo(b, t) && L.lo(b, t) <= t, fn,
-                  "kv_begin[" + std::to_string(b * s.T + t) + "] = " + std::to_string(L.lo(b, t)) +
-                      " outside [0, " + std::to_string(t) + "] (a query must see itself)");
+    for (int64_t t = 0; t < n; ++t) {
+      const int64_t begin = kv_begin ? kv_begin[b * s.T + t] : 0;
+      core::check(0 <= begin && begin <= t, fn,
+                  "kv_begin[" + std::to_string(b * s.T + t) + "] = " + std::to_string(begin) + " outside [0, " +
+                      std::to_string(t) + "] (a query must see itself)");
+    }
   }
   return L;
 }

@@ -2,6 +2,7 @@
 // the model calls attention_forward / attention_backward (kernels.h), which pick the best one this CPU
 // runs for the requested precision.
 #pragma once
+#include <algorithm>
 #include <cstdint>
 #include <string>
 #include <vector>
@@ -15,9 +16,15 @@ struct AttentionLayout {
   int64_t B, T, NH, NKV, HD, group;
   const int32_t* lengths;
   const int32_t* kv_begin;
+  int64_t window = 0;  // AttentionShape::window (0: none)
 
   int64_t len(int64_t b) const { return lengths ? lengths[b] : T; }
-  int64_t lo(int64_t b, int64_t t) const { return kv_begin ? kv_begin[b * T + t] : 0; }
+  // The first key query t of row b sees: its sample's start (packing), or the sliding window's, the later.
+  // Every kernel bounds its key ranges with this, so the window is one more lower bound, nothing else.
+  int64_t lo(int64_t b, int64_t t) const {
+    const int64_t begin = kv_begin ? kv_begin[b * T + t] : 0;
+    return window > 0 ? std::max(begin, t - window + 1) : begin;
+  }
   int64_t q_off(int64_t b, int64_t t, int64_t h) const { return ((b * T + t) * NH + h) * HD; }
   int64_t kv_off(int64_t b, int64_t s, int64_t g) const { return ((b * T + s) * NKV + g) * HD; }
   int64_t lse_off(int64_t b, int64_t h, int64_t t) const { return (b * NH + h) * T + t; }

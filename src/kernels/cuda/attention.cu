@@ -2,7 +2,8 @@
 // tensor cores: the numerics are those of the CPU kernels up to the order of the sums). Same contract as
 // kernels.h's attention_forward / attention_backward (see kernels/cpu/attention.cpp for the algebra):
 //
-//   score_ts = scale q_t.k_s for kv_begin[t] <= s <= t,  P = softmax_s(score),  out_t = sum_s P_ts v_s
+//   score_ts = scale q_t.k_s for lo_t <= s <= t,  P = softmax_s(score),  out_t = sum_s P_ts v_s
+//   (lo_t = kv_begin[t], or with a sliding window max(kv_begin[t], t - window + 1): row_lo)
 //   lse_t = log sum_s exp(score_ts);  D_t = dout_t.out_t;  dP_ts = dout_t.v_s;  dS_ts = P_ts (dP_ts - D_t)
 //   dq_t = scale sum_s dS_ts k_s,  dk_s = scale sum_t dS_ts q_t,  dv_s = sum_t P_ts dout_t
 //
@@ -42,6 +43,7 @@ struct Params {
   const int32_t* lengths;   // [B] or null
   const int32_t* kv_begin;  // [B*T] or null
   float scale;
+  int window;  // AttentionShape::window: query t sees keys s > t - window (0: no window)
 };
 
 __device__ __forceinline__ int64_t q_off(const Params& p, int b, int t, int h) {
@@ -55,8 +57,11 @@ __device__ __forceinline__ int64_t kv_off(const Params& p, int b, int s, int g) 
 __device__ __forceinline__ int row_len(const Params& p, int b) {
   return p.lengths ? min(max(p.lengths[b], 0), p.T) : p.T;
 }
+// The first key query t sees: its sample's start (packing) or the sliding window's, the later. Every kernel
+// bounds its key ranges (and skips tiles) with this, so the window needs nothing else.
 __device__ __forceinline__ int row_lo(const Params& p, int b, int t) {
-  return p.kv_begin ? max(p.kv_begin[int64_t(b) * p.T + t], 0) : 0;
+  const int begin = p.kv_begin ? max(p.kv_begin[int64_t(b) * p.T + t], 0) : 0;
+  return p.window > 0 ? max(begin, t - p.window + 1) : begin;
 }
 
 __device__ __forceinline__ void fma4(float4& acc, float a, const float4& x) {
@@ -966,8 +971,9 @@ Params check_args(const AttentionShape& s, const int32_t* lengths, const int32_t
     core::check(aligned16(x), fn, "a tensor is not 16-byte aligned on the device");
   // lengths and kv_begin live in device memory and are not checked here (the CPU kernels check
   // 0 <= lengths[b] <= T and 0 <= kv_begin[b*T+t] <= t); the kernels clamp them (see row_len).
+  core::check(s.window >= 0, fn, "negative sliding window " + std::to_string(s.window));
   return Params{int(s.B), int(s.T), int(s.NH), int(s.NKV), int(s.HD), int(s.NH / s.NKV), lengths, kv_begin,
-                float(1.0 / std::sqrt(double(s.HD)))};
+                float(1.0 / std::sqrt(double(s.HD))), int(std::min<int64_t>(s.window, INT_MAX))};
 }
 
 // The padded head size the kernels are compiled for.
