@@ -7,6 +7,7 @@
 
 #include <oneapi/dnnl/dnnl.hpp>
 
+#include "kernels/cpu/amx_gemm.h"
 #include "kernels/cpu/attention_variants.h"
 #include "kernels/cpu/onednn.h"
 
@@ -71,9 +72,12 @@ CpuBackendInfo cpu_backend_info() {
   if (const char* cap = std::getenv("ONEDNN_MAX_CPU_ISA")) r.onednn_isa += std::string(" (ONEDNN_MAX_CPU_ISA=") + cap + ")";
   else if (const char* cap2 = std::getenv("DNNL_MAX_CPU_ISA")) r.onednn_isa += std::string(" (DNNL_MAX_CPU_ISA=") + cap2 + ")";
   r.attention = attention_best_isa() == AttentionIsa::Avx512 ? "avx512" : "avx2";
-  r.bf16_matmul = cpu::bf16_native_available()
-                      ? "native (oneDNN " + matmul_impl(dnnl::memory::data_type::bf16) + ")"
-                      : std::string("portable (inputs rounded to bf16, weights widened, fp32 sums through sgemm)");
+  r.bf16_matmul = !cpu::bf16_native_available()
+                      ? std::string("portable (inputs rounded to bf16, weights widened, fp32 sums through sgemm)")
+                  : cpu::amx_gemm_in_use()
+                      ? "native (zerolora AMX tiles for frozen linears of >= 32 rows; oneDNN " +
+                            matmul_impl(dnnl::memory::data_type::bf16) + " otherwise)"
+                      : "native (oneDNN " + matmul_impl(dnnl::memory::data_type::bf16) + ")";
   r.f32_matmul = "oneDNN " + matmul_impl(dnnl::memory::data_type::f32);
   r.threads = omp_get_max_threads();
   // the caps a test run can set here: each ISA the CPU has that changes which kernels run

@@ -1,6 +1,7 @@
 // Linear layers through frozen weights: FrozenWeight::make/prepack, linear_forward and
-// linear_backward_input for F32 (dnnl_sgemm), F64 (gemm<double>) and BF16 weights (oneDNN bf16
-// matmul with primitives cached by shape, or the portable widen-and-sgemm path; see onednn.h).
+// linear_backward_input for F32 (dnnl_sgemm), F64 (gemm<double>) and BF16 weights (zerolora's AMX
+// kernels where the CPU has AMX (amx_gemm.h), else oneDNN's bf16 matmul with primitives cached by shape,
+// or the portable widen-and-sgemm path; see onednn.h).
 #include <algorithm>
 #include <atomic>
 #include <deque>
@@ -10,6 +11,7 @@
 #include <vector>
 
 #include "core/error.h"
+#include "kernels/cpu/amx_gemm.h"
 #include "kernels/cpu/common.h"
 #include "kernels/cpu/onednn.h"
 #include "kernels/nf4.h"
@@ -84,12 +86,14 @@ struct CachedMatmul {
   dnnl::matmul prim;
 };
 
-// One lock for the cache, the scratch buffers and the stream: a linear call holds it throughout
-// (its kernels use every thread anyway).
+// One lock for the primitive cache and the stream: a oneDNN call holds it throughout (its kernels use
+// every thread anyway). Scratch buffers are the calling thread's own (thread_local), not shared.
 std::mutex g_mutex;
 std::deque<CachedMatmul> g_cache;  // deque: references stay valid across push_back
-std::vector<uint16_t> g_bf16_scratch;
-std::vector<float> g_f32_in, g_f32_w;
+
+// Rows from which the AMX kernels take a bf16 linear (below: oneDNN). They work on blocks of 32 rows, so
+// fewer rows pay for padding (decoding one token: M = 1).
+constexpr int64_t kAmxMinRows = 32;
 
 // Forward: dst[M,N] = src[M,K] x W^T, W^T viewed as {K,N} (plain: tag ba of W [N,K], or packed).
 // BackwardInput: dst[M,K] += src[M,N] x W, W viewed as {N,K} tag ab (sum post-op).
@@ -165,10 +169,11 @@ void bf16_forward_portable(float* out, const float* inp, const uint16_t* W, int6
   const auto& t = cpu::portable_tiling();
   int64_t mb = std::clamp<int64_t>(t.input_elems / std::max<int64_t>(K, 1), 1, M);
   int64_t nb = std::clamp<int64_t>(t.weight_elems / std::max<int64_t>(K, 1), 1, N);
-  g_f32_in.resize(size_t(mb * K));
-  g_f32_w.resize(size_t(nb * K));
-  float* A = g_f32_in.data();
-  float* Wt = g_f32_w.data();
+  thread_local std::vector<float> f32_in, f32_w;
+  f32_in.resize(size_t(mb * K));
+  f32_w.resize(size_t(nb * K));
+  float* A = f32_in.data();
+  float* Wt = f32_w.data();
   for (int64_t m0 = 0; m0 < M; m0 += mb) {
     int64_t mc = std::min(mb, M - m0);
     round_rows_bf16(A, inp + m0 * K, mc * K);
@@ -188,10 +193,11 @@ void bf16_backward_portable(float* dinp, const float* dout, const uint16_t* W, i
   const auto& t = cpu::portable_tiling();
   int64_t mb = std::clamp<int64_t>(t.input_elems / std::max<int64_t>(N, 1), 1, M);
   int64_t kb = std::clamp<int64_t>(t.weight_elems / std::max<int64_t>(N, 1), 1, K);
-  g_f32_in.resize(size_t(mb * N));
-  g_f32_w.resize(size_t(N * kb));
-  float* A = g_f32_in.data();
-  float* Wt = g_f32_w.data();
+  thread_local std::vector<float> f32_in, f32_w;
+  f32_in.resize(size_t(mb * N));
+  f32_w.resize(size_t(N * kb));
+  float* A = f32_in.data();
+  float* Wt = f32_w.data();
   for (int64_t m0 = 0; m0 < M; m0 += mb) {
     int64_t mc = std::min(mb, M - m0);
     round_rows_bf16(A, dout + m0 * N, mc * N);
@@ -213,8 +219,13 @@ void bf16_forward(float* out, const float* inp, const FrozenWeight& w, int64_t M
   const int64_t N = w.N, K = w.K;
   const uint16_t* W = w.weight.bits16();
   const float* bias = w.has_bias() ? w.bias.data<float>() : nullptr;
-  std::lock_guard<std::mutex> lock(g_mutex);
+  if (M >= kAmxMinRows && cpu::bf16_use_native() && cpu::amx_gemm_in_use()) {
+    cpu::amx_linear_forward(out, inp, W, M, N, K, false);
+    if (bias) add_bias(out, bias, M, N);
+    return;
+  }
   if (cpu::bf16_use_native()) {
+    std::lock_guard<std::mutex> lock(g_mutex);
     const PackedWeight* pw = w.packed && w.packed->dt == memory::data_type::bf16 ? w.packed.get() : nullptr;
     const CachedMatmul* c = &get_matmul(Op::Forward, memory::data_type::bf16, M, N, K, pw);
     if (!c->ok && pw) {
@@ -222,9 +233,10 @@ void bf16_forward(float* out, const float* inp, const FrozenWeight& w, int64_t M
       c = &get_matmul(Op::Forward, memory::data_type::bf16, M, N, K, nullptr);
     }
     if (c->ok) {
-      g_bf16_scratch.resize(size_t(M * K));
-      core::convert(inp, DType::F32, g_bf16_scratch.data(), DType::BF16, size_t(M * K));
-      run_matmul(*c, g_bf16_scratch.data(), pw ? static_cast<const void*>(pw->data.get()) : W, out);
+      thread_local std::vector<uint16_t> bf16_in;
+      bf16_in.resize(size_t(M * K));
+      core::convert(inp, DType::F32, bf16_in.data(), DType::BF16, size_t(M * K));
+      run_matmul(*c, bf16_in.data(), pw ? static_cast<const void*>(pw->data.get()) : W, out);
       if (bias) add_bias(out, bias, M, N);
       return;
     }
@@ -236,13 +248,16 @@ void bf16_forward(float* out, const float* inp, const FrozenWeight& w, int64_t M
 void bf16_backward_input(float* dinp, const float* dout, const FrozenWeight& w, int64_t M) {
   const int64_t N = w.N, K = w.K;
   const uint16_t* W = w.weight.bits16();
-  std::lock_guard<std::mutex> lock(g_mutex);
+  if (M >= kAmxMinRows && cpu::bf16_use_native() && cpu::amx_gemm_in_use())
+    return cpu::amx_linear_backward_input(dinp, dout, W, M, N, K);
   if (cpu::bf16_use_native()) {
+    std::lock_guard<std::mutex> lock(g_mutex);
     const CachedMatmul& c = get_matmul(Op::BackwardInput, memory::data_type::bf16, M, N, K, nullptr);
     if (c.ok) {
-      g_bf16_scratch.resize(size_t(M * N));
-      core::convert(dout, DType::F32, g_bf16_scratch.data(), DType::BF16, size_t(M * N));
-      run_matmul(c, g_bf16_scratch.data(), W, dinp);
+      thread_local std::vector<uint16_t> bf16_in;
+      bf16_in.resize(size_t(M * N));
+      core::convert(dout, DType::F32, bf16_in.data(), DType::BF16, size_t(M * N));
+      run_matmul(c, bf16_in.data(), W, dinp);
       return;
     }
   }

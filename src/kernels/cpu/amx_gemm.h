@@ -1,0 +1,46 @@
+// zerolora's own AMX-BF16 GEMMs for the frozen bf16 linears (internal to kernels/cpu, its tests and bench/).
+//
+// On CPUs with AMX (Sapphire Rapids and later) Debian's oneDNN 2.6 bf16 matmul reached ~230 GFLOP/s per core on
+// the TinyLlama shapes, a few percent of what the tile unit does (bench/cpu_matrix_units.cpp,
+// docs/PERFORMANCE.md). These kernels multiply straight from the plain row-major bf16 weight W [N, K], so
+// no packed copy of the weight is kept (peak RSS unchanged):
+//   forward   out^T = W x^T: W's rows are the A tiles as they lie in memory (stride K), x is rounded to bf16
+//             and packed per call into B tiles (k pairs interleaved, O(M K)); each 16x16 fp32 result tile
+//             is transposed into out (O(M N)).
+//   backward  dinp += dout W: bf16(dout) rows are the A tiles; W's row pairs are interleaved into B tiles
+//             once per call per 32-column panel (O(N K), used by every M/32 row block).
+// Inputs are rounded to bf16 (round to nearest even, vcvtne2ps2bf16: denormal inputs count as zero, as
+// in oneDNN's AMX kernels), products and sums are fp32 in the tile unit; only the order of the fp32 sums
+// differs from the oneDNN path.
+#pragma once
+#include <cstdint>
+
+namespace zerolora::kernels::cpu {
+
+// The CPU has AMX-BF16 and AVX512-BF16 and Linux granted this process the AMX tile state
+// (arch_prctl(ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA)); asked once per process.
+bool amx_supported();
+
+// amx_supported(), oneDNN's effective ISA includes AVX512_CORE_AMX (ONEDNN_MAX_CPU_ISA caps the whole CPU
+// backend: a cap below AMX runs what a CPU without AMX runs) and not switched off by set_amx_gemm_enabled.
+bool amx_gemm_in_use();
+
+// Tests and bench/: switch the AMX kernels off (true = the default) so the oneDNN path runs on an AMX CPU.
+void set_amx_gemm_enabled(bool on);
+
+// out[M,N] = bf16(x)[M,K] W^T (accumulate: out +=). W [N,K] bf16 bits, row-major. Needs amx_supported().
+void amx_linear_forward(float* out, const float* x, const uint16_t* W, int64_t M, int64_t N, int64_t K,
+                        bool accumulate);
+
+// dinp[M,K] += bf16(dout)[M,N] W. Needs amx_supported().
+void amx_linear_backward_input(float* dinp, const float* dout, const uint16_t* W, int64_t M, int64_t N,
+                               int64_t K);
+
+// Blocking of both kernels (bench/ tunes it; the defaults fit a 2 MiB L2 at M = 512).
+struct AmxBlocking {
+  int64_t panels_per_group = 4;  // 32-row (forward) / 32-column (backward) weight panels sharing one pass
+  int64_t k_chunk = 512;         // reduction elements per pass (multiple of 32)
+};
+AmxBlocking& amx_blocking();
+
+}  // namespace zerolora::kernels::cpu
