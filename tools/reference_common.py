@@ -171,9 +171,10 @@ def _rotate_half(x):
     return torch.cat((-x[..., h:], x[..., :h]), dim=-1)
 
 
-def plain_forward(W, cfg, input_ids, attention_mask, lora=None, lora_scale=1.0, rope_fp32=False):
+def plain_forward(W, cfg, input_ids, attention_mask, lora=None, lora_scale=1.0, rope_fp32=False, sliding_window=None):
     """Float64 forward. W: dict HF name -> tensor (any float dtype, cast to float64).
     lora: optional dict module-path (e.g. 'model.layers.0.self_attn.q_proj') -> (A [r,in], B [out,r]) float64.
+    sliding_window: optional W (every layer): query i sees keys j with i - W < j <= i (HF Mistral's mask).
     Returns logits [B, T, V] float64."""
     d = torch.float64
     H = cfg["hidden_size"]
@@ -211,7 +212,11 @@ def plain_forward(W, cfg, input_ids, attention_mask, lora=None, lora_scale=1.0, 
 
     am = attention_mask.to(torch.bool)
     causal = torch.ones(T, T, dtype=torch.bool).tril()
+    if sliding_window is not None:
+        causal = causal & ~torch.ones(T, T, dtype=torch.bool).tril(-sliding_window)
     allowed = causal[None, :, :] & am[:, None, :]  # [B, Tq, Tk]
+    if sliding_window is not None:  # a padded query may see no key at all: let it see itself (its row is ignored)
+        allowed = allowed | (~am[:, :, None] & torch.eye(T, dtype=torch.bool)[None, :, :])
 
     x = g["model.embed_tokens.weight"][input_ids]
     for i in range(L):

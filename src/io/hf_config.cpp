@@ -235,16 +235,31 @@ void parse_sliding_window(const Fields& f, const ArchitectureDefaults& d, HfConf
     if (w < 0) throw Error(f.where("sliding_window"), "must not be negative", "fix config.json");
     return w;
   };
+  const int64_t L = c.num_hidden_layers;
   if (c.model_type == "mistral") c.sliding_window = window();
-  // Qwen2 keeps sliding_window in its configs but applies it only when use_sliding_window is true.
-  if (c.model_type == "qwen2") c.sliding_window = f.boolean("use_sliding_window", false) ? window() : 0;
-  // Newer transformers also write layer_types; a sliding layer needs a window.
+  // Qwen2 keeps sliding_window in its configs but applies it only when use_sliding_window is true, and then
+  // (Qwen2Config: layer_types, or the flash-attention path of older transformers) only to the layers
+  // i >= max_window_layers.
+  if (c.model_type == "qwen2") {
+    c.sliding_window = f.boolean("use_sliding_window", false) ? window() : 0;
+    if (c.sliding_window > 0) {
+      const int64_t first = f.integer("max_window_layers", 28);  // Qwen2Config's default
+      if (first < 0) throw Error(f.where("max_window_layers"), "must not be negative", "fix config.json");
+      if (first > 0) {
+        c.sliding_layers.assign(size_t(L), false);
+        for (int64_t l = first; l < L; ++l) c.sliding_layers[size_t(l)] = true;
+      }
+    }
+  }
+  // Newer transformers also write layer_types (which then decide); a sliding layer needs a window.
   if (f.has("layer_types")) {
     const json& types = f.at("layer_types");
-    if (!types.is_array() || int64_t(types.size()) != c.num_hidden_layers)
-      throw Error(f.where("layer_types"), "must list one type per layer (" + std::to_string(c.num_hidden_layers) + ")",
+    if (!types.is_array() || int64_t(types.size()) != L)
+      throw Error(f.where("layer_types"), "must list one type per layer (" + std::to_string(L) + ")",
                   "fix config.json");
+    std::vector<bool> sliding;
     for (const json& t : types) {
+      sliding.push_back(t == "sliding_attention");
       if (t == "full_attention") continue;
       if (t != "sliding_attention")
         throw Error(f.where("layer_types"), "layer type " + t.dump() + " is not supported (full_attention, sliding_attention)",
@@ -253,7 +268,12 @@ void parse_sliding_window(const Fields& f, const ArchitectureDefaults& d, HfConf
         throw Error(f.where("layer_types"), "names sliding_attention layers but no sliding_window is in use",
                     "make layer_types, sliding_window and use_sliding_window agree");
     }
+    c.sliding_layers = sliding;
   }
+  // one representation per meaning: no window, or every layer sliding, keeps the list empty
+  bool all = true;
+  for (bool s : c.sliding_layers) all = all && s;
+  if (c.sliding_window == 0 || all) c.sliding_layers.clear();
 }
 
 // Options that LlamaConfig & co. accept but zerolora does not implement: refused unless at their no-op value.
@@ -332,6 +352,12 @@ HfConfig parse_hf_config(const json& j, const std::string& path) {
   return c;
 }
 
+int64_t layer_sliding_window(const HfConfig& c, int64_t layer) {
+  if (c.sliding_window <= 0) return 0;
+  if (c.sliding_layers.empty()) return c.sliding_window;
+  return c.sliding_layers.at(size_t(layer)) ? c.sliding_window : 0;
+}
+
 HfConfig load_hf_config(const std::string& config_json_path) {
   namespace fs = std::filesystem;
   if (!fs::exists(config_json_path))
@@ -393,11 +419,28 @@ json hf_config_to_json(const HfConfig& c) {
     j["pretraining_tp"] = 1;
   } else if (c.model_type == "mistral") {
     j["sliding_window"] = c.sliding_window > 0 ? json(c.sliding_window) : json(nullptr);
+    if (!c.sliding_layers.empty()) {  // read from layer_types: written back the same way
+      json types = json::array();
+      for (int64_t l = 0; l < c.num_hidden_layers; ++l)
+        types.push_back(layer_sliding_window(c, l) > 0 ? "sliding_attention" : "full_attention");
+      j["layer_types"] = types;
+    }
   } else if (c.model_type == "qwen2") {
-    // max_window_layers 0: every layer uses the window, the reading zerolora applies (it checks lengths against it).
+    // the sliding layers as max_window_layers (the first sliding layer; every transformers version reads it)
+    // when they are a suffix, else as layer_types
     j["use_sliding_window"] = c.sliding_window > 0;
     j["sliding_window"] = c.sliding_window > 0 ? json(c.sliding_window) : json(nullptr);
-    j["max_window_layers"] = c.sliding_window > 0 ? 0 : c.num_hidden_layers;
+    int64_t first = c.num_hidden_layers;
+    while (first > 0 && layer_sliding_window(c, first - 1) > 0) --first;
+    bool suffix = true;
+    for (int64_t l = 0; l < first; ++l) suffix = suffix && layer_sliding_window(c, l) == 0;
+    j["max_window_layers"] = c.sliding_window > 0 ? first : c.num_hidden_layers;
+    if (c.sliding_window > 0 && !suffix) {
+      json types = json::array();
+      for (int64_t l = 0; l < c.num_hidden_layers; ++l)
+        types.push_back(layer_sliding_window(c, l) > 0 ? "sliding_attention" : "full_attention");
+      j["layer_types"] = types;
+    }
   }
   return j;
 }

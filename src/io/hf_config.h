@@ -38,9 +38,16 @@ struct HfConfig {
   int64_t bos_token_id = 1;               // -1: none (null in config.json)
   std::vector<int64_t> eos_token_ids = {2};  // empty: none
   std::string torch_dtype = "float32";  // "float32" | "float16" | "bfloat16"
-  int64_t sliding_window = 0;           // Mistral/Qwen2: 0 or >= sequence lengths used (checked at use)
+  // Sliding-window attention (Mistral; Qwen2 with use_sliding_window): a query sees itself and the
+  // sliding_window - 1 keys before it (0: no window). sliding_layers says which layers use it: empty = every
+  // layer (Mistral); otherwise one flag per layer (Qwen2: layers >= max_window_layers; or layer_types).
+  int64_t sliding_window = 0;
+  std::vector<bool> sliding_layers;
   bool operator==(const HfConfig&) const = default;
 };
+
+// The window layer l attends with (0: full causal attention).
+int64_t layer_sliding_window(const HfConfig& c, int64_t layer);
 
 // Parses and validates; every refusal is a core::Error naming the file and field and the fix
 // (unknown architecture, hidden_act other than silu, heads not dividing hidden, unsupported

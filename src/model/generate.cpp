@@ -11,8 +11,8 @@
 
 #include "core/error.h"
 #include "core/runtime.h"
+#include "model/block.h"
 #include "model/lora_linear.h"
-#include "model/rope.h"
 
 namespace zerolora::model {
 
@@ -23,15 +23,30 @@ struct KvCacheDecoder<S>::Buffers {
   int64_t rows = 0;
   std::vector<S> x, xn, rstd, q, att, tmp, xmid, gate, up, act, u;
   std::vector<int32_t> positions;
+  // The block's buffers over the ones above: without a backward, both norms share xn and rstd, and every
+  // projection's LoRA intermediate shares u. k and v are set per layer to the cache rows of the new tokens.
+  BlockActivations<S> block() {
+    BlockActivations<S> a;
+    a.xn1 = a.xn2 = xn.data();
+    a.rstd1 = a.rstd2 = rstd.data();
+    a.q = q.data();
+    a.att = att.data();
+    a.xmid = xmid.data();
+    a.gate = gate.data();
+    a.up = up.data();
+    a.act = act.data();
+    for (auto& p : a.u) p = u.data();
+    return a;
+  }
 };
 
 template <typename S>
 KvCacheDecoder<S>::KvCacheDecoder(const LlamaWeights& weights, const LoraLayout* lora, const S* lora_params)
-    : w_(weights), lora_(lora), lora_params_(lora_params), b_(std::make_unique<Buffers>()) {
+    : w_(weights), arch_(Architecture::of(weights.config)), lora_(lora), lora_params_(lora_params),
+      b_(std::make_unique<Buffers>()) {
   core::check(core::dtype_of<S>() == weights.compute, "generate", "weights were prepared for another compute dtype");
   core::check((lora == nullptr) == (lora_params == nullptr), "generate",
               "a LoRA layout needs its parameters (and parameters need a layout)");
-  inv_freq_ = rope_inv_freq(weights.config);
   k_cache_.resize(size_t(weights.config.num_hidden_layers));
   v_cache_.resize(size_t(weights.config.num_hidden_layers));
 }
@@ -59,7 +74,7 @@ void KvCacheDecoder<S>::ensure_capacity(int64_t tokens) {
     v_cache_[l].resize(size_t(cap * KV));
   }
   rope_.resize(size_t(cap * c.head_dim));
-  kernels::rope_table<S>(rope_.data(), inv_freq_.data(), cap, c.head_dim);
+  kernels::rope_table<S>(rope_.data(), arch_.rope_inv_freq.data(), cap, c.head_dim);
   capacity_ = cap;
 }
 
@@ -79,60 +94,36 @@ void KvCacheDecoder<S>::ensure_rows(int64_t n) {
   b.rows = n;
 }
 
-// att[i] for the n new tokens against the cached keys and values (kernels::attention_decode).
-template <typename S>
-void KvCacheDecoder<S>::attend(int l, int64_t n) {
-  const auto& c = w_.config;
-  kernels::attention_decode<S>(b_->att.data(), b_->q.data(), k_cache_[l].data(), v_cache_[l].data(), n, length_,
-                               c.num_attention_heads, c.num_key_value_heads, c.head_dim);
-}
-
+// The n new tokens through every block (model/block.h, as the training model runs it), each block's keys and
+// values written straight into the cache rows p0 .. p0+n-1 and attended to with the cached ones
+// (kernels::attention_decode, with the layer's sliding window); then the final norm and lm_head on the rows
+// whose logits are wanted.
 template <typename S>
 void KvCacheDecoder<S>::feed(const int32_t* ids, int64_t n, S* logits, bool all_positions) {
   core::check(n > 0 && ids != nullptr, "generate", "no tokens to feed");
   const auto& c = w_.config;
-  const int64_t C = c.hidden_size, NH = c.num_attention_heads, NKV = c.num_key_value_heads, HD = c.head_dim;
-  const int64_t KV = NKV * HD, I = c.intermediate_size, p0 = length_;
-  check_attention_span(c, p0 + n, "generate", "keep prompt + --max_new_tokens within sliding_window");
+  const int64_t C = c.hidden_size, KV = c.num_key_value_heads * c.head_dim, p0 = length_;
   ensure_capacity(p0 + n);
   ensure_rows(n);
   Buffers& b = *b_;
   for (int64_t i = 0; i < n; ++i) b.positions[size_t(i)] = int32_t(p0 + i);
-  LoraScratch<S> scratch{nullptr, nullptr};  // dropout is off and there is no backward: no scratch needed
-  auto branch = [&](int layer, Proj p) {
-    LoraBranch br;
-    if (lora_) br.slot = lora_->find(layer, p);
-    if (br.slot) {
-      br.slot_index = int(br.slot - lora_->slots().data());
-      br.scale = lora_->scale();
-    }
-    return br;
-  };
-  auto linear = [&](S* out, const S* in, int layer, Proj p, const kernels::FrozenWeight& w, int64_t rows) {
-    lora_linear_forward<S>(out, b.u.data(), in, w, branch(layer, p), lora_params_, scratch, rows);
-  };
+  BlockActivations<S> a = b.block();
+  BlockScratch<S> scratch;  // dropout is off and there is no backward: only tmp is used
+  scratch.tmp = b.tmp.data();
+  BlockTokens<S> tok;
+  tok.M = n;
+  tok.positions = b.positions.data();
+  tok.rope = rope_.data();
+  tok.p0 = p0;
 
   kernels::embedding_forward<S>(b.x.data(), ids, w_.embed, n);
   for (int l = 0; l < c.num_hidden_layers; ++l) {
-    const LayerWeights& W = w_.layers[size_t(l)];
-    S* k_new = k_cache_[size_t(l)].data() + p0 * KV;
-    S* v_new = v_cache_[size_t(l)].data() + p0 * KV;
-    kernels::rmsnorm_forward<S>(b.xn.data(), b.rstd.data(), b.x.data(), W.input_norm.data<S>(), n, C, c.rms_norm_eps);
-    linear(b.q.data(), b.xn.data(), l, Proj::Q, W.proj[0], n);
-    linear(k_new, b.xn.data(), l, Proj::K, W.proj[1], n);  // straight into the cache rows of these tokens
-    linear(v_new, b.xn.data(), l, Proj::V, W.proj[2], n);
-    kernels::rope_forward<S>(b.q.data(), rope_.data(), b.positions.data(), n, NH, HD);
-    kernels::rope_forward<S>(k_new, rope_.data(), b.positions.data(), n, NKV, HD);
-    attend(l, n);
-    linear(b.tmp.data(), b.att.data(), l, Proj::O, W.proj[3], n);
-    kernels::add<S>(b.xmid.data(), b.x.data(), b.tmp.data(), n * C);
-    kernels::rmsnorm_forward<S>(b.xn.data(), b.rstd.data(), b.xmid.data(), W.post_norm.data<S>(), n, C,
-                                c.rms_norm_eps);
-    linear(b.gate.data(), b.xn.data(), l, Proj::Gate, W.proj[4], n);
-    linear(b.up.data(), b.xn.data(), l, Proj::Up, W.proj[5], n);
-    kernels::swiglu_forward<S>(b.act.data(), b.gate.data(), b.up.data(), n * I);
-    linear(b.tmp.data(), b.act.data(), l, Proj::Down, W.proj[6], n);
-    kernels::add<S>(b.x.data(), b.xmid.data(), b.tmp.data(), n * C);
+    a.k = k_cache_[size_t(l)].data() + p0 * KV;
+    a.v = v_cache_[size_t(l)].data() + p0 * KV;
+    tok.k_cache = k_cache_[size_t(l)].data();
+    tok.v_cache = v_cache_[size_t(l)].data();
+    block_forward<S>(arch_, l, w_.layers[size_t(l)], block_lora<S>(lora_, l, lora_params_, false, 0), tok,
+                     b.x.data(), b.x.data(), a, scratch);
   }
   length_ = p0 + n;
 
@@ -140,7 +131,8 @@ void KvCacheDecoder<S>::feed(const int32_t* ids, int64_t n, S* logits, bool all_
   const int64_t first = all_positions ? 0 : n - 1, rows = n - first;
   kernels::rmsnorm_forward<S>(b.xn.data(), b.rstd.data(), b.x.data() + first * C, w_.final_norm.data<S>(), rows, C,
                               c.rms_norm_eps);
-  linear(logits, b.xn.data(), -1, Proj::LmHead, w_.lm_head, rows);
+  lora_linear_forward<S>(logits, b.u.data(), b.xn.data(), w_.lm_head, lora_branch(lora_, -1, Proj::LmHead, false, 0),
+                         lora_params_, LoraScratch<S>{}, rows);
 }
 
 template class KvCacheDecoder<float>;

@@ -1,11 +1,12 @@
-// Text generation with a KV cache: the same math as LlamaModel's forward (same kernels, same LoRA
-// choke point), run incrementally. A prompt is prefilled in one pass; each new token then costs one
+// Text generation with a KV cache: the same math as LlamaModel's forward (the same block, model/block.h),
+// run incrementally. A prompt is prefilled in one pass; each new token then costs one
 // row through every layer plus attention over the cached keys and values, instead of a forward over
 // the whole sequence.
 //
 //   per layer, for the n new tokens at positions p0 .. p0+n-1:
 //     K_cache[p0 ..] = rope(k_proj(n1)),  V_cache[p0 ..] = v_proj(n1)          (post-RoPE K, as HF caches it)
 //     att_t = softmax_s(q_t . K_s / sqrt(HD)) V_s  over s <= t                  (GQA: head h reads kv h/(NH/NKV))
+//                                                   (sliding window W: over t - W < s <= t; the cache keeps all rows)
 //
 // Sampling follows HF generate's order: temperature, then top-k, then top-p (nucleus), then a draw from
 // a seeded RNG; temperature 0 is greedy (argmax, lowest id on ties).
@@ -17,6 +18,7 @@
 #include <string>
 #include <vector>
 
+#include "model/block.h"
 #include "model/lora.h"
 #include "model/weights.h"
 
@@ -44,12 +46,11 @@ class KvCacheDecoder {
   struct Buffers;
   void ensure_capacity(int64_t tokens);
   void ensure_rows(int64_t n);
-  void attend(int l, int64_t n);
 
   const LlamaWeights& w_;
+  Architecture arch_;
   const LoraLayout* lora_;
   const S* lora_params_;
-  std::vector<double> inv_freq_;
   std::vector<S> rope_;                       // [capacity, HD/2, 2]
   std::vector<std::vector<S>> k_cache_, v_cache_;  // per layer [capacity, NKV*HD]
   int64_t capacity_ = 0, length_ = 0;

@@ -6,24 +6,18 @@
 #include "core/error.h"
 #include "core/op_profile.h"
 #include "model/lora_linear.h"
-#include "model/rope.h"
 
 namespace zerolora::model {
 
-void check_attention_span(const io::HfConfig& c, int64_t span, const std::string& what, const std::string& fix) {
-  if (c.sliding_window <= 0 || span <= c.sliding_window) return;
-  throw core::Error(what, std::to_string(span) + " tokens of attention exceed the model's sliding_window " +
-                              std::to_string(c.sliding_window) + " (" + c.path +
-                              "), and sliding-window attention is not implemented", fix);
+void check_attention_span(const io::HfConfig&, int64_t, const std::string&, const std::string&) {
+  // Every span is computed as the model defines it now (the attention kernels apply each layer's sliding
+  // window, kernels::AttentionShape::window): nothing to refuse. Kept for train/trainer.cpp's call, which can go.
 }
 
 // Shapes: M = B*T rows, C hidden, Q = NH*HD, KV = NKV*HD, I intermediate, V vocab.
 template <typename S>
 struct LlamaModel<S>::Arena {
-  struct Layer {
-    S *xn1, *rstd1, *q, *k, *v, *att, *lse, *xmid, *xn2, *rstd2, *gate, *up, *act;
-    S* u[7];  // LoRA intermediates per projection [M, r] (null when not adapted)
-  };
+  using Layer = BlockActivations<S>;  // q/k/v/att/lse/..., LoRA intermediates u[p] (null when not adapted)
   int64_t B = 0, T = 0, M = 0;
   std::shared_ptr<void> memory;  // in the context's memory
   int64_t elements = 0;
@@ -42,13 +36,13 @@ struct LlamaModel<S>::Arena {
 template <typename S>
 LlamaModel<S>::LlamaModel(const LlamaWeights& weights, const LoraLayout* lora, TrainOptions options,
                           const kernels::Context& ctx)
-    : w_(weights), lora_(lora), opt_(options), a_(std::make_unique<Arena>()), ctx_(&ctx) {
+    : w_(weights), arch_(Architecture::of(weights.config)), lora_(lora), opt_(options), a_(std::make_unique<Arena>()),
+      ctx_(&ctx) {
   core::check(!ctx.on_cuda() || std::is_same_v<S, float>, "model", "the CUDA backend runs float models only");
   core::check(!ctx.on_cuda() || weights.embed.device() == core::Device::Cuda || weights.embed.numel() == 0, "model",
               "a CUDA model needs the weights' device copy", "pass model::to_device(weights, ctx)");
   core::check(core::dtype_of<S>() == weights.compute, "model",
               "weights were prepared for another compute dtype");
-  inv_freq_ = rope_inv_freq(weights.config);
 }
 
 template <typename S>
@@ -208,7 +202,7 @@ void LlamaModel<S>::ensure_rope(const ModelInput& in) {
   const int64_t HD = w_.config.head_dim;
   const int64_t n = std::max<int64_t>({max_pos + 1, w_.config.max_position_embeddings, 2 * rope_positions_});
   rope_.resize(size_t(n * HD));
-  kernels::rope_table<S>(rope_.data(), inv_freq_.data(), n, HD);
+  kernels::rope_table<S>(rope_.data(), arch_.rope_inv_freq.data(), n, HD);
   rope_positions_ = n;
   if (ctx_->on_cuda()) {
     rope_device_ = kernels::DeviceArray<S>(n * HD, *ctx_);
@@ -219,15 +213,7 @@ void LlamaModel<S>::ensure_rope(const ModelInput& in) {
 // The LoRA branch of projection p in layer l (layer -1: lm_head); empty when it is not adapted.
 template <typename S>
 LoraBranch LlamaModel<S>::lora_branch(int l, Proj p, bool training, uint64_t seed) const {
-  LoraBranch br;
-  if (lora_) br.slot = lora_->find(l, p);
-  if (br.slot) {
-    br.slot_index = int(br.slot - lora_->slots().data());
-    br.scale = lora_->scale();
-    br.dropout = training ? lora_->config().dropout : 0.0;
-    br.dropout_seed = seed;
-  }
-  return br;
+  return model::lora_branch(lora_, l, p, training, seed);
 }
 
 template <typename S>
@@ -258,85 +244,46 @@ void LlamaModel<S>::report_gradients_final(int first_final_layer) {
   grad_ready_(from);
 }
 
+// The block's view of this pass: its rows, positions and RoPE table, and the attention's shape and masks.
 template <typename S>
-void LlamaModel<S>::forward_layer(int l, const LayerWeights& W, const ModelInput& in, const S* params,
-                                  bool training, uint64_t seed) {
-  Arena& a = *a_;
-  const auto& c = w_.config;
-  auto& s = a.layers[opt_.gradient_checkpointing ? 0 : l];
-  const int64_t M = a.M, C = c.hidden_size, NH = c.num_attention_heads, NKV = c.num_key_value_heads;
-  const int64_t HD = c.head_dim, I = c.intermediate_size;
-  const int32_t* pos = inputs_.positions;
-  const int32_t* lengths = inputs_.lengths;
-  const S* x = a.resid[l];
-  LoraScratch<S> scratch{a.lora_h, a.lora_du};
-  auto branch = [&](Proj p) { return lora_branch(l, p, training, seed); };
-
-  { core::OpTimer t_(core::Op::Norm); kernels::rmsnorm_forward<S>(s.xn1, s.rstd1, x, W.input_norm.data<S>(), M, C, c.rms_norm_eps, *ctx_); }
-  lora_linear_forward<S>(s.q, s.u[0], s.xn1, W.proj[0], branch(Proj::Q), params, scratch, M, *ctx_);
-  lora_linear_forward<S>(s.k, s.u[1], s.xn1, W.proj[1], branch(Proj::K), params, scratch, M, *ctx_);
-  lora_linear_forward<S>(s.v, s.u[2], s.xn1, W.proj[2], branch(Proj::V), params, scratch, M, *ctx_);
-  { core::OpTimer t_(core::Op::Rope); kernels::rope_forward<S>(s.q, rope_table(), pos, M, NH, HD, *ctx_); }
-  { core::OpTimer t_(core::Op::Rope); kernels::rope_forward<S>(s.k, rope_table(), pos, M, NKV, HD, *ctx_); }
-  const kernels::AttentionShape shape{a.B, a.T, NH, NKV, HD, bf16_attention()};
-  {
-    core::OpTimer t_(core::Op::Attention);
-    kernels::attention_forward<S>(s.att, s.lse, s.q, s.k, s.v, shape, lengths, inputs_.kv_begin, *ctx_);
-  }
-  lora_linear_forward<S>(a.tmp, s.u[3], s.att, W.proj[3], branch(Proj::O), params, scratch, M, *ctx_);
-  { core::OpTimer t_(core::Op::Elementwise); kernels::add<S>(s.xmid, x, a.tmp, M * C, *ctx_); }
-  { core::OpTimer t_(core::Op::Norm); kernels::rmsnorm_forward<S>(s.xn2, s.rstd2, s.xmid, W.post_norm.data<S>(), M, C, c.rms_norm_eps, *ctx_); }
-  lora_linear_forward<S>(s.gate, s.u[4], s.xn2, W.proj[4], branch(Proj::Gate), params, scratch, M, *ctx_);
-  lora_linear_forward<S>(s.up, s.u[5], s.xn2, W.proj[5], branch(Proj::Up), params, scratch, M, *ctx_);
-  { core::OpTimer t_(core::Op::Swiglu); kernels::swiglu_forward<S>(s.act, s.gate, s.up, M * I, *ctx_); }
-  lora_linear_forward<S>(a.tmp, s.u[6], s.act, W.proj[6], branch(Proj::Down), params, scratch, M, *ctx_);
-  S* out = a.resid[l + 1];
-  { core::OpTimer t_(core::Op::Elementwise); kernels::add<S>(out, s.xmid, a.tmp, M * C, *ctx_); }
+BlockTokens<S> LlamaModel<S>::block_tokens() const {
+  const Arena& a = *a_;
+  BlockTokens<S> tok;
+  tok.M = a.M;
+  tok.positions = inputs_.positions;
+  tok.rope = rope_table();
+  tok.shape = kernels::AttentionShape{a.B, a.T, arch_.NH, arch_.NKV, arch_.HD, bf16_attention()};
+  tok.lengths = inputs_.lengths;
+  tok.kv_begin = inputs_.kv_begin;
+  return tok;
 }
 
 template <typename S>
-void LlamaModel<S>::backward_layer(int l, const LayerWeights& W, const ModelInput& in, const S* params, S* grads,
-                                   uint64_t seed) {
-  Arena& a = *a_;
-  const auto& c = w_.config;
-  auto& s = a.layers[opt_.gradient_checkpointing ? 0 : l];
-  const int64_t M = a.M, C = c.hidden_size, NH = c.num_attention_heads, NKV = c.num_key_value_heads;
-  const int64_t HD = c.head_dim, I = c.intermediate_size, Q = NH * HD;
-  const int32_t* pos = inputs_.positions;
-  const int32_t* lengths = inputs_.lengths;
-  const S* x = a.resid[l];
-  LoraScratch<S> scratch{a.lora_h, a.lora_du};
-  auto branch = [&](Proj p) { return lora_branch(l, p, true, seed); };
-  // a.dres holds d loss / d resid[l+1]; on return it holds d loss / d resid[l].
-  { core::OpTimer t_(core::Op::Elementwise); kernels::fill_zero<S>(a.dact, M * I, *ctx_); }
-  lora_linear_backward<S>(a.dact, grads, a.dres, s.act, s.u[6], W.proj[6], branch(Proj::Down), params, scratch, M, *ctx_);
-  { core::OpTimer t_(core::Op::Swiglu); kernels::swiglu_backward<S>(a.dgate, a.dup, a.dact, s.gate, s.up, M * I, *ctx_); }
-  { core::OpTimer t_(core::Op::Elementwise); kernels::fill_zero<S>(a.dxn, M * C, *ctx_); }
-  lora_linear_backward<S>(a.dxn, grads, a.dgate, s.xn2, s.u[4], W.proj[4], branch(Proj::Gate), params, scratch, M, *ctx_);
-  lora_linear_backward<S>(a.dxn, grads, a.dup, s.xn2, s.u[5], W.proj[5], branch(Proj::Up), params, scratch, M, *ctx_);
-  { core::OpTimer t_(core::Op::Norm); kernels::rmsnorm_backward<S>(a.dres, a.dxn, s.xmid, W.post_norm.data<S>(), s.rstd2, M, C, *ctx_); }  // residual: +=
+BlockScratch<S> LlamaModel<S>::block_scratch() const {
+  const Arena& a = *a_;
+  return BlockScratch<S>{a.tmp, a.dxn, a.datt, a.dq, a.dk, a.dv, a.dact, a.dgate, a.dup, {a.lora_h, a.lora_du}};
+}
 
-  { core::OpTimer t_(core::Op::Elementwise); kernels::fill_zero<S>(a.datt, M * Q, *ctx_); }
-  lora_linear_backward<S>(a.datt, grads, a.dres, s.att, s.u[3], W.proj[3], branch(Proj::O), params, scratch, M, *ctx_);
-  const kernels::AttentionShape shape{a.B, a.T, NH, NKV, HD, bf16_attention()};
-  {
-    core::OpTimer t_(core::Op::AttentionBackward);
-    kernels::attention_backward<S>(a.dq, a.dk, a.dv, a.datt, s.q, s.k, s.v, s.att, s.lse, shape, lengths,
-                                   inputs_.kv_begin, *ctx_);
-  }
-  { core::OpTimer t_(core::Op::Rope); kernels::rope_backward<S>(a.dq, rope_table(), pos, M, NH, HD, *ctx_); }
-  { core::OpTimer t_(core::Op::Rope); kernels::rope_backward<S>(a.dk, rope_table(), pos, M, NKV, HD, *ctx_); }
-  { core::OpTimer t_(core::Op::Elementwise); kernels::fill_zero<S>(a.dxn, M * C, *ctx_); }
-  lora_linear_backward<S>(a.dxn, grads, a.dq, s.xn1, s.u[0], W.proj[0], branch(Proj::Q), params, scratch, M, *ctx_);
-  lora_linear_backward<S>(a.dxn, grads, a.dk, s.xn1, s.u[1], W.proj[1], branch(Proj::K), params, scratch, M, *ctx_);
-  lora_linear_backward<S>(a.dxn, grads, a.dv, s.xn1, s.u[2], W.proj[2], branch(Proj::V), params, scratch, M, *ctx_);
-  { core::OpTimer t_(core::Op::Norm); kernels::rmsnorm_backward<S>(a.dres, a.dxn, x, W.input_norm.data<S>(), s.rstd1, M, C, *ctx_); }
+template <typename S>
+void LlamaModel<S>::forward_layer(int l, const LayerWeights& W, const S* params, bool training, uint64_t seed) {
+  Arena& a = *a_;
+  BlockScratch<S> scratch = block_scratch();
+  block_forward<S>(arch_, l, W, block_lora<S>(lora_, l, params, training, seed), block_tokens(), a.resid[l],
+                   a.resid[l + 1], a.layers[opt_.gradient_checkpointing ? 0 : l], scratch, *ctx_);
+}
+
+// a.dres holds d loss / d resid[l+1]; on return it holds d loss / d resid[l].
+template <typename S>
+void LlamaModel<S>::backward_layer(int l, const LayerWeights& W, const S* params, S* grads, uint64_t seed) {
+  Arena& a = *a_;
+  BlockScratch<S> scratch = block_scratch();
+  block_backward<S>(arch_, l, W, block_lora<S>(lora_, l, params, true, seed), grads, block_tokens(), a.resid[l],
+                    a.layers[opt_.gradient_checkpointing ? 0 : l], scratch, a.dres, *ctx_);
 }
 
 template <typename S>
 void LlamaModel<S>::forward_layers(const ModelInput& in, const S* params, bool training, uint64_t seed) {
   core::check(in.B > 0 && in.T > 0 && in.input_ids, "model input", "empty batch");
-  check_attention_span(w_.config, in.T, "model input", "use sequences of at most sliding_window tokens");
   ensure_arena(in.B, in.T);
   ensure_rope(in);
   Arena& a = *a_;
@@ -352,7 +299,7 @@ void LlamaModel<S>::forward_layers(const ModelInput& in, const S* params, bool t
   }
   release_part();
   for (int l = 0; l < w_.config.num_hidden_layers; ++l) {
-    forward_layer(l, layer_part(l), in, params, training, seed);
+    forward_layer(l, layer_part(l), params, training, seed);
     release_part();
   }
   {
@@ -441,8 +388,8 @@ LossResult LlamaModel<S>::forward_backward(const ModelInput& in, const S* params
   { core::OpTimer t_(core::Op::Norm); kernels::rmsnorm_backward<S>(a.dres, a.dxn, a.resid.back(), w_.final_norm.data<S>(), a.rstdf, M, C, *ctx_); }
   for (int l = c.num_hidden_layers - 1; l >= 0; --l) {
     const LayerWeights& W = layer_part(l);
-    if (opt_.gradient_checkpointing) forward_layer(l, W, in, params, true, dropout_seed);  // recompute
-    backward_layer(l, W, in, params, grads, dropout_seed);
+    if (opt_.gradient_checkpointing) forward_layer(l, W, params, true, dropout_seed);  // recompute
+    backward_layer(l, W, params, grads, dropout_seed);
     release_part();
     report_gradients_final(l);
   }

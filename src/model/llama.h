@@ -6,8 +6,13 @@
 //               x' = h + down(silu(gate(n2)) * up(n2)),                              n2 = rmsnorm(h)
 //   loss = sum over targets of cross_entropy(lm_head(rmsnorm(x_L)))   (chunked: logits never all kept)
 //
-// Activations live in one arena, reallocated when a micro-batch's (B, T) differs from the last one (with
-// --padding max_length every micro-batch has the same shape, so the step loop allocates nothing once warm).
+// The block itself (norms, projections with their LoRA branches, RoPE, attention, SwiGLU, residuals) is
+// model/block.h, shared with the KV-cache decoder; this class owns the arena, the embedding, the final norm,
+// the chunked lm_head + loss, and the order of the blocks (ZeRO-3 streaming, gradient-ready hooks).
+//
+// Activations live in one arena, reallocated whenever a micro-batch's (B, T) differs from the last one's: with
+// --padding max_length every micro-batch has the same shape, so the step loop allocates nothing once warm; with
+// --padding longest (or packing) T follows the batch, and each new shape reallocates (and zero-fills) the arena.
 // With gradient checkpointing only each block's input is kept; a block's forward is recomputed in its
 // backward.
 //
@@ -21,6 +26,7 @@
 #include <type_traits>
 #include <vector>
 
+#include "model/block.h"
 #include "model/lora.h"
 #include "model/lora_linear.h"
 #include "model/weight_stream.h"
@@ -54,9 +60,9 @@ struct TrainOptions {
   bool bf16_attention = true;
 };
 
-// Mistral/Qwen2 sliding-window attention is not implemented: a sequence whose attention span (tokens a query
-// can see) exceeds config.sliding_window would be computed with full attention, a different model. Throws
-// core::Error naming `what` (the flag or input that sets the span) and `fix`; nothing when span fits.
+// Accepts every span: Mistral/Qwen2 sliding-window attention is computed as the model defines it (each layer's
+// window goes to the attention kernels, model/block.h). It used to refuse spans longer than sliding_window;
+// train/trainer.cpp still calls it (that call can be deleted, then this function).
 void check_attention_span(const io::HfConfig& config, int64_t span, const std::string& what, const std::string& fix);
 
 template <typename S>
@@ -100,10 +106,10 @@ class LlamaModel {
   static void plan_arena(Arena& a, std::vector<std::pair<S**, int64_t>>& plan, const io::HfConfig& c,
                          const LoraLayout* lora, const TrainOptions& opt, int64_t B, int64_t T);
   void forward_layers(const ModelInput& in, const S* params, bool training, uint64_t seed);
-  void forward_layer(int l, const LayerWeights& W, const ModelInput& in, const S* params, bool training,
-                     uint64_t seed);
-  void backward_layer(int l, const LayerWeights& W, const ModelInput& in, const S* params, S* grads,
-                      uint64_t seed);
+  void forward_layer(int l, const LayerWeights& W, const S* params, bool training, uint64_t seed);
+  void backward_layer(int l, const LayerWeights& W, const S* params, S* grads, uint64_t seed);
+  BlockTokens<S> block_tokens() const;
+  BlockScratch<S> block_scratch() const;
   // The parts of the frozen model, resident or from the stream; release_part() after each use.
   const core::Tensor& embedding_part();
   const LayerWeights& layer_part(int l);
@@ -126,6 +132,7 @@ class LlamaModel {
   }
 
   const LlamaWeights& w_;
+  Architecture arch_;
   const LoraLayout* lora_;
   TrainOptions opt_;
   std::unique_ptr<Arena> a_;
@@ -135,7 +142,6 @@ class LlamaModel {
   kernels::DeviceArray<S> rope_device_;  // its copy on a CUDA context
   const S* rope_table() const { return ctx_->on_cuda() ? rope_device_.data() : rope_.data(); }
   int64_t rope_positions_ = 0;
-  std::vector<double> inv_freq_;
   FrozenWeightStream* stream_ = nullptr;
   std::function<void(int64_t)> grad_ready_;
 };

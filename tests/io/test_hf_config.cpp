@@ -358,5 +358,36 @@ TEST(HfConfigWrite, WritesTheKeysHfClassesRead) {
   EXPECT_TRUE(q["bos_token_id"].is_null());
 }
 
+// Which layers slide: Mistral every layer; Qwen2 with use_sliding_window the layers i >= max_window_layers
+// (default 28), or as layer_types says; written back so that it reads the same.
+TEST(HfConfig, SlidingLayers) {
+  json q = json::parse(R"({"architectures": ["Qwen2ForCausalLM"], "hidden_size": 64, "num_attention_heads": 4,
+      "num_key_value_heads": 2, "num_hidden_layers": 4, "use_sliding_window": true, "sliding_window": 16,
+      "max_window_layers": 2})");
+  HfConfig c = parse_hf_config(q, kPath);
+  EXPECT_EQ(c.sliding_window, 16);
+  EXPECT_EQ(c.sliding_layers, (std::vector<bool>{false, false, true, true}));
+  for (int64_t l = 0; l < 4; ++l) EXPECT_EQ(layer_sliding_window(c, l), l >= 2 ? 16 : 0) << l;
+  EXPECT_EQ(hf_config_to_json(c)["max_window_layers"], 2);
+  EXPECT_EQ(parse_hf_config(hf_config_to_json(c), kPath), c);
+  q.erase("max_window_layers");  // Qwen2Config's default 28: no layer of 4 slides
+  c = parse_hf_config(q, kPath);
+  for (int64_t l = 0; l < 4; ++l) EXPECT_EQ(layer_sliding_window(c, l), 0) << l;
+  EXPECT_EQ(parse_hf_config(hf_config_to_json(c), kPath), c);
+  q["layer_types"] = {"sliding_attention", "full_attention", "sliding_attention", "full_attention"};
+  c = parse_hf_config(q, kPath);
+  EXPECT_EQ(c.sliding_layers, (std::vector<bool>{true, false, true, false}));
+  EXPECT_EQ(parse_hf_config(hf_config_to_json(c), kPath), c);
+  json m = json::parse(R"({"architectures": ["MistralForCausalLM"], "hidden_size": 64, "num_attention_heads": 8,
+      "num_hidden_layers": 2, "sliding_window": 8})");
+  c = parse_hf_config(m, kPath);
+  EXPECT_TRUE(c.sliding_layers.empty());
+  EXPECT_EQ(layer_sliding_window(c, 0), 8);
+  EXPECT_EQ(layer_sliding_window(c, 1), 8);
+  q["max_window_layers"] = -1;
+  q.erase("layer_types");
+  expect_contains(error_of([&] { parse_hf_config(q, kPath); }), {kPath + ":max_window_layers", "negative"});
+}
+
 }  // namespace
 }  // namespace zerolora::io
