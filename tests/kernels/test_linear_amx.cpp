@@ -21,10 +21,11 @@ using core::DType;
 
 namespace {
 
-#define SKIP_WITHOUT_AMX()                                                                                \
-  if (!cpu::amx_gemm_in_use())                                                                            \
-  GTEST_SKIP() << (cpu::amx_supported() ? "AMX kernels off: ONEDNN_MAX_CPU_ISA caps the CPU backend below AMX" \
-                                        : "no AMX-BF16 on this CPU (or the kernel refused the tile state)")
+#define SKIP_WITHOUT_AMX()                                                                    \
+  if (!cpu::amx_gemm_in_use())                                                                \
+  GTEST_SKIP() << (cpu::amx_supported()                                                       \
+                       ? "AMX kernels off (ONEDNN_MAX_CPU_ISA below AMX, or ZEROLORA_AMX_GEMM=0)" \
+                       : "no AMX-BF16 on this CPU (or the kernel refused the tile state)")
 
 double bf16(double v) { return core::bf16_to_f32(core::f32_to_bf16(float(v))); }
 

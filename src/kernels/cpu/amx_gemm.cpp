@@ -16,8 +16,11 @@
 #include <cstdlib>
 #include <cstring>
 #include <memory>
+#include <string>
 
 #include <oneapi/dnnl/dnnl.hpp>
+
+#include "core/error.h"
 
 // GCC 12 reports the _mm512_undefined_* inside its own unpack/shuffle intrinsics as uninitialised (a false
 // positive of the inlined headers), once per use of transpose16.
@@ -212,11 +215,18 @@ bool amx_supported() {
 }
 
 bool amx_gemm_in_use() {
-  static const bool isa_ok = [] {
+  static const bool allowed = [] {
     const unsigned have = unsigned(dnnl::get_effective_cpu_isa()), amx = unsigned(dnnl::cpu_isa::avx512_core_amx);
-    return (have & amx) == amx;
+    bool env_on = true;
+    if (const char* v = std::getenv("ZEROLORA_AMX_GEMM")) {
+      const std::string s(v);
+      core::check(s == "0" || s == "1", "ZEROLORA_AMX_GEMM", "unknown value '" + s + "'",
+                  "set 0 (frozen bf16 linears through oneDNN's matmul) or 1 (zerolora's AMX kernels, the default)");
+      env_on = s == "1";
+    }
+    return env_on && (have & amx) == amx;
   }();
-  return g_amx_enabled && isa_ok && amx_supported();
+  return g_amx_enabled && allowed && amx_supported();
 }
 
 void set_amx_gemm_enabled(bool on) { g_amx_enabled = on; }

@@ -22,7 +22,9 @@ namespace zerolora::kernels::cpu {
 bool amx_supported();
 
 // amx_supported(), oneDNN's effective ISA includes AVX512_CORE_AMX (ONEDNN_MAX_CPU_ISA caps the whole CPU
-// backend: a cap below AMX runs what a CPU without AMX runs) and not switched off by set_amx_gemm_enabled.
+// backend: a cap below AMX runs what a CPU without AMX runs), ZEROLORA_AMX_GEMM is unset or 1 (0: the frozen
+// linears go through oneDNN's own AMX matmul instead, the engine before these kernels; scripts/test-variants.sh
+// runs that variant too; any other value throws core::Error) and not switched off by set_amx_gemm_enabled.
 bool amx_gemm_in_use();
 
 // Tests and bench/: switch the AMX kernels off (true = the default) so the oneDNN path runs on an AMX CPU.
