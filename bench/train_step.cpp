@@ -39,6 +39,7 @@
 #include "model/llama.h"
 #include "model/lora.h"
 #include "model/random_model.h"
+#include "train/flags.h"
 #include "train/optimizer.h"
 
 using namespace zerolora;
@@ -57,47 +58,49 @@ struct Options {
   int steps = 3, threads = 0;
 };
 
-[[noreturn]] void usage(const char* msg) {
-  std::fprintf(stderr,
-               "%s\nusage: bench_train_step [--preset NAME] [--layers N] [--seq T] [--batch B] [--dtype bf16|f32|nf4]\n"
-               "         [--lora-r R] [--lora-alpha A] [--lora-dropout P] [--lora-targets q_proj,v_proj|all]\n"
-               "         [--checkpointing] [--steps N] [--threads N] [--prepack] [--no-gemm] [--json-only] [--profile]\n",
-               msg);
-  std::exit(2);
-}
-
+// bench/run and scripts/gpu-check.sh write the flags with dashes (--lora-r, --no-gemm): the one parser maps a
+// dash in a name to an underscore, so both spellings work.
 Options parse(int argc, char** argv) {
   Options o;
-  for (int i = 1; i < argc; ++i) {
-    std::string a = argv[i];
-    auto value = [&]() -> std::string {
-      if (i + 1 >= argc) usage(("missing value after " + a).c_str());
-      return argv[++i];
-    };
-    if (a == "--preset") o.preset = value();
-    else if (a == "--layers") o.layers = std::stoll(value());
-    else if (a == "--seq") o.seq = std::stoll(value());
-    else if (a == "--batch") o.batch = std::stoll(value());
-    else if (a == "--dtype") o.dtype = value();
-    else if (a == "--lora-r") o.lora_r = std::stoll(value());
-    else if (a == "--lora-alpha") o.lora_alpha = std::stod(value());
-    else if (a == "--lora-dropout") o.lora_dropout = std::stod(value());
-    else if (a == "--lora-targets") o.lora_targets = value();
-    else if (a == "--checkpointing") o.checkpointing = true;
-    else if (a == "--steps") o.steps = std::stoi(value());
-    else if (a == "--threads") o.threads = std::stoi(value());
-    else if (a == "--prepack") o.prepack = true;
-    else if (a == "--no-gemm") o.gemm = false;
-    else if (a == "--json-only") o.json_only = true;
-    else if (a == "--profile") o.profile = true;
-    else if (a == "--device") o.device = value();
-    else if (a == "-h" || a == "--help") usage("");
-    else usage(("unknown argument " + a).c_str());
+  int64_t lora_alpha = int64_t(o.lora_alpha), steps = o.steps, threads = o.threads;
+  bool no_gemm = !o.gemm;
+  train::FlagSet fs("bench_train_step",
+                    "usage: bench_train_step [--preset NAME] [--layers N] [--seq T] [--batch B] [--dtype bf16|f32|nf4] "
+                    "[flags]\n"
+                    "One LoRA training step of a random model built in memory: tokens/s, peak RSS, MFU (median of "
+                    "--steps\nafter one warm-up step).");
+  fs.add(train::choice_flag("preset", o.preset, model::preset_names(), "model shape"));
+  fs.add(train::int_flag("layers", o.layers, "number of blocks (0 = the preset's)"));
+  fs.add(train::int_flag("seq", o.seq, "tokens per sequence T"));
+  fs.add(train::int_flag("batch", o.batch, "sequences per micro-batch B"));
+  fs.add(train::choice_flag("dtype", o.dtype, {"bf16", "f32", "nf4"},
+                            "frozen weights (nf4: QLoRA, NF4 projections, bf16 compute, bf16 embeddings/lm_head)"));
+  fs.add(train::lora_r_flag(o.lora_r));
+  fs.add(train::lora_alpha_flag(lora_alpha));
+  fs.add(train::lora_dropout_flag(o.lora_dropout));
+  fs.add(train::string_flag("lora_targets", o.lora_targets, "NAMES", "comma-separated projections, or all"));
+  fs.add(train::bool_flag("checkpointing", o.checkpointing, "gradient checkpointing (recompute block activations)"));
+  fs.add(train::int_flag("steps", steps, "timed steps (the median is reported)"));
+  fs.add(train::num_threads_flag(threads).with_alias("threads"));
+  fs.add(train::bool_flag("prepack", o.prepack, "frozen weights in oneDNN's blocked layout"));
+  fs.add(train::bool_flag("no_gemm", no_gemm, "skip the GEMM-rate measurement (no MFU)"));
+  fs.add(train::bool_flag("json_only", o.json_only, "print only the JSON line"));
+  fs.add(train::bool_flag("profile", o.profile, "time by op over the timed steps"));
+  fs.add(train::choice_flag("device", o.device, {"cpu", "cuda"}, "where the step runs"));
+  try {
+    if (!fs.parse(argc, argv)) {
+      std::fputs(fs.help().c_str(), stdout);
+      std::exit(0);
+    }
+    if (o.seq < 2 || o.batch < 1 || steps < 1 || o.lora_r < 1)
+      throw train::FlagError("bench_train_step", "--seq must be >= 2 and --batch, --steps, --lora_r >= 1",
+                             "pass values in those ranges");
+  } catch (const train::FlagError& e) {
+    std::fprintf(stderr, "error: %s\n", e.what());
+    std::exit(1);
   }
-  if (o.dtype != "bf16" && o.dtype != "f32" && o.dtype != "nf4")
-    usage("--dtype must be bf16, f32 or nf4 (QLoRA: NF4 projections, bf16 compute, bf16 embeddings/lm_head)");
-  if (o.device != "cpu" && o.device != "cuda") usage("--device must be cpu or cuda");
-  if (o.seq < 2 || o.batch < 1 || o.steps < 1 || o.lora_r < 1) usage("--seq >= 2, --batch/--steps/--lora-r >= 1");
+  o.lora_alpha = double(lora_alpha);
+  o.steps = int(steps), o.threads = int(threads), o.gemm = !no_gemm;
   return o;
 }
 

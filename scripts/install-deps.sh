@@ -4,7 +4,7 @@
 set -euo pipefail
 PKGS=(build-essential cmake ninja-build pkg-config
       libdnnl-dev ocl-icd-opencl-dev libopenmpi-dev openmpi-bin nlohmann-json3-dev
-      libsentencepiece-dev libgtest-dev libgmock-dev libbenchmark-dev libcli11-dev
+      libsentencepiece-dev libgtest-dev libgmock-dev libbenchmark-dev
       clang libclang-rt-14-dev libomp-14-dev)  # clang: the libFuzzer targets (scripts/fuzz.sh)
 missing=()
 for p in "${PKGS[@]}"; do

@@ -1,8 +1,6 @@
 // chat: an interactive conversation with a base model plus an adapter, rendered with the conversation
 // template the adapter was trained with, streamed token by token, the whole history kept in the KV cache's
 // prompt. Reads one user message per line from stdin ("/reset" forgets the history, EOF or "/exit" ends).
-#include <CLI/CLI.hpp>
-
 #include <iostream>
 #include <unistd.h>
 
@@ -18,25 +16,29 @@
 namespace zerolora::cli {
 
 int cmd_chat(int argc, char** argv) {
-  CLI::App app{"Chat with a model (and a LoRA adapter) using a conversation template"};
   std::string model_dir, adapter_dir, conv_template = "vicuna_v1.1", system;
   int64_t max_new_tokens = 256;
   double temperature = 0.7, top_p = 1.0;
   uint64_t seed = 0;
   bool bf16 = false;
-  int threads = 0;
-  app.add_option("model_dir", model_dir, "base model folder")->required();
-  app.add_option("--adapter", adapter_dir, "PEFT adapter folder (zerolora train output)");
-  app.add_option("--conv_template", conv_template, "vicuna_v1.1 | llama-2 | llama-3 | chatml | mistral")->capture_default_str();
-  app.add_option("--system", system, "system prompt (default: the template's)");
-  app.add_option("--max_new_tokens", max_new_tokens, "per reply")->capture_default_str();
-  app.add_option("--temperature", temperature, "0 = greedy (FastChat's CLI uses 0.7)")->capture_default_str();
-  app.add_option("--top_p", top_p, "nucleus sampling")->capture_default_str();
-  app.add_option("--seed", seed, "sampling seed")->capture_default_str();
-  app.add_flag("--bf16", bf16, "bf16 frozen weights");
-  app.add_option("--num_threads", threads, "threads (0 = all cores)");
-  ZL_PARSE(app, argc, argv);
-  core::set_num_threads(threads);
+  int64_t threads = 0;
+  train::FlagSet fs("zerolora chat",
+                    "usage: zerolora chat --model_name_or_path DIR [--adapter DIR] [--conv_template NAME] [flags]\n"
+                    "Chat with a model (and a LoRA adapter) in a conversation template: one user message per stdin "
+                    "line;\n/reset forgets the history, /exit or end of input ends.");
+  fs.add(train::model_name_or_path_flag(model_dir).with_help("base model folder"));
+  fs.accept_positional_as("model_name_or_path");
+  fs.add(train::adapter_flag(adapter_dir));
+  fs.add(train::conv_template_flag(conv_template));
+  fs.add(train::string_flag("system", system, "TEXT", "system prompt (default: the template's)"));
+  fs.add(train::int_flag("max_new_tokens", max_new_tokens, "per reply"));
+  fs.add(train::float_flag("temperature", temperature, "0 = greedy (FastChat's CLI uses 0.7)"));
+  fs.add(train::float_flag("top_p", top_p, "nucleus sampling"));
+  fs.add(train::seed_flag(seed).with_help("sampling seed"));
+  fs.add(train::bf16_flag(bf16).with_help("bf16 frozen weights"));
+  fs.add(train::num_threads_flag(threads).with_help("threads, 0 = all cores"));
+  if (!parse_flags(fs, argc, argv)) return 0;
+  core::set_num_threads(int(threads));
   const data::TemplateStyle style = data::find_template(conv_template);
   auto tok = tokenizer::load_tokenizer(model_dir);
   auto weights = model::load_llama_weights(model_dir, core::DType::F32, bf16 ? core::DType::BF16 : core::DType::F32);

@@ -1,6 +1,4 @@
 // generate: continue a prompt with a model folder (optionally with a LoRA adapter), streaming the text.
-#include <CLI/CLI.hpp>
-
 #include <algorithm>
 #include <cstdio>
 #include <filesystem>
@@ -18,56 +16,36 @@
 
 namespace zerolora::cli {
 
-namespace {
-
-std::vector<int32_t> parse_id_list(const std::string& text, const std::string& flag) {
-  std::vector<int32_t> ids;
-  size_t pos = 0;
-  while (pos <= text.size()) {
-    size_t end = text.find(',', pos);
-    if (end == std::string::npos) end = text.size();
-    const std::string tok = text.substr(pos, end - pos);
-    try {
-      size_t used = 0;
-      const long v = std::stol(tok, &used);
-      if (used != tok.size() || v < 0 || v > INT32_MAX) throw std::invalid_argument(tok);
-      ids.push_back(int32_t(v));
-    } catch (const std::exception&) {
-      throw core::Error(flag, "'" + tok + "' is not a token id", "give comma-separated token ids, e.g. 1,2,3");
-    }
-    pos = end + 1;
-  }
-  return ids;
-}
-
-
-}  // namespace
-
 int cmd_generate(int argc, char** argv) {
-  CLI::App app{"Generate a continuation with a KV cache (greedy by default; sampling with --temperature)"};
   std::string dir, adapter_dir, ids_text, prompt, stop_text;
   model::GenerationOptions options;
   bool bf16 = false, ignore_eos = false;
-  int threads = 0;
-  app.add_option("model_dir", dir, "model folder (config.json + safetensors, tokenizer files for --prompt)")
-      ->required();
-  app.add_option("--adapter", adapter_dir, "PEFT LoRA adapter folder to apply (unmerged)");
-  auto* ids_opt = app.add_option("--ids", ids_text, "prompt as comma-separated token ids, e.g. 1,403,407");
-  auto* prompt_opt = app.add_option("--prompt", prompt, "prompt text (tokenized with the model's tokenizer, BOS added)");
-  ids_opt->excludes(prompt_opt);
-  app.add_option("--max_new_tokens", options.max_new_tokens, "tokens to generate at most")->capture_default_str();
-  app.add_option("--temperature", options.sampling.temperature, "0 = greedy; > 0 samples")->capture_default_str();
-  app.add_option("--top_p", options.sampling.top_p, "nucleus sampling mass (1 = off)")->capture_default_str();
-  app.add_option("--top_k", options.sampling.top_k, "sample among the k most likely tokens (0 = off)")
-      ->capture_default_str();
-  app.add_option("--seed", options.sampling.seed, "random seed for sampling")->capture_default_str();
-  app.add_option("--stop_ids", stop_text, "extra comma-separated token ids that end generation");
-  app.add_flag("--ignore_eos", ignore_eos, "do not stop at the model's EOS ids");
-  app.add_flag("--bf16", bf16, "store frozen weights in bf16 (compute in fp32)");
-  app.add_option("--num_threads", threads, "threads (0 = all cores)");
-  ZL_PARSE(app, argc, argv);
-  core::check(!ids_text.empty() || !prompt.empty(), "generate", "no prompt", "give --ids 1,2,3 or --prompt TEXT");
-  core::set_num_threads(threads);
+  int64_t threads = 0;
+  train::FlagSet fs("zerolora generate",
+                    "usage: zerolora generate --model_name_or_path DIR (--ids IDS | --prompt TEXT) [--adapter DIR] "
+                    "[flags]\n"
+                    "Generate a continuation with a KV cache (greedy by default; sampling with --temperature).");
+  fs.add(train::model_name_or_path_flag(dir).with_help(
+      "model folder (config.json + safetensors; tokenizer files for --prompt)"));
+  fs.accept_positional_as("model_name_or_path");
+  fs.add(train::adapter_flag(adapter_dir));
+  fs.add(train::string_flag("ids", ids_text, "IDS", "prompt as comma-separated token ids, e.g. 1,403,407"));
+  fs.add(train::string_flag("prompt", prompt, "TEXT", "prompt text (tokenized with the model's tokenizer, BOS added)"));
+  fs.add(train::int_flag("max_new_tokens", options.max_new_tokens, "tokens to generate at most"));
+  fs.add(train::float_flag("temperature", options.sampling.temperature, "0 = greedy; > 0 samples"));
+  fs.add(train::float_flag("top_p", options.sampling.top_p, "nucleus sampling mass (1 = off)"));
+  fs.add(train::int_flag("top_k", options.sampling.top_k, "sample among the k most likely tokens (0 = off)"));
+  fs.add(train::seed_flag(options.sampling.seed).with_help("random seed for sampling"));
+  fs.add(train::string_flag("stop_ids", stop_text, "IDS", "extra comma-separated token ids that end generation"));
+  fs.add(train::bool_flag("ignore_eos", ignore_eos, "do not stop at the model's EOS ids"));
+  fs.add(train::bf16_flag(bf16).with_help("store frozen weights in bf16 (compute in fp32)"));
+  fs.add(train::num_threads_flag(threads).with_help("threads, 0 = all cores"));
+  if (!parse_flags(fs, argc, argv)) return 0;
+  if (fs.given("ids") && fs.given("prompt"))
+    throw train::FlagError("--ids/--prompt", "both are given", "pass either --ids 1,2,3 or --prompt TEXT");
+  if (ids_text.empty() && prompt.empty())
+    throw train::FlagError("zerolora generate", "no prompt", "give --ids 1,2,3 or --prompt TEXT");
+  core::set_num_threads(int(threads));
 
   auto weights = model::load_llama_weights(dir, core::DType::F32, bf16 ? core::DType::BF16 : core::DType::F32);
   std::unique_ptr<tokenizer::Tokenizer> tok;
@@ -76,7 +54,7 @@ int cmd_generate(int argc, char** argv) {
     tok = tokenizer::load_tokenizer(dir);
     ids = tok->encode(prompt, true);
   } else {
-    ids = parse_id_list(ids_text, "--ids");
+    ids = parse_token_ids(ids_text, "--ids");
   }
   if (!ignore_eos) {
     options.stop_ids = model::model_stop_ids(dir, weights.config);
@@ -85,7 +63,7 @@ int cmd_generate(int argc, char** argv) {
       options.stop_ids.push_back(tok->eos_id());
   }
   if (!stop_text.empty())
-    for (int32_t id : parse_id_list(stop_text, "--stop_ids")) options.stop_ids.push_back(id);
+    for (int32_t id : parse_token_ids(stop_text, "--stop_ids")) options.stop_ids.push_back(id);
 
   const model::LoadedAdapter adapter = model::load_adapter_for_model(weights.config, adapter_dir);
   model::KvCacheDecoder<float> decoder(weights, adapter.layout.get(), adapter.data());

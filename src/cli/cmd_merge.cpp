@@ -1,6 +1,4 @@
 // merge: fold a PEFT LoRA adapter into its base model (FastChat apply_lora.py), writing an HF folder.
-#include <CLI/CLI.hpp>
-
 #include <cstdio>
 
 #include "cli/commands.h"
@@ -11,21 +9,26 @@
 namespace zerolora::cli {
 
 int cmd_merge(int argc, char** argv) {
-  CLI::App app{"Merge a LoRA adapter into its base model (W + scale * B A) and write a Hugging Face model folder"};
   std::string base, adapter, out, dtype, shard_size = "5GB";
   bool overwrite = false;
-  int threads = 0;
-  app.add_option("--base", base, "base model folder (config.json + safetensors)")->required();
-  app.add_option("--adapter", adapter, "PEFT adapter folder (adapter_config.json + adapter_model.safetensors)")
-      ->required();
-  app.add_option("--out", out, "folder to write the merged model to")->required();
-  app.add_option("--dtype", dtype, "f32 | bf16 | f16 for every floating tensor (default: keep the base's dtypes)");
-  app.add_option("--max_shard_size", shard_size, "largest safetensors file, e.g. 5GB, 500MB, 2GiB")
-      ->capture_default_str();
-  app.add_flag("--overwrite", overwrite, "replace --out if it exists and is not empty");
-  app.add_option("--num_threads", threads, "threads (0 = all cores)");
-  ZL_PARSE(app, argc, argv);
-  core::set_num_threads(threads);
+  int64_t threads = 0;
+  train::FlagSet fs("zerolora merge",
+                    "usage: zerolora merge --model_name_or_path DIR --adapter DIR --out DIR [flags]\n"
+                    "Merge a LoRA adapter into its base model (W + scale * B A) and write a Hugging Face model "
+                    "folder.");
+  fs.add(train::model_name_or_path_flag(base).with_help("base model folder (config.json + safetensors)"))
+      .with_deprecated_alias("base");
+  fs.add(train::adapter_flag(adapter).with_help(
+             "PEFT adapter folder (adapter_config.json + adapter_model.safetensors)")).mark_required("./adapter");
+  fs.add(train::string_flag("out", out, "DIR", "folder to write the merged model to")).mark_required("./merged");
+  fs.add(train::string_flag("dtype", dtype, "{f32,bf16,f16}",
+                            "dtype of every floating tensor (default: keep the base's dtypes)"))
+      .with_default_shown("");
+  fs.add(train::string_flag("max_shard_size", shard_size, "SIZE", "largest safetensors file, e.g. 5GB, 500MB, 2GiB"));
+  fs.add(train::bool_flag("overwrite", overwrite, "replace --out if it exists and is not empty"));
+  fs.add(train::num_threads_flag(threads).with_help("threads, 0 = all cores"));
+  if (!parse_flags(fs, argc, argv)) return 0;
+  core::set_num_threads(int(threads));
   model::MergeOptions options;
   if (!dtype.empty()) options.dtype = model::parse_float_dtype(dtype, "--dtype");
   options.max_shard_bytes = model::parse_shard_size(shard_size);

@@ -1,6 +1,4 @@
 // init-model, inspect, forward: the model-folder commands.
-#include <CLI/CLI.hpp>
-
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
@@ -10,6 +8,7 @@
 #include "core/error.h"
 #include "core/runtime.h"
 #include "io/safetensors.h"
+#include "model/adapter_io.h"
 #include "model/llama.h"
 #include "model/random_model.h"
 
@@ -26,43 +25,26 @@ std::string human_bytes(double b) {
   return buf;
 }
 
-std::vector<int32_t> parse_ids(const std::string& text) {
-  std::vector<int32_t> ids;
-  size_t pos = 0;
-  while (pos <= text.size()) {
-    size_t end = text.find(',', pos);
-    if (end == std::string::npos) end = text.size();
-    std::string tok = text.substr(pos, end - pos);
-    try {
-      size_t used = 0;
-      long v = std::stol(tok, &used);
-      if (used != tok.size()) throw std::invalid_argument(tok);
-      ids.push_back(int32_t(v));
-    } catch (const std::exception&) {
-      throw core::Error("--ids", "'" + tok + "' is not an integer", "give comma-separated token ids, e.g. 1,2,3");
-    }
-    pos = end + 1;
-  }
-  return ids;
-}
-
 }  // namespace
 
 int cmd_init_model(int argc, char** argv) {
-  CLI::App app{"Write a random model folder (config.json + model.safetensors) in Hugging Face format"};
   std::string preset = "tiny", out, dtype = "f32";
   uint64_t seed = 0;
-  app.add_option("--preset", preset, "tiny | small | tinyllama-1.1b")->capture_default_str();
-  app.add_option("--out", out, "folder to create")->required();
-  app.add_option("--seed", seed, "random seed")->capture_default_str();
-  app.add_option("--dtype", dtype, "f32 | bf16 (tensor dtype in the file)")->capture_default_str();
   int64_t layers = 0;
-  app.add_option("--layers", layers, "number of blocks (0 = the preset's), e.g. a 1.1B-shaped model with fewer blocks")
-      ->capture_default_str();
-  ZL_PARSE(app, argc, argv);
-  core::check(dtype == "f32" || dtype == "bf16", "--dtype", "must be f32 or bf16, got '" + dtype + "'");
+  train::FlagSet fs("zerolora init-model",
+                    "usage: zerolora init-model --out DIR [--preset NAME] [flags]\n"
+                    "Write a random model folder (config.json + model.safetensors) in Hugging Face format.");
+  fs.add(train::choice_flag("preset", preset, model::preset_names(), "model shape"));
+  fs.add(train::string_flag("out", out, "DIR", "folder to create")).mark_required("./tiny-model");
+  fs.add(train::seed_flag(seed));
+  fs.add(train::choice_flag("dtype", dtype, {"f32", "bf16"}, "tensor dtype in the file"));
+  fs.add(train::int_flag("layers", layers,
+                         "number of blocks (0 = the preset's), e.g. a 1.1B-shaped model with fewer blocks"));
+  if (!parse_flags(fs, argc, argv)) return 0;
+  if (layers < 0)
+    throw train::FlagError("--layers", std::to_string(layers) + " is out of range: must be >= 0",
+                           "pass --layers 0 (the preset's) or a positive number");
   io::HfConfig c = model::preset_config(preset);
-  core::check(layers >= 0, "--layers", "must be >= 0, got " + std::to_string(layers));
   if (layers > 0) c.num_hidden_layers = layers;
   model::RandomInit init;
   init.seed = seed;
@@ -72,14 +54,23 @@ int cmd_init_model(int argc, char** argv) {
 }
 
 int cmd_inspect(int argc, char** argv) {
-  CLI::App app{"Describe a Hugging Face model folder and estimate LoRA training memory"};
   std::string dir;
   int64_t seq = 512, batch = 1, lora_r = 8;
-  app.add_option("model_dir", dir, "model folder (config.json + safetensors)")->required();
-  app.add_option("--model_max_length", seq, "sequence length for the estimate")->capture_default_str();
-  app.add_option("--per_device_train_batch_size", batch, "micro-batch for the estimate")->capture_default_str();
-  app.add_option("--lora_r", lora_r, "LoRA rank for the estimate (targets q_proj v_proj)")->capture_default_str();
-  ZL_PARSE(app, argc, argv);
+  train::FlagSet fs("zerolora inspect",
+                    "usage: zerolora inspect --model_name_or_path DIR [flags]\n"
+                    "Describe a Hugging Face model folder and estimate LoRA training memory.");
+  fs.add(train::model_name_or_path_flag(dir).with_help("model folder (config.json + safetensors)"));
+  fs.accept_positional_as("model_name_or_path");
+  fs.add(train::model_max_length_flag(seq).with_help("sequence length for the estimate"));
+  fs.add(train::int_flag("per_device_train_batch_size", batch, "micro-batch for the estimate"));
+  fs.add(train::lora_r_flag(lora_r).with_help("LoRA rank for the estimate (targets q_proj v_proj)"));
+  if (!parse_flags(fs, argc, argv)) return 0;
+  if (batch < 1)
+    throw train::FlagError("--per_device_train_batch_size", std::to_string(batch) + " is out of range: must be >= 1",
+                           "pass a value that is >= 1");
+  if (lora_r < 1)
+    throw train::FlagError("--lora_r", std::to_string(lora_r) + " is out of range: must be >= 1",
+                           "pass a value that is >= 1");
 
   io::HfConfig c = io::load_hf_config((std::filesystem::path(dir) / "config.json").string());
   io::TensorStore store = io::TensorStore::open_model_dir(dir);
@@ -129,32 +120,38 @@ int cmd_inspect(int argc, char** argv) {
 }
 
 int cmd_forward(int argc, char** argv) {
-  CLI::App app{"Run the model on token ids: print the loss (labels = ids) and the next-token argmax"};
-  std::string dir, ids_text;
+  std::string dir, adapter_dir, ids_text;
   bool bf16 = false;
-  int threads = 0;
-  app.add_option("model_dir", dir, "model folder")->required();
-  app.add_option("--ids", ids_text, "comma-separated token ids, e.g. 1,403,407")->required();
-  app.add_flag("--bf16", bf16, "store frozen weights in bf16 (compute in fp32)");
-  app.add_option("--num_threads", threads, "threads (0 = all cores)");
-  ZL_PARSE(app, argc, argv);
-  core::set_num_threads(threads);
-  std::vector<int32_t> ids = parse_ids(ids_text);
+  int64_t threads = 0;
+  train::FlagSet fs("zerolora forward",
+                    "usage: zerolora forward --model_name_or_path DIR --ids IDS [--adapter DIR] [flags]\n"
+                    "Run the model (plus an adapter) on token ids: print the loss (labels = ids) and the next-token "
+                    "argmax.");
+  fs.add(train::model_name_or_path_flag(dir).with_help("model folder (config.json + safetensors)"));
+  fs.accept_positional_as("model_name_or_path");
+  fs.add(train::adapter_flag(adapter_dir));
+  fs.add(train::string_flag("ids", ids_text, "IDS", "comma-separated token ids, e.g. 1,403,407")).mark_required("1,2,3");
+  fs.add(train::bf16_flag(bf16).with_help("store frozen weights in bf16 (compute in fp32)"));
+  fs.add(train::num_threads_flag(threads).with_help("threads, 0 = all cores"));
+  if (!parse_flags(fs, argc, argv)) return 0;
+  core::set_num_threads(int(threads));
+  std::vector<int32_t> ids = parse_token_ids(ids_text, "--ids");
   auto w = model::load_llama_weights(dir, core::DType::F32, bf16 ? core::DType::BF16 : core::DType::F32);
-  model::LlamaModel<float> m(w, nullptr);
+  const model::LoadedAdapter adapter = model::load_adapter_for_model(w.config, adapter_dir);
+  model::LlamaModel<float> m(w, adapter.layout.get());
   const int64_t T = int64_t(ids.size()), V = w.config.vocab_size;
   model::ModelInput in;
   in.B = 1, in.T = T, in.input_ids = ids.data();
   std::vector<float> logits(size_t(T * V));
   core::Timer timer;
-  m.forward_logits(in, nullptr, logits.data());
+  m.forward_logits(in, adapter.data(), logits.data());
   const double seconds = timer.seconds();
   const float* last = logits.data() + (T - 1) * V;
   const int64_t argmax = std::max_element(last, last + V) - last;
   if (T > 1) {
     std::vector<int32_t> labels = ids;
     in.labels = labels.data();
-    auto res = m.forward_backward(in, nullptr, nullptr, 1, 0);
+    auto res = m.forward_backward(in, adapter.data(), nullptr, 1, 0);
     std::printf("loss %.6f over %lld tokens\n", res.loss_sum / double(res.tokens), (long long)res.tokens);
   }
   std::printf("next_token_argmax %lld (logit %.6f)\n", (long long)argmax, double(last[argmax]));

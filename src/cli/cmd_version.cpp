@@ -25,7 +25,12 @@ std::string cpu_model_name() {
 
 }  // namespace
 
-int cmd_version(int, char**) {
+int cmd_version(int argc, char** argv) {
+  train::FlagSet fs("zerolora --version",
+                    "usage: zerolora --version\n"
+                    "What this binary is (commit, build flags, CUDA backend) and what it runs here (CPU extensions, "
+                    "oneDNN,\nthe kernel variant each op picks, MPI, GPUs). No flags.");
+  if (!parse_flags(fs, argc, argv)) return 0;
   std::printf("zerolora %s (commit %s, %s)\n", ZEROLORA_VERSION, ZEROLORA_GIT_COMMIT, ZEROLORA_GIT_DATE);
   std::printf("build:        %s\n", ZEROLORA_BUILD_FLAGS);
   const kernels::CpuBackendInfo cpu = kernels::cpu_backend_info();

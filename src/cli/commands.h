@@ -1,6 +1,11 @@
 // Subcommands of the zerolora binary. Each takes argv with argv[0] = the subcommand name and returns
 // the process exit code; errors a user can fix are thrown as core::Error and printed by main.
 #pragma once
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "train/flags.h"
 
 namespace zerolora::cli {
 
@@ -19,13 +24,15 @@ int cmd_version(int argc, char** argv);  // zerolora --version
 // `zerolora <command> ...`: finds the command, runs it, turns errors into one line and an exit code.
 int run_command_line(int argc, char** argv);
 
+// Every command's --help as Markdown: docs/FLAGS.md (`zerolora help-markdown > docs/FLAGS.md`).
+int cmd_help_markdown(int argc, char** argv);
+
+// Parses a command's flags (argv[0] = the command). --help prints flags.help() on stdout and returns false
+// (the command then exits 0); deprecated spellings print their note on stderr.
+bool parse_flags(train::FlagSet& flags, int argc, char** argv);
+
+// "1,403,407" -> token ids; anything else is a FlagError naming flag.
+std::vector<int32_t> parse_token_ids(const std::string& text, const std::string& flag);
+
 }  // namespace zerolora::cli
 
-// Parses a CLI11 app; on --help or a parse error prints CLI11's message and returns its exit code from the
-// calling command.
-#define ZL_PARSE(app, argc, argv)            \
-  try {                                      \
-    (app).parse((argc), (argv));             \
-  } catch (const CLI::ParseError& e) {       \
-    return (app).exit(e);                    \
-  }

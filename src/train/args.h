@@ -7,13 +7,17 @@
 //                                       --flag means True; lists take space-separated values
 //                                       (--lora_target_modules q_proj v_proj); --local_rank=N is accepted;
 //                                       dashes in a flag name work like underscores (--learning-rate).
+// The parser is the one every command uses (train/flags.h); the train flags are one table in args.cpp.
 // Defaults are HF TrainingArguments' (transformers 4.3x) unless FastChat overrides them (optim adamw_torch,
 // model_max_length 512). Flags marked "ours" are zerolora additions.
 #pragma once
 #include <cstdint>
 #include <optional>
+#include <set>
 #include <string>
 #include <vector>
+
+#include "train/flags.h"
 
 namespace zerolora::train {
 
@@ -54,7 +58,7 @@ struct TrainArgs {
   int64_t lora_alpha = 16;
   double lora_dropout = 0.05;
   std::vector<std::string> lora_target_modules = {"q_proj", "v_proj"};
-  std::string lora_weight_path;  // accepted; FastChat never reads it (see notes)
+  std::string lora_weight_path;  // FastChat never reads it; we start from it (r, alpha, rslora, targets from it)
   LoraBias lora_bias = LoraBias::None;
   bool q_lora = false;
   bool use_rslora = false;  // ours: scaling alpha/sqrt(r)
@@ -113,10 +117,24 @@ struct TrainArgs {
   std::vector<std::string> notes;
 };
 
-// Parses the arguments after `zerolora train` and validates them; every problem is a core::Error naming the
-// flag, the problem and the fix (unknown flag with a did-you-mean, missing or bad value, out of range,
-// contradictions such as --bf16 with --fp16, a missing required flag).
+// Parses the arguments after `zerolora train` and validates them; every problem is a FlagError (a core::Error)
+// naming the flag, the problem and the fix (unknown flag with a did-you-mean, missing or bad value, out of
+// range, contradictions such as --bf16 with --fp16, a missing required flag). With --lora_weight_path it reads
+// the adapter's adapter_config.json (adopt_adapter_lora_config).
 TrainArgs parse_train_args(const std::vector<std::string>& argv);
+
+// --lora_weight_path: the adapter decides r, lora_alpha, use_rslora and target_modules (matched as sets: PEFT
+// writes them in no fixed order). A flag in `given` (set on the command line) that disagrees is a FlagError
+// naming both values; the others take the adapter's, with a note saying which changed.
+void adopt_adapter_lora_config(TrainArgs& args, const std::set<std::string>& given);
+
+// Adds the train flags named in `names` (in the train table's order, with its help and groups) bound to args:
+// the commands that take some train flags (eval) declare them from the one table.
+void add_train_flags(FlagSet& flags, TrainArgs& args, const std::set<std::string>& names);
+
+// zerolora eval's checks: --model_name_or_path, an eval file (--eval_data_path, else --data_path, copied into
+// eval_data_path) and the ranges of the flags eval takes.
+void validate_eval_args(TrainArgs& args);
 
 // `zerolora train --help`: every flag grouped (model, data, LoRA, training, precision/distributed,
 // logging/saving, zerolora extras) with its default and a one-line meaning.

@@ -65,7 +65,7 @@ TEST(FastChatE2E, Stories260KOnDummyConversations) {
   // averaged over the eval tokens' mean loss, stay far below 1e-3 of the loss (clang/ASan measured 6e-5; gcc
   // builds agree closer): that bounds them; a wrong adapter or eval batching moves the loss by much more.
   EXPECT_NEAR(std::stod(log.substr(log.find("eval_loss ") + 10)), evals.back(), 1e-3 * evals.back());
-  ASSERT_EQ(run_command(zerolora_binary() + " generate " + model + " --adapter " + out +
+  ASSERT_EQ(run_command(zerolora_binary() + " generate --model_name_or_path " + model + " --adapter " + out +
                             " --prompt 'Once upon a time' --max_new_tokens 16",
                         &log),
             0)

@@ -43,13 +43,14 @@ TEST(TrainE2E, WritesAdapterCheckpointsAndLossFalls) {
   EXPECT_LT(last, first) << log;
 
   // the adapter is usable: generation and a two-turn chat in the training template
-  ASSERT_EQ(run_command(zerolora_binary() + " generate " + run.model + " --adapter " + out +
+  ASSERT_EQ(run_command(zerolora_binary() + " generate --model_name_or_path " + run.model + " --adapter " + out +
                             " --prompt 'What is 2 plus 3?' --max_new_tokens 5",
                         &log),
             0)
       << log;
-  ASSERT_EQ(run_command("printf 'What is 2 plus 3?\\nWhat colour is the sky?\\n' | " + zerolora_binary() + " chat " +
-                            run.model + " --adapter " + out + " --conv_template chatml --max_new_tokens 6 --temperature 0",
+  ASSERT_EQ(run_command("printf 'What is 2 plus 3?\\nWhat colour is the sky?\\n' | " + zerolora_binary() +
+                            " chat --model_name_or_path " + run.model + " --adapter " + out +
+                            " --conv_template chatml --max_new_tokens 6 --temperature 0",
                         &log),
             0)
       << log;

@@ -1,13 +1,17 @@
 #include <gtest/gtest.h>
 
+#include <set>
 #include <string>
 #include <vector>
 
 #include "core/error.h"
+#include "test_util.h"
 #include "train/args.h"
 
 using namespace zerolora::train;
 using zerolora::core::Error;
+using zerolora::test::TempDir;
+using zerolora::test::write_file;
 
 namespace {
 
@@ -175,12 +179,13 @@ TEST(TrainArgs, ResumeFromCheckpointForms) {
 }
 
 TEST(TrainArgs, NotesForFlagsWithoutEffect) {
-  TrainArgs a = parse_with_required({"--trust_remote_code", "True", "--flash_attn", "True", "--lora_weight_path",
-                                     "x", "--do_train", "--cache_dir", "c", "--warmup_steps", "5", "--warmup_ratio",
-                                     "0.1", "--save_safetensors", "False"});
+  // (--lora_weight_path is no longer in this list: the parser now reads the adapter's adapter_config.json, so a
+  // made-up path is an error; LoraWeightPath* below cover it)
+  TrainArgs a = parse_with_required({"--trust_remote_code", "True", "--flash_attn", "True", "--do_train",
+                                     "--cache_dir", "c", "--warmup_steps", "5", "--warmup_ratio", "0.1",
+                                     "--save_safetensors", "False"});
   EXPECT_TRUE(has_note(a, "--trust_remote_code"));
   EXPECT_TRUE(has_note(a, "--flash_attn"));
-  EXPECT_FALSE(has_note(a, "--lora_weight_path"));  // honoured by the trainer, not a no-op
   EXPECT_TRUE(has_note(a, "--do_train"));
   EXPECT_TRUE(has_note(a, "--cache_dir"));
   EXPECT_TRUE(has_note(a, "--warmup_steps wins"));
@@ -304,4 +309,63 @@ TEST(TrainArgs, HelpListsGroupsFlagsAndDefaults) {
     std::string msg = error_for({"--" + std::string(name) + "=1"});
     EXPECT_EQ(msg.find("unknown flag"), std::string::npos) << msg;
   }
+}
+
+// --lora_weight_path: an adapter_config.json as PEFT writes it, target_modules in a set's arbitrary order.
+namespace {
+
+std::string peft_adapter_dir(const TempDir& dir, int64_t r, int64_t alpha, bool rslora,
+                             const std::string& targets_json) {
+  write_file(dir / "adapter_config.json",
+             "{\"peft_type\": \"LORA\", \"r\": " + std::to_string(r) + ", \"lora_alpha\": " +
+                 std::to_string(alpha) + ", \"lora_dropout\": 0.1, \"bias\": \"none\", " +
+                 (rslora ? "\"use_rslora\": true, " : "") + "\"target_modules\": " + targets_json +
+                 ", \"task_type\": \"CAUSAL_LM\"}");
+  return dir.str();
+}
+
+}  // namespace
+
+TEST(TrainArgs, LoraWeightPathTakesTheAdaptersSettings) {
+  TempDir dir;
+  const std::string adapter = peft_adapter_dir(dir, 4, 32, true, R"(["v_proj", "o_proj", "q_proj"])");
+  TrainArgs a = parse_with_required({"--lora_weight_path", adapter});
+  EXPECT_EQ(a.lora_r, 4);
+  EXPECT_EQ(a.lora_alpha, 32);  // was: the default 16, silently
+  EXPECT_TRUE(a.use_rslora);
+  EXPECT_EQ(a.lora_target_modules, (std::vector<std::string>{"v_proj", "o_proj", "q_proj"}));
+  EXPECT_DOUBLE_EQ(a.lora_dropout, 0.05);  // a training setting: the flag's (PEFT's adapters keep theirs too)
+  EXPECT_TRUE(has_note(a, "r 4, lora_alpha 32, use_rslora True, target_modules v_proj o_proj q_proj taken from"));
+}
+
+TEST(TrainArgs, LoraWeightPathTargetsMatchAsSets) {
+  TempDir dir;
+  const std::string adapter = peft_adapter_dir(dir, 8, 16, false, R"(["v_proj", "down_proj", "q_proj"])");
+  TrainArgs a = parse_with_required({"--lora_weight_path", adapter, "--lora_target_modules", "q_proj", "v_proj",
+                                     "down_proj", "--lora_r", "8", "--lora_alpha", "16"});
+  EXPECT_EQ(std::set<std::string>(a.lora_target_modules.begin(), a.lora_target_modules.end()),
+            (std::set<std::string>{"q_proj", "v_proj", "down_proj"}));
+  EXPECT_FALSE(has_note(a, "--lora_weight_path"));  // nothing changed
+}
+
+TEST(TrainArgsErrors, LoraWeightPathDisagreeingFlagNamesBothValues) {
+  TempDir dir;
+  const std::string adapter = peft_adapter_dir(dir, 4, 32, false, R"(["v_proj", "q_proj"])");
+  EXPECT_ERROR_HAS(({"--lora_weight_path", adapter, "--lora_alpha", "16"}),
+                   "--lora_alpha: is 16 but the adapter in --lora_weight_path has 32");
+  EXPECT_ERROR_HAS(({"--lora_weight_path", adapter, "--lora_alpha", "16"}),
+                   "(fix: drop --lora_alpha (the adapter's value is used) or pass --lora_alpha 32)");
+  EXPECT_ERROR_HAS(({"--lora_weight_path", adapter, "--lora_r", "8"}),
+                   "--lora_r: is 8 but the adapter in --lora_weight_path has 4");
+  EXPECT_ERROR_HAS(({"--lora_weight_path", adapter, "--use_rslora", "True"}),
+                   "--use_rslora: is True but the adapter in --lora_weight_path has False");
+  EXPECT_ERROR_HAS(({"--lora_weight_path", adapter, "--lora_target_modules", "q_proj", "k_proj"}),
+                   "--lora_target_modules: is q_proj k_proj but the adapter in --lora_weight_path has v_proj q_proj");
+  // the same values given explicitly are fine
+  EXPECT_EQ(error_for({"--lora_weight_path", adapter, "--lora_alpha", "32", "--lora_r", "4"}), "<parsed>");
+}
+
+TEST(TrainArgsErrors, LoraWeightPathWithoutAdapterConfig) {
+  TempDir dir;
+  EXPECT_ERROR_HAS(({"--lora_weight_path", dir.str()}), "adapter_config.json: not found");
 }
