@@ -150,7 +150,7 @@ MergeReport merge_adapter(const std::string& base_dir, const std::string& adapte
     core::check(*options.dtype == core::DType::F32 || *options.dtype == core::DType::BF16 ||
                     *options.dtype == core::DType::F16,
                 "--dtype", "merged weights can be f32, bf16 or f16");
-  core::check(fs::is_directory(base_dir), base_dir, "is not a folder", "--base takes a Hugging Face model folder");
+  core::check(fs::is_directory(base_dir), base_dir, "is not a folder", "--model_name_or_path takes a Hugging Face model folder");
   core::check(fs::is_directory(adapter_dir), adapter_dir, "is not a folder", "--adapter takes a PEFT adapter folder");
   check_output_dir(out_dir, base_dir, adapter_dir, options.overwrite);
 

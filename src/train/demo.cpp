@@ -295,8 +295,8 @@ int run_demo(const std::vector<std::string>& argv) {
   }
   std::printf("loss curve: %s\n", (fs::path(run_dir) / "loss_curve.svg").string().c_str());
   std::printf("adapter:    %s (adapter_config.json, adapter_model.safetensors; PEFT loads it)\n", run_dir.c_str());
-  std::printf("chat with it: %s chat %s --adapter %s --conv_template %s --temperature 0\n", self_command().c_str(),
-              model_dir.c_str(), run_dir.c_str(), conv_template.c_str());
+  std::printf("chat with it: %s chat --model_name_or_path %s --adapter %s --conv_template %s --temperature 0\n",
+              self_command().c_str(), model_dir.c_str(), run_dir.c_str(), conv_template.c_str());
   return 0;
 }
 
