@@ -2,6 +2,8 @@
 # Multi-host test: zerolora trained across 2 "hosts" (network namespaces on a bridge, TCP between them, mpirun
 # launching the far rank through an ssh look-alike: scripts/netns-cluster.sh, scripts/netns-rsh), as a cluster
 # user runs it. Cases:
+#   0. (with TEST_DIST, the tests/dist binary) the start-up consistency checks across hosts: a data file that
+#      differs on one host is named with that host (DistFilesWorker.* run on the 2 hosts).
 #   1. ZeRO stage 2 and stage 3 (FastChat's DeepSpeed JSONs; stage 3 with the persistence threshold at 0 so the
 #      frozen weights are really sharded and gathered over the network): the adapter is byte-identical to the
 #      one-host `mpirun -np 2` run, and the bytes per step that crossed host 2's interface (its /sys
@@ -16,7 +18,8 @@
 #      side must end by itself (OpenMPI's daemon losing mpirun once TCP gives up: net.ipv4.tcp_retries2=5 in
 #      the namespaces, ~15 s instead of the default ~15 min).
 #
-#   usage: bash tests/multihost/run.sh ZEROLORA_BINARY [SHARED_DIR]     (as root; SHARED_DIR default ../shared)
+#   usage: bash tests/multihost/run.sh ZEROLORA_BINARY [SHARED_DIR [TEST_DIST]]   (as root; SHARED_DIR default
+#          ../shared; without TEST_DIST case 0 is left out and says so)
 #   exit:  0 passed, 1 failed, 77 skipped (one line says why: not root, no `ip netns`, no mpirun, no ../shared)
 # Every command is bounded with `timeout -k`; the namespaces are deleted on exit, whatever happened.
 # MULTIHOST_KEEP=1 keeps the work folder (logs, adapters) for inspection. Takes about a minute on 2 cores.
@@ -25,9 +28,11 @@ here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 root=$(cd "$here/../.." && pwd)
 skip() { echo "SKIP: multihost test: $*"; exit 77; }
 
-[ $# -ge 1 ] || { sed -n 2,22p "$0"; exit 2; }
+[ $# -ge 1 ] || { sed -n 2,25p "$0"; exit 2; }
 BIN=$(readlink -f "$1")
-SHARED=${2:-$root/../shared}
+SHARED=$(readlink -f "${2:-$root/../shared}")  # absolute: the far ranks start in $HOME
+TEST_DIST=${3:+$(readlink -f "$3")}
+[ -z "$TEST_DIST" ] || [ -x "$TEST_DIST" ] || { echo "FAIL: $3 is not the test_dist binary (fix: ninja -C build test_dist)"; exit 1; }
 [ -x "$BIN" ] || { echo "FAIL: $1 is not an executable zerolora binary (fix: build it: ninja -C build zerolora)"; exit 1; }
 [ "$(id -u)" -eq 0 ] || skip "needs root to create network namespaces (run it as root, as CI does)"
 for tool in ip unshare setpriv mpirun timeout; do
@@ -86,10 +91,25 @@ train_args() {  # train_args OUT_DIR DS_JSON MAX_STEPS
 # mpirun across the two hosts (scripts/netns-cluster.sh run adds --host, the rsh agent, the TCP interfaces
 # and --bind-to none). OMP_NUM_THREADS and the collective timeout reach the far rank only through -x: the ssh
 # look-alike starts it in a fresh login environment.
-cluster_mpirun() {  # cluster_mpirun TIMEOUT_S LOG EXTRA_MPIRUN_ARGS... -- ZEROLORA_ARGS...
+cluster_mpirun() {  # cluster_mpirun TIMEOUT_S LOG [MPIRUN_OPTIONS...] PROGRAM [ARGS...]
   local limit=$1 log=$2; shift 2
   NETNS_RSH_HANGUP=0 timeout -k 10 "$limit" bash "$CLUSTER" run 2 -- -x OMP_NUM_THREADS=1 "$@" > "$log" 2>&1
 }
+
+# ---- 0. start-up checks name the host ---------------------------------------------------------------------------
+if [ -n "$TEST_DIST" ]; then
+  files=$WORK/files-check log=$WORK/files-check.log
+  mkdir -p "$files"
+  if cluster_mpirun 120 "$log" -x ZEROLORA_DIST_TEST_WORKER=1 -x ZL_FILES_TEST_DIR="$files" \
+       -x ZEROLORA_COLLECTIVE_TIMEOUT_S=30 "$TEST_DIST" --gtest_filter='DistFilesWorker.*' &&
+     [ "$(grep -c 'PASSED  \]' "$log")" = 2 ] && ! grep -q 'SKIPPED \]' "$log"; then
+    ok "start-up checks: DistFilesWorker.* passed on both hosts (a stale data copy on one host is named with its host)"
+  else
+    fail "start-up checks: DistFilesWorker.* failed across the hosts (log: $log)"; tail -n 20 "$log"
+  fi
+else
+  echo "start-up checks across hosts: left out (no TEST_DIST argument)"
+fi
 
 # ---- 1. ZeRO 2 and 3: adapter == one-host run; traffic == the engine's count ----------------------------------
 # Traffic per step: each host's tx bytes for a run of STEPS_LONG steps minus those for STEPS, over the
