@@ -22,6 +22,7 @@ Deterministic: one thread, fixed seeds.
 Install: pip install --target /opt/zerolora-refdeps torch==2.4.1 transformers==4.44.2 peft==0.12.0
 accelerate==0.33.0 'numpy<2' (PyPI's torch wheel; only its CPU path is used).
 """
+import copy
 import json
 import os
 import shutil
@@ -184,8 +185,9 @@ def hf_resumes_ours(ours, base):
 
             def spy(checkpoint):
                 real_load(checkpoint)
-                loaded["optimizer"] = trainer.optimizer.state_dict()
-                loaded["scheduler"] = trainer.lr_scheduler.state_dict()
+                # deep copies: the optimizer's steps update these tensors in place afterwards
+                loaded["optimizer"] = copy.deepcopy(trainer.optimizer.state_dict())
+                loaded["scheduler"] = copy.deepcopy(trainer.lr_scheduler.state_dict())
 
             trainer._load_optimizer_and_scheduler = spy
             trainer.train(resume_from_checkpoint=dst)
@@ -197,17 +199,19 @@ def hf_resumes_ours(ours, base):
             sched_ok = loaded["scheduler"]["last_epoch"] == step and loaded["scheduler"]["_last_lr"] == saved_sch["_last_lr"]
             lr_ok = abs(loaded["optimizer"]["param_groups"][0]["lr"] - saved_sch["_last_lr"][0]) < 1e-15
             steps = [e for e in train_logs(trainer) if e["step"] > step]
-            # our steps 4..step were computed by zerolora (f32, its own kernels); HF continues from them. The
-            # continuation's loss agrees with HF's own continuation to the f32 rounding carried in the
-            # parameters: 1e-5 relative (observed ~1e-6).
-            diffs = [abs(e["loss"] - hf[e["step"]]["loss"]) / abs(hf[e["step"]]["loss"]) for e in steps]
-            losses_ok = len(steps) == MAX_STEPS - step and max(diffs) < 1e-5
+            # our steps 4..step were computed by zerolora (f32, its own kernels); HF continues from them. HF logs
+            # the loss rounded to 4 decimals (compared to 1e-4 + 1e-5 relative) and the gradient norm unrounded
+            # (compared to 1e-5 relative: the f32 rounding carried in the parameters, observed ~1e-7)
+            diffs = [abs(e["grad_norm"] - hf[e["step"]]["grad_norm"]) / abs(hf[e["step"]]["grad_norm"]) for e in steps]
+            losses_ok = len(steps) == MAX_STEPS - step and max(diffs) < 1e-5 and all(
+                abs(e["loss"] - hf[e["step"]]["loss"]) <= 1e-4 + 1e-5 * abs(e["loss"]) for e in steps)
             report[f"checkpoint-{step}"] = {
                 "optimizer_state_loaded_exactly": same_state, "scheduler_state_loaded": sched_ok,
                 "param_group_lr_is_last_lr": lr_ok, "num_param_states": len(st_saved),
                 "continuation": [{"step": e["step"], "loss": e["loss"], "hf_own_loss": hf[e["step"]]["loss"],
-                                  "rel_diff": d} for e, d in zip(steps, diffs)],
-                "continuation_within_1e-5": losses_ok}
+                                  "grad_norm": e["grad_norm"], "hf_own_grad_norm": hf[e["step"]]["grad_norm"],
+                                  "grad_norm_rel_diff": d} for e, d in zip(steps, diffs)],
+                "continuation_matches_hf": losses_ok}
             ok = ok and same_state and sched_ok and lr_ok and losses_ok
     report["all_ok"] = ok
     with open(os.path.join(GOLDEN, "hf_resumes_ours.json"), "w") as f:
