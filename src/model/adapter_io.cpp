@@ -120,6 +120,26 @@ LoraConfig read_peft_adapter_config(const std::string& dir) {
   core::check(j.is_object(), path.string(), "is not a JSON object");
   core::check(j.value("peft_type", "") == "LORA", path.string() + ":peft_type",
               "is not \"LORA\"", "only LoRA adapters are supported");
+  // Settings that change what the adapter computes and that are not implemented here: refused by name rather
+  // than run as plain LoRA at the global r / alpha.
+  const std::string where = path.string() + ":";
+  for (const char* key : {"alpha_pattern", "rank_pattern"})
+    if (j.contains(key) && !j[key].is_null() && !(j[key].is_object() && j[key].empty()))
+      throw core::Error(where + key, "sets a per-module " + std::string(key[0] == 'a' ? "lora_alpha" : "rank") +
+                        " (" + j[key].dump() + "), which zerolora does not implement",
+                        "use an adapter with one r and lora_alpha for every module");
+  if (j.value("use_dora", false))
+    throw core::Error(where + "use_dora", "is true: DoRA adapters are not supported", "use a plain LoRA adapter");
+  if (j.value("fan_in_fan_out", false))
+    throw core::Error(where + "fan_in_fan_out", "is true (GPT-2 Conv1D weights); LLaMA-family linear layers are not",
+                      "use an adapter made for this model (fan_in_fan_out false)");
+  if (j.contains("layers_to_transform") && !j["layers_to_transform"].is_null())
+    throw core::Error(where + "layers_to_transform", "adapts only some layers (" + j["layers_to_transform"].dump() +
+                      "), which zerolora does not implement", "use an adapter on every layer");
+  if (j.contains("target_modules") && j["target_modules"].is_string())
+    throw core::Error(where + "target_modules", "is a pattern (" + j["target_modules"].dump() + ")",
+                      "list the module names, e.g. [\"q_proj\", \"v_proj\"] (regex / all-linear targets are not "
+                      "supported)");
   LoraConfig c;
   try {
     core::check(j.at("r").is_number_integer() && j["r"].get<int64_t>() >= 1, path.string() + ":r",

@@ -29,7 +29,10 @@ void save_peft_adapter(const std::string& dir, const LoraLayout& layout, const f
                        const std::string& base_model_name_or_path, core::DType dtype = core::DType::F32);
 
 // Reads the LoRA settings of an adapter folder (r, lora_alpha, lora_dropout, target_modules, use_rslora,
-// bias); throws core::Error on a missing/invalid adapter_config.json or a non-LORA peft_type.
+// bias); throws core::Error on a missing/invalid adapter_config.json, a non-LORA peft_type, or a setting that
+// would change what the adapter computes and is not implemented (per-module rank_pattern/alpha_pattern, DoRA,
+// fan_in_fan_out, layers_to_transform, pattern target_modules). target_modules is a set: PEFT writes it in no
+// fixed order, and the layout orders the slots itself.
 LoraConfig read_peft_adapter_config(const std::string& dir);
 
 // Loads adapter tensors into params (layout.numel() floats). Every slot of the layout must be present

@@ -3,6 +3,8 @@
 // values for every key we write, and no key PEFT does not know.
 #include <gtest/gtest.h>
 
+#include <functional>
+
 #include <nlohmann/json.hpp>
 
 #include "io/safetensors.h"
@@ -51,4 +53,62 @@ TEST(AdapterFormat, MatchesWhatPeftWrites) {
     EXPECT_EQ(mine->tensors().at(name).dtype_name, info.dtype_name) << name;
   }
   EXPECT_EQ(mine->metadata().at("format"), "pt");
+}
+
+namespace {
+
+// An adapter folder for the tiny preset written by save_peft_adapter, then its adapter_config.json edited.
+struct EditedAdapter {
+  test::TempDir dir;
+  io::HfConfig config = model::preset_config("tiny");
+  std::vector<float> params;
+  explicit EditedAdapter(const std::function<void(nlohmann::json&)>& edit) {
+    model::LoraConfig lc;
+    lc.r = 2, lc.alpha = 32, lc.target_modules = {"v_proj", "q_proj", "down_proj"};
+    model::LoraLayout layout(config, lc);
+    params.resize(size_t(layout.numel()));
+    for (size_t i = 0; i < params.size(); ++i) params[i] = 0.001f * float(i % 97);
+    model::save_peft_adapter(dir.str(), layout, params.data(), "base");
+    auto j = nlohmann::json::parse(test::read_file(dir / "adapter_config.json"));
+    edit(j);
+    test::write_file(dir / "adapter_config.json", j.dump(2));
+  }
+};
+
+}  // namespace
+
+// PEFT writes target_modules from a Python set: any order is the same adapter, with the same tensors in place.
+TEST(AdapterFormat, TargetModulesInAnyOrder) {
+  EditedAdapter as_saved([](nlohmann::json&) {});
+  EditedAdapter shuffled([](nlohmann::json& j) { j["target_modules"] = {"down_proj", "q_proj", "v_proj"}; });
+  const auto a = model::load_adapter_for_model(as_saved.config, as_saved.dir.str());
+  const auto b = model::load_adapter_for_model(shuffled.config, shuffled.dir.str());
+  EXPECT_EQ(a.params, b.params);
+  EXPECT_EQ(a.params, as_saved.params);
+  EXPECT_DOUBLE_EQ(b.layout->scale(), 32.0 / 2);  // the adapter's alpha, not a default
+}
+
+// Settings that would change what the adapter computes and that zerolora does not implement are refused by
+// name (they were ignored: a per-module rank_pattern/alpha_pattern ran at the global r/alpha, DoRA as plain LoRA).
+TEST(AdapterFormat, RefusesSettingsItWouldIgnore) {
+  const std::vector<std::pair<std::function<void(nlohmann::json&)>, std::string>> cases = {
+      {[](nlohmann::json& j) { j["alpha_pattern"] = {{"q_proj", 8}}; }, "adapter_config.json:alpha_pattern"},
+      {[](nlohmann::json& j) { j["rank_pattern"] = {{"v_proj", 4}}; }, "adapter_config.json:rank_pattern"},
+      {[](nlohmann::json& j) { j["use_dora"] = true; }, "adapter_config.json:use_dora"},
+      {[](nlohmann::json& j) { j["fan_in_fan_out"] = true; }, "adapter_config.json:fan_in_fan_out"},
+      {[](nlohmann::json& j) { j["layers_to_transform"] = {0}; }, "adapter_config.json:layers_to_transform"},
+      {[](nlohmann::json& j) { j["target_modules"] = ".*proj"; }, "adapter_config.json:target_modules"},
+  };
+  for (const auto& [edit, where] : cases) {
+    EditedAdapter a(edit);
+    const std::string msg = test::error_of([&] { model::read_peft_adapter_config(a.dir.str()); });
+    EXPECT_NE(msg.find(where), std::string::npos) << msg;
+    EXPECT_NE(msg.find("(fix: "), std::string::npos) << msg;
+  }
+  // PEFT's defaults for those keys are fine
+  EditedAdapter defaults([](nlohmann::json& j) {
+    j["alpha_pattern"] = nlohmann::json::object(), j["rank_pattern"] = nlohmann::json::object();
+    j["use_dora"] = false, j["layers_to_transform"] = nullptr, j["fan_in_fan_out"] = false;
+  });
+  EXPECT_EQ(model::read_peft_adapter_config(defaults.dir.str()).alpha, 32);
 }
