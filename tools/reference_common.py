@@ -174,7 +174,8 @@ def _rotate_half(x):
 def plain_forward(W, cfg, input_ids, attention_mask, lora=None, lora_scale=1.0, rope_fp32=False, sliding_window=None):
     """Float64 forward. W: dict HF name -> tensor (any float dtype, cast to float64).
     lora: optional dict module-path (e.g. 'model.layers.0.self_attn.q_proj') -> (A [r,in], B [out,r]) float64.
-    sliding_window: optional W (every layer): query i sees keys j with i - W < j <= i (HF Mistral's mask).
+    sliding_window: optional W (every layer), or a list with one W or None per layer: query i sees keys j with
+    i - W < j <= i (HF's sliding_window_overlay) in the layers that have one.
     Returns logits [B, T, V] float64."""
     d = torch.float64
     H = cfg["hidden_size"]
@@ -212,11 +213,15 @@ def plain_forward(W, cfg, input_ids, attention_mask, lora=None, lora_scale=1.0, 
 
     am = attention_mask.to(torch.bool)
     causal = torch.ones(T, T, dtype=torch.bool).tril()
-    if sliding_window is not None:
-        causal = causal & ~torch.ones(T, T, dtype=torch.bool).tril(-sliding_window)
-    allowed = causal[None, :, :] & am[:, None, :]  # [B, Tq, Tk]
-    if sliding_window is not None:  # a padded query may see no key at all: let it see itself (its row is ignored)
-        allowed = allowed | (~am[:, :, None] & torch.eye(T, dtype=torch.bool)[None, :, :])
+    windows = sliding_window if isinstance(sliding_window, (list, tuple)) else [sliding_window] * L
+    allowed_full = causal[None, :, :] & am[:, None, :]  # [B, Tq, Tk]
+
+    def allowed_in(window):
+        if window is None:
+            return allowed_full
+        a = allowed_full & ~torch.ones(T, T, dtype=torch.bool).tril(-window)[None, :, :]
+        # a padded query may see no key at all: let it see itself (its row is ignored)
+        return a | (~am[:, :, None] & torch.eye(T, dtype=torch.bool)[None, :, :])
 
     x = g["model.embed_tokens.weight"][input_ids]
     for i in range(L):
@@ -231,7 +236,7 @@ def plain_forward(W, cfg, input_ids, attention_mask, lora=None, lora_scale=1.0, 
         k = k.repeat_interleave(rep, dim=1)
         v = v.repeat_interleave(rep, dim=1)
         s = (q @ k.transpose(-1, -2)) / math.sqrt(hd)
-        s = s.masked_fill(~allowed[:, None, :, :], float("-inf"))
+        s = s.masked_fill(~allowed_in(windows[i])[:, None, :, :], float("-inf"))
         a = torch.softmax(s, dim=-1) @ v
         a = a.transpose(1, 2).reshape(Bsz, T, nh * hd)
         x = x + lin(a, p + "self_attn.o_proj")

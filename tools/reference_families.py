@@ -10,6 +10,11 @@
                     adapter tensor: lora.safetensors (PEFT names), grads.safetensors (the same names, F32),
                     golden.safetensors and golden.json as above (logits with the adapter).
 
+  qwen2_window_layers Qwen2ForCausalLM with use_sliding_window, sliding_window 6, max_window_layers 1 of 3 layers
+                    (layers 1 and 2 slide) over 24 tokens: logits and loss, plus the losses of the two wrong
+                    readings (no window; the window in every layer). Needs transformers >= 4.48 (see run_qwen2_window);
+                    committed from 4.56.2 (tokenizers 0.22.1) put first on PYTHONPATH, the others from 4.44.2.
+
 Reference = transformers in float64 (RMSNorm and softmax kept in float64: reference_common.hf_float64, extended
 here to MistralRMSNorm), cross-checked against reference_common.plain_forward (float64, with the window).
 Deterministic: a rerun gives identical files.
@@ -42,6 +47,13 @@ QWEN2 = dict(
                 tie_word_embeddings=True, max_position_embeddings=128, use_sliding_window=False,
                 bos_token_id=1, eos_token_id=2, torch_dtype="float32"))
 QWEN2_T, QWEN2_ROW1 = 13, 8
+QWEN2_WINDOW = dict(
+    cls="Qwen2", seed=2003, proj_std=0.08,
+    config=dict(vocab_size=110, hidden_size=64, intermediate_size=96, num_hidden_layers=3,
+                num_attention_heads=4, num_key_value_heads=2, rope_theta=10000.0, rms_norm_eps=1e-6,
+                tie_word_embeddings=False, max_position_embeddings=128, use_sliding_window=True,
+                sliding_window=6, max_window_layers=1, bos_token_id=1, eos_token_id=2, torch_dtype="float32"))
+QWEN2_WINDOW_T, QWEN2_WINDOW_ROW1 = 24, 17
 LORA = dict(r=4, lora_alpha=8, lora_dropout=0.0, bias="none",
             target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
 
@@ -185,13 +197,60 @@ def run_qwen2_lora(out_root, vers):
     print("qwen2_lora_grad loss=%.6f max|grad|=%.3e diff(plain)=%.2e" % (loss.item(), gmax, d_plain))
 
 
+def run_qwen2_window(out_root, vers):
+    """Qwen2 with use_sliding_window: layers >= max_window_layers slide (1 and 2 here), layer 0 attends fully.
+    transformers applies the window outside flash-attention only from 4.48 on (layer_types): before that its
+    eager path ignored it, so this golden needs a newer transformers than the others."""
+    import transformers
+    if not hasattr(transformers.Qwen2Config(), "layer_types"):
+        sys.exit("qwen2_window_layers needs transformers >= 4.48 (eager Qwen2 applies sliding_window there); "
+                 "this is %s: install one with pip --target DIR and put DIR first on PYTHONPATH" %
+                 transformers.__version__)
+    out = os.path.join(out_root, "qwen2_window_layers")
+    fresh_dir(out)
+    rf.make_model(QWEN2_WINDOW).save_pretrained(out, safe_serialization=True)
+    m64 = transformers.Qwen2ForCausalLM.from_pretrained(out, torch_dtype=torch.float32,
+                                                        attn_implementation="eager").double().eval()
+    cfg = m64.config.to_dict()
+    assert cfg["layer_types"] == ["full_attention", "sliding_attention", "sliding_attention"], cfg["layer_types"]
+    V, W = cfg["vocab_size"], cfg["sliding_window"]
+    ids, lengths, mask, labels = make_inputs(V, QWEN2_WINDOW_T, QWEN2_WINDOW_ROW1, QWEN2_WINDOW["seed"] + 7)
+    with torch.no_grad():
+        with float64_everywhere():
+            logits = rc.hf_logits(m64, ids, mask)
+        loss = rc.causal_lm_loss(logits, labels)
+        _, ntok = rc.causal_lm_nll(logits, labels)
+        Wts = rc.load_file(os.path.join(out, "model.safetensors"))
+        plain = rc.plain_forward(Wts, cfg, ids, mask, rope_fp32=True, sliding_window=[None, W, W])
+        every = rc.causal_lm_loss(rc.plain_forward(Wts, cfg, ids, mask, rope_fp32=True, sliding_window=W), labels)
+        full = rc.causal_lm_loss(rc.plain_forward(Wts, cfg, ids, mask, rope_fp32=True), labels)
+    valid = mask.bool()
+    d_plain = rc.f((plain - logits)[valid].abs().max())
+    assert d_plain < 1e-9, d_plain
+    # both readings that differ from HF's give another loss: the window in every layer, and none
+    assert abs(every.item() - loss.item()) > 1e-3 and abs(full.item() - loss.item()) > 1e-3
+    rc.save_tensors(os.path.join(out, "golden.safetensors"), {
+        "input_ids": ids.to(torch.int32), "lengths": lengths.to(torch.int32), "logits": logits.to(torch.float32)})
+    info = golden_json(loss, logits, valid, QWEN2_WINDOW_T, V, lengths, ntok, "Qwen2", vers,
+                       sliding_window=W, layer_types=cfg["layer_types"], full_attention_loss=rc.f(full),
+                       window_in_every_layer_loss=rc.f(every),
+                       check_max_abs_diff_valid_logits={"plain_torch_float64_fp32_rope_window": d_plain})
+    rc.write_json(os.path.join(out, "golden.json"), info)
+    print("qwen2_window_layers loss=%.6f (full %.6f, window in every layer %.6f) diff(plain)=%.2e" % (
+        loss.item(), full.item(), every.item(), d_plain))
+
+
+RUNS = {"mistral_window": run_mistral, "qwen2_lora_grad": run_qwen2_lora, "qwen2_window_layers": run_qwen2_window}
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default=os.path.join(rc.REPO_ROOT, "tests", "golden", "families"))
+    ap.add_argument("--only", nargs="*", choices=sorted(RUNS), help="goldens to write (default: all)")
     args = ap.parse_args()
     vers = rc.versions()
-    run_mistral(args.out, vers)
-    run_qwen2_lora(args.out, vers)
+    for name in args.only or RUNS:
+        RUNS[name](args.out, vers)
 
 
 if __name__ == "__main__":

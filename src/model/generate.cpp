@@ -130,7 +130,7 @@ void KvCacheDecoder<S>::feed(const int32_t* ids, int64_t n, S* logits, bool all_
   // final norm and lm_head only on the rows whose logits are wanted
   const int64_t first = all_positions ? 0 : n - 1, rows = n - first;
   kernels::rmsnorm_forward<S>(b.xn.data(), b.rstd.data(), b.x.data() + first * C, w_.final_norm.data<S>(), rows, C,
-                              c.rms_norm_eps);
+                              arch_.norm_eps);
   lora_linear_forward<S>(logits, b.u.data(), b.xn.data(), w_.lm_head, lora_branch(lora_, -1, Proj::LmHead, false, 0),
                          lora_params_, LoraScratch<S>{}, rows);
 }

@@ -304,8 +304,8 @@ void LlamaModel<S>::forward_layers(const ModelInput& in, const S* params, bool t
   }
   {
     core::OpTimer t_(core::Op::Norm);
-    kernels::rmsnorm_forward<S>(a.xf, a.rstdf, a.resid.back(), w_.final_norm.data<S>(), a.M, w_.config.hidden_size,
-                                w_.config.rms_norm_eps, *ctx_);
+    kernels::rmsnorm_forward<S>(a.xf, a.rstdf, a.resid.back(), w_.final_norm.data<S>(), a.M, arch_.C, arch_.norm_eps,
+                                *ctx_);
   }
 }
 

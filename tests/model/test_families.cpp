@@ -2,7 +2,8 @@
 //   Mistral's sliding window (window 8 over 40 tokens): logits and loss, training gradients by finite
 //   differences, and generation past the window;
 //   Qwen2 (q/k/v biases, GQA, tied) with a LoRA adapter on all seven projections: logits, loss and the gradient
-//   of every adapter tensor against PEFT's autograd.
+//   of every adapter tensor against PEFT's autograd;
+//   Qwen2 with use_sliding_window, where only the layers from max_window_layers on slide.
 // Before the window was implemented, a sequence longer than sliding_window was refused (and before that
 // computed with full attention: a different loss).
 #include <gtest/gtest.h>
@@ -201,6 +202,31 @@ TEST(MistralWindow, DecoderMatchesForwardPastTheWindow) {
     mx = std::max(mx, double(std::abs(want[i])));
   }
   EXPECT_LT(err, 1e-5 * std::max(1.0, mx));
+}
+
+// Qwen2 with use_sliding_window slides only in the layers from max_window_layers on (here layers 1 and 2 of 3,
+// window 6 over 24 tokens; transformers 4.56 eager). Both other readings give another loss, recorded beside.
+TEST(Qwen2Window, OnlyTheSlidingLayersMatchTransformers) {
+  const std::string dir = family_dir("qwen2_window_layers");
+  const Golden g = read_golden(dir);
+  auto w = model::load_llama_weights(dir, core::DType::F32, core::DType::F32);
+  ASSERT_EQ(model::Architecture::of(w.config).window, (std::vector<int64_t>{0, 6, 6}));
+  model::LlamaModel<float> m(w, nullptr);
+  std::vector<float> logits(size_t(g.B * g.T * g.V));
+  m.forward_logits(g.input(), nullptr, logits.data());
+  EXPECT_LE(logit_error(g, logits), 1e-5);  // as MistralWindow.LogitsAndLossMatchTransformers
+  const auto res = m.forward_backward(g.input(), nullptr, nullptr, 1, 0);
+  const double loss = res.loss_sum / double(res.tokens);
+  EXPECT_NEAR(loss, g.info["loss"].get<double>(), 1e-6);
+  EXPECT_GT(std::abs(loss - g.info["full_attention_loss"].get<double>()), 1e-3);
+  EXPECT_GT(std::abs(loss - g.info["window_in_every_layer_loss"].get<double>()), 1e-3);
+  // generation: the decoder gives the forward's last row
+  model::KvCacheDecoder<float> dec(w, nullptr, nullptr);
+  std::vector<float> last(size_t(g.V));
+  dec.feed(g.ids.data<int32_t>(), g.T, last.data(), false);
+  double err = 0;
+  for (int64_t v = 0; v < g.V; ++v) err = std::max(err, double(std::abs(last[v] - g.logits.data<float>()[(g.T - 1) * g.V + v])));
+  EXPECT_LE(err, 1e-5);
 }
 
 // Qwen2 with its q/k/v biases and a LoRA adapter on every projection: logits, loss, and d loss / d (every A and B)
