@@ -83,10 +83,11 @@ sed 's/"stage3_param_persistence_threshold" *: *[0-9.e]*/"stage3_param_persisten
 grep -q '"stage3_param_persistence_threshold" : 0' "$DS3" || { echo "FAIL: could not derive $DS3"; exit 1; }
 
 STEPS=10
+# --num_threads 1: two ranks share this machine's cores; --device cpu: the same engine on a host with a GPU.
 train_args() {  # train_args OUT_DIR DS_JSON MAX_STEPS
   echo "train --model_name_or_path $MODEL --data_path $DATA --output_dir $1 --deepspeed $2 --max_steps $3" \
        "--model_max_length 192 --per_device_train_batch_size 2 --bf16 True --lora_r 8 --lora_alpha 16" \
-       "--lora_dropout 0.05 --learning_rate 2e-3 --logging_steps 1 --save_strategy no --num_threads 1"
+       "--lora_dropout 0.05 --learning_rate 2e-3 --logging_steps 1 --save_strategy no --num_threads 1 --device cpu"
 }
 # mpirun across the two hosts (scripts/netns-cluster.sh run adds --host, the rsh agent, the TCP interfaces
 # and --bind-to none). OMP_NUM_THREADS and the collective timeout reach the far rank only through -x: the ssh
