@@ -6,9 +6,8 @@
 #      differs on one host is named with that host (DistFilesWorker.* run on the 2 hosts).
 #   1. ZeRO stage 2 and stage 3 (FastChat's DeepSpeed JSONs; stage 3 with the persistence threshold at 0 so the
 #      frozen weights are really sharded and gathered over the network): the adapter is byte-identical to the
-#      one-host `mpirun -np 2` run, and the bytes per step that crossed host 2's interface (its /sys
-#      statistics) agree with the engine's own count in zerolora_state.json within the bound argued above
-#      check_traffic below.
+#      one-host `mpirun -np 2` run, and the bytes per step each host sent (its eth0's /sys statistics) agree
+#      with the engine's own count in zerolora_state.json within the bound argued above check_traffic below.
 #   2. a killed remote rank (kill -9 of rank 1 on host 2): every process (mpirun, orted, ranks) ends within
 #      KILL_BOUND_S, and mpirun's output names rank 1.
 #   3. a pulled cable (host 2's switch port down mid-run): every process on both hosts ends within CABLE_BOUND_S,
@@ -90,11 +89,11 @@ train_args() {  # train_args OUT_DIR DS_JSON MAX_STEPS
        "--lora_dropout 0.05 --learning_rate 2e-3 --logging_steps 1 --save_strategy no --num_threads 1 --device cpu"
 }
 # mpirun across the two hosts (scripts/netns-cluster.sh run adds --host, the rsh agent, the TCP interfaces
-# and --bind-to none). OMP_NUM_THREADS and the collective timeout reach the far rank only through -x: the ssh
-# look-alike starts it in a fresh login environment.
+# and --bind-to none). Environment reaches the far rank only through -x (the ssh look-alike starts it in a
+# fresh login environment): OMP_WAIT_POLICY=passive (the ranks share 2 cores), the collective timeout per case.
 cluster_mpirun() {  # cluster_mpirun TIMEOUT_S LOG [MPIRUN_OPTIONS...] PROGRAM [ARGS...]
   local limit=$1 log=$2; shift 2
-  NETNS_RSH_HANGUP=0 timeout -k 10 "$limit" bash "$CLUSTER" run 2 -- -x OMP_NUM_THREADS=1 "$@" > "$log" 2>&1
+  NETNS_RSH_HANGUP=0 timeout -k 10 "$limit" bash "$CLUSTER" run 2 -- -x OMP_WAIT_POLICY=passive "$@" > "$log" 2>&1
 }
 
 # ---- 0. start-up checks name the host ---------------------------------------------------------------------------
@@ -150,7 +149,7 @@ for stage in 2 3; do
   one=$WORK/one_host_s$stage two=$WORK/two_hosts_s$stage
   # shellcheck disable=SC2046
   timeout -k 10 300 mpirun --oversubscribe --bind-to none --mca btl_vader_single_copy_mechanism none -np 2 \
-    -x OMP_NUM_THREADS=1 "$BIN" $(train_args "$one" "$ds" $STEPS) > "$one.log" 2>&1 \
+    -x OMP_WAIT_POLICY=passive "$BIN" $(train_args "$one" "$ds" $STEPS) > "$one.log" 2>&1 \
     || { fail "stage $stage: the one-host run failed (log: $one.log)"; tail -n 20 "$one.log"; continue; }
   sent1=() sent2=()
   for steps in $STEPS $STEPS_LONG; do
