@@ -6,6 +6,7 @@
 
 #include <array>
 #include <cerrno>
+#include <cctype>
 #include <cmath>
 #include <cstring>
 #include <filesystem>
@@ -130,6 +131,30 @@ std::vector<TensorBoardScalar> log_entry_to_scalars(const nlohmann::json& entry)
     out.push_back({tag, x});
   }
   return out;
+}
+
+bool report_to_tensorboard(const std::vector<std::string>& report_to) {
+  static const char* const hf_integrations[] = {"azure_ml", "clearml", "codecarbon", "comet_ml", "dagshub", "dvclive",
+                                                "flyte",    "mlflow",  "neptune",    "wandb",    "ray",     "swanlab"};
+  bool tensorboard = false;
+  for (std::string item : report_to) {
+    for (char& c : item) c = char(std::tolower(static_cast<unsigned char>(c)));
+    if (item.empty() || item == "none") continue;
+    if (item == "tensorboard" || item == "all") {
+      tensorboard = true;
+      continue;
+    }
+    bool known = false;
+    for (const char* name : hf_integrations) known |= item == name;
+    if (known)
+      throw core::Error("--report_to", "'" + item + "' is not available: zerolora writes no " + item +
+                                           " logs (it needs a service or a Python package)",
+                        "use --report_to tensorboard (event files in <output_dir>/runs, offline; "
+                        "`tensorboard --logdir <output_dir>/runs` shows them) or --report_to none");
+    throw core::Error("--report_to", "'" + item + "' is not an integration",
+                      "use tensorboard, all (= tensorboard) or none");
+  }
+  return tensorboard;
 }
 
 std::string local_hostname() {

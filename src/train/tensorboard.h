@@ -46,6 +46,12 @@ struct TensorBoardScalar {
 // entry's keys in their order, "step" left out, strings/arrays/objects/null skipped.
 std::vector<TensorBoardScalar> log_entry_to_scalars(const nlohmann::json& entry);
 
+// --report_to as HF takes it: "none", "tensorboard", "all" (HF: every integration installed; here that is
+// TensorBoard, the one integration that needs no service). True when TensorBoard files are to be written.
+// Another HF integration (wandb, mlflow, comet_ml, ...) is a core::Error naming tensorboard as the offline
+// alternative; an unknown name is a core::Error listing the accepted ones.
+bool report_to_tensorboard(const std::vector<std::string>& report_to);
+
 // HF's default logging_dir: <output_dir>/runs/<%b%d_%H-%M-%S of local time>_<hostname>.
 std::string default_tensorboard_dir(const std::string& output_dir, std::time_t now);
 // events.out.tfevents.<%010d wall_time>.<hostname>.<pid>.<uid>

@@ -217,6 +217,14 @@ TEST(HfCheckpoint, ResumesHfCheckpointAndSavesWhatHfResumes) {
     train::scale_in_place(grads.data(), layout.numel(), train::clip_coefficient(grad_norm, g["max_grad_norm"].get<double>()));
     opt.step(params.data(), grads.data(), schedule.lr(step));
     if (step + 1 == 6) {
+      // HF's checkpoint-6 adapter (from its uninterrupted run) against ours, as the final check below
+      const io::TensorStore hf6 = io::TensorStore::open_file(kHf + "adapter_step6.safetensors");
+      for (const auto& slot : layout.slots()) {
+        const core::Tensor ref = hf6.load(slot.peft_prefix() + ".lora_B.weight", core::DType::F32);
+        const double scale = std::max(max_abs(ref.data<float>(), ref.numel()), 1e-12);
+        for (int64_t i = 0; i < ref.numel(); ++i)
+          ASSERT_NEAR(params[size_t(slot.b_offset + i)], ref.data<float>()[i], 1e-4 * scale) << slot.peft_prefix();
+      }
       train::TrainingSnapshot s6 = snap;
       s6.params = params, s6.exp_avg = opt.exp_avg(), s6.exp_avg_sq = opt.exp_avg_sq();
       s6.optimizer_steps = opt.steps();

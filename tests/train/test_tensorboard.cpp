@@ -170,3 +170,19 @@ TEST(TensorBoard, OpenCreatesFolderAndUnwritableIsOneLineError) {
   EXPECT_NE(e.find("cannot create the TensorBoard folder"), std::string::npos) << e;
   EXPECT_NE(e.find("--report_to none"), std::string::npos) << e;
 }
+
+TEST(TensorBoard, ReportToAcceptsTensorboardAllNoneAndNamesTheAlternative) {
+  EXPECT_FALSE(report_to_tensorboard({"none"}));
+  EXPECT_FALSE(report_to_tensorboard({}));
+  EXPECT_TRUE(report_to_tensorboard({"tensorboard"}));
+  EXPECT_TRUE(report_to_tensorboard({"all"}));
+  EXPECT_TRUE(report_to_tensorboard({"TensorBoard"}));
+  std::string e = zerolora::test::error_of([] { report_to_tensorboard({"tensorboard", "wandb"}); });
+  EXPECT_EQ(e.find('\n'), std::string::npos) << e;
+  EXPECT_NE(e.find("--report_to: 'wandb' is not available"), std::string::npos) << e;
+  EXPECT_NE(e.find("--report_to tensorboard"), std::string::npos) << e;
+  e = zerolora::test::error_of([] { report_to_tensorboard({"mlflow"}); });
+  EXPECT_NE(e.find("'mlflow' is not available"), std::string::npos) << e;
+  e = zerolora::test::error_of([] { report_to_tensorboard({"tensorbord"}); });
+  EXPECT_NE(e.find("'tensorbord' is not an integration"), std::string::npos) << e;
+}
