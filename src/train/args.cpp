@@ -431,7 +431,14 @@ void validate_eval_args(TrainArgs& a) {
 
 void adopt_adapter_lora_config(TrainArgs& a, const std::set<std::string>& given) {
   const std::string config_path = a.lora_weight_path + "/adapter_config.json";
-  const model::LoraConfig saved = model::read_peft_adapter_config(a.lora_weight_path);
+  model::LoraConfig saved;
+  try {
+    saved = model::read_peft_adapter_config(a.lora_weight_path);
+  } catch (const FlagError&) {
+    throw;
+  } catch (const core::Error& e) {
+    throw Error(e.what());  // a flag's value that is wrong on every rank alike: printed once under mpirun
+  }
   std::vector<std::string> taken;
   auto disagree = [&](const std::string& flag, const std::string& ours, const std::string& theirs) {
     return Error("--" + flag,

@@ -368,4 +368,8 @@ TEST(TrainArgsErrors, LoraWeightPathDisagreeingFlagNamesBothValues) {
 TEST(TrainArgsErrors, LoraWeightPathWithoutAdapterConfig) {
   TempDir dir;
   EXPECT_ERROR_HAS(({"--lora_weight_path", dir.str()}), "adapter_config.json: not found");
+  // a command-line error (every rank finds the same): printed once under mpirun
+  auto argv = required_flags();
+  argv.insert(argv.end(), {"--lora_weight_path", dir.str()});
+  EXPECT_THROW(parse_train_args(argv), FlagError);
 }
