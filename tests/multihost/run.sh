@@ -91,9 +91,13 @@ train_args() {  # train_args OUT_DIR DS_JSON MAX_STEPS
 # mpirun across the two hosts (scripts/netns-cluster.sh run adds --host, the rsh agent, the TCP interfaces
 # and --bind-to none). Environment reaches the far rank only through -x (the ssh look-alike starts it in a
 # fresh login environment): OMP_WAIT_POLICY=passive (the ranks share 2 cores), the collective timeout per case.
+# A sanitizer build (scripts/sanitize.sh runs this test in its MPI pass) needs its options on the far rank too.
+sanitizer_env=()
+for v in ASAN_OPTIONS UBSAN_OPTIONS; do [ -z "${!v:-}" ] || sanitizer_env+=(-x "$v"); done
 cluster_mpirun() {  # cluster_mpirun TIMEOUT_S LOG [MPIRUN_OPTIONS...] PROGRAM [ARGS...]
   local limit=$1 log=$2; shift 2
-  NETNS_RSH_HANGUP=0 timeout -k 10 "$limit" bash "$CLUSTER" run 2 -- -x OMP_WAIT_POLICY=passive "$@" > "$log" 2>&1
+  NETNS_RSH_HANGUP=0 timeout -k 10 "$limit" bash "$CLUSTER" run 2 -- -x OMP_WAIT_POLICY=passive \
+    ${sanitizer_env[@]+"${sanitizer_env[@]}"} "$@" > "$log" 2>&1
 }
 
 # ---- 0. start-up checks name the host ---------------------------------------------------------------------------
