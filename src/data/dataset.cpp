@@ -32,6 +32,24 @@ std::string MaskingReport::summary(const std::string& source, size_t max_listed)
   return out.str();
 }
 
+std::string MaskingReport::masked_out_by_reason() const {
+  std::map<SampleIssue, size_t> whole;  // each sample once, by its first reason (its entries are consecutive)
+  const MaskedSample* last = nullptr;
+  for (const MaskedSample& e : entries) {
+    if (e.whole_sample && !(last && last->row == e.row)) whole[e.issue] += 1;
+    if (e.whole_sample) last = &e;
+  }
+  size_t named = 0;
+  std::string text;
+  for (const auto& [issue, count] : whole) {
+    text += (text.empty() ? "" : ", ") + std::to_string(count) + " " + issue_name(issue);
+    named += count;
+  }
+  // every whole-sample mask records its reason; a sample could still end up with no label another way
+  if (masked_out > named) text += (text.empty() ? "" : ", ") + std::to_string(masked_out - named) + " other";
+  return text;
+}
+
 Dataset Dataset::load(const std::string& path, const tokenizer::Tokenizer& tok, const DataOptions& opt) {
   return from_conversations(read_conversations(path), path, tok, opt);
 }

@@ -51,6 +51,9 @@ struct MaskingReport {
 
   // Multi-line text for start-up logs: totals, counts by reason, then up to max_listed entries.
   std::string summary(const std::string& source, size_t max_listed = 20) const;
+  // The samples processed so far that train no token, counted by reason ("3 truncated before the first
+  // answer, 1 ends with a user message"), for the error that stops a run with nothing to train.
+  std::string masked_out_by_reason() const;
 };
 
 class Dataset {

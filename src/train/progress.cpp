@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <fstream>
 #include <sstream>
 
@@ -24,7 +25,14 @@ std::string format_duration(double seconds) {
 }
 
 Progress::Progress(bool quiet, int64_t total_steps, const std::string& metrics_path)
-    : quiet_(quiet), tty_(!quiet && isatty(fileno(stdout))), total_(total_steps), metrics_path_(metrics_path) {}
+    : quiet_(quiet), tty_(!quiet && isatty(fileno(stdout))), total_(total_steps), metrics_path_(metrics_path),
+      last_line_(std::chrono::steady_clock::now()) {
+  if (const char* env = std::getenv("ZEROLORA_PROGRESS_SECONDS")) {
+    char* end = nullptr;
+    const double s = std::strtod(env, &end);
+    if (end != env && *end == '\0' && s >= 0) line_interval_s_ = s;
+  }
+}
 
 void Progress::clear_bar() {
   if (bar_shown_) std::printf("\r\033[K");
@@ -32,7 +40,18 @@ void Progress::clear_bar() {
 }
 
 void Progress::step(int64_t step, double loss, double lr, double tokens_per_second, double seconds_left) {
-  if (quiet_ || !tty_) return;
+  if (quiet_) return;
+  if (!tty_) {
+    const auto now = std::chrono::steady_clock::now();
+    if (std::chrono::duration<double>(now - last_line_).count() < line_interval_s_ && step < total_) return;
+    last_line_ = now;
+    std::printf("progress: step %lld/%lld (%.0f%%)  loss %.4f  lr %.3g  %.0f tok/s  ETA %s  mem %.2f GiB\n",
+                (long long)step, (long long)total_, total_ > 0 ? 100.0 * double(step) / double(total_) : 0.0, loss, lr,
+                tokens_per_second, format_duration(seconds_left).c_str(),
+                double(core::current_rss_bytes()) / double(1ll << 30));
+    std::fflush(stdout);
+    return;
+  }
   const int width = 24;
   const int filled = total_ > 0 ? int(width * std::min<double>(1.0, double(step) / double(total_))) : 0;
   std::string bar(size_t(filled), '#');

@@ -1,6 +1,9 @@
-// What a run shows while it trains: a live bar on a terminal, one line per logging step otherwise;
-// every log entry appended to a JSON-lines metrics file; loss and learning-rate curves as an SVG.
+// What a run shows while it trains: a live bar on a terminal; without one (a log file, mpirun's pipes) a plain
+// progress line at a time interval instead (every 30 s; ZEROLORA_PROGRESS_SECONDS=N changes it, 0 = every
+// step), never the bar's control codes; a line per logging step either way; every log entry appended to a
+// JSON-lines metrics file; loss and learning-rate curves as an SVG.
 #pragma once
+#include <chrono>
 #include <cstdint>
 #include <cstdio>
 #include <string>
@@ -14,7 +17,8 @@ class Progress {
  public:
   // quiet: not rank 0 (prints nothing). metrics_path "" = no metrics file.
   Progress(bool quiet, int64_t total_steps, const std::string& metrics_path);
-  // After every optimizer step (the bar on a terminal is redrawn; nothing is printed otherwise).
+  // After every optimizer step: the bar on a terminal is redrawn; otherwise a plain line when the interval
+  // has passed since the last one (or since the start).
   void step(int64_t step, double loss, double lr, double tokens_per_second, double seconds_left);
   // A log entry (training or evaluation): printed as a line and appended to the metrics file.
   void log(const nlohmann::json& entry);
@@ -27,6 +31,8 @@ class Progress {
   int64_t total_;
   std::string metrics_path_;
   bool bar_shown_ = false;
+  double line_interval_s_ = 30;
+  std::chrono::steady_clock::time_point last_line_;
 };
 
 // Writes an SVG with the training loss (and eval loss) and the learning rate against the step, from

@@ -1,15 +1,15 @@
 #include "train/trainer.h"
 
-#include <atomic>
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <cerrno>
 #include <cmath>
-#include <csignal>
 #include <cstdlib>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
-#include <mutex>
 #include <optional>
-#include <thread>
-#include <unistd.h>
 
 #include "core/error.h"
 #include "core/op_profile.h"
@@ -38,44 +38,6 @@
 namespace zerolora::train {
 
 namespace fs = std::filesystem;
-
-// ------------------------------------------------------------------------------------------------
-// Stop signals
-
-static std::atomic<int> g_stop_signals{0};
-
-static void on_stop_signal(int sig) {
-  if (g_stop_signals.fetch_add(1) >= 1) _exit(128 + sig);  // second signal: now (saves are atomic)
-}
-
-void install_stop_signal_handlers() {
-  struct sigaction sa {};
-  sa.sa_handler = on_stop_signal;
-  sigemptyset(&sa.sa_mask);
-  sigaction(SIGTERM, &sa, nullptr);
-  sigaction(SIGINT, &sa, nullptr);
-}
-
-// A stop signal must never run its handler on a compute thread: Debian's oneDNN 2.6 sgemm moves the stack
-// pointer into a heap workspace (oneDNN #4845), so a handler running there writes its frame into the heap
-// ("corrupted size vs. prev_size" seen when SIGTERM landed mid-GEMM). The signals are blocked in the
-// calling thread before it starts any worker (OpenMP inherits the mask), and one idle thread that keeps them
-// unblocked receives them instead (MPI's own threads may too: they never run our kernels).
-void route_stop_signals_away_from_compute_threads() {
-  static std::once_flag once;
-  std::call_once(once, [] {
-    std::thread([] {
-      for (;;) pause();
-    }).detach();
-  });
-  sigset_t set;
-  sigemptyset(&set);
-  sigaddset(&set, SIGTERM);
-  sigaddset(&set, SIGINT);
-  pthread_sigmask(SIG_BLOCK, &set, nullptr);
-}
-
-bool stop_requested() { return g_stop_signals.load() > 0; }
 
 namespace {
 
@@ -139,6 +101,102 @@ data::DataOptions data_options(const TrainArgs& a) {
   o.lazy = a.lazy_preprocess;
   o.strict = a.strict_data;
   return o;
+}
+
+// An output_dir that cannot hold the run (a file, under a file, not writable), found before anything is
+// loaded or tokenised. Returns "" when usable, else what is wrong; creates the folder when missing (rank 0
+// writes into it from here on anyway).
+std::string output_dir_problem(const std::string& dir) {
+  const fs::path path(dir);
+  std::error_code ec;
+  fs::path existing = path;  // the nearest part of the path that exists must be a folder
+  while (!existing.empty() && !fs::exists(existing, ec)) existing = existing.parent_path();
+  if (existing.empty()) existing = ".";
+  if (!fs::is_directory(existing, ec))
+    return existing == path ? std::string("is a file, not a folder") : "is under " + existing.string() + ", which is a file";
+  fs::create_directories(path, ec);
+  if (ec) return "cannot be created: " + ec.message();
+  const std::string probe = (path / (".zerolora-write-test-" + std::to_string(getpid()))).string();
+  const int fd = ::open(probe.c_str(), O_WRONLY | O_CREAT | O_EXCL, 0644);
+  if (fd < 0) return std::string("is not writable: ") + std::strerror(errno);
+  ::close(fd);
+  ::unlink(probe.c_str());
+  return "";
+}
+
+// metrics.jsonl when a run starts at `step` (a resume, or 0): the rows past it were logged by the interrupted
+// run and are logged again now, and a final summary at `step` belongs to a run that ended there; both are
+// dropped (the file is replaced atomically). Rows that are not JSON objects with a step are kept.
+void trim_metrics_file(const std::string& path, int64_t step) {
+  std::ifstream f(path);
+  if (!f) return;
+  std::string kept, line;
+  bool dropped = false;
+  while (std::getline(f, line)) {
+    const nlohmann::json row = nlohmann::json::parse(line, nullptr, false);
+    const bool has_step = row.is_object() && row.contains("step") && row["step"].is_number_integer();
+    const int64_t s = has_step ? row["step"].get<int64_t>() : -1;
+    if (has_step && (s > step || (s == step && row.contains("train_loss")))) {
+      dropped = true;
+      continue;
+    }
+    kept += line + "\n";
+  }
+  if (!dropped) return;
+  const std::string tmp = path + ".tmp-" + std::to_string(getpid());
+  io::write_file_synced(tmp, kept);
+  fs::rename(tmp, path);
+}
+
+// The training loss summed over the steps of a checkpoint's run so far, and their count: kept in
+// zerolora_state.json; a checkpoint without it (older ones, HF's) gives the logged means weighted by the steps
+// each covers, which leaves out the steps after the last log.
+std::pair<double, int64_t> loss_sum_of(const TrainerState& s) {
+  if (s.zerolora.contains("train_loss_sum") && s.zerolora.contains("train_loss_steps"))
+    return {s.zerolora["train_loss_sum"].get<double>(), s.zerolora["train_loss_steps"].get<int64_t>()};
+  double sum = 0;
+  int64_t last = 0;
+  for (const auto& e : s.log_history)
+    if (e.contains("loss") && e.contains("step") && e["loss"].is_number() && e["step"].is_number_integer()) {
+      sum += e["loss"].get<double>() * double(e["step"].get<int64_t>() - last);
+      last = e["step"].get<int64_t>();
+    }
+  return {sum, last};
+}
+
+// The final adapter in output_dir, all or nothing: written into a temp folder (a failure leaves output_dir
+// as it was), then renamed into place file by file, adapter_config.json first, so that no moment shows
+// adapter_model.safetensors without its config. A README.md of the user's stays (save_peft_adapter keeps a
+// card it did not write).
+void save_final_adapter(const std::string& output_dir, const model::LoraLayout& layout, const float* params,
+                        const std::string& base_model) {
+  io::AtomicDir tmp = io::AtomicDir::begin((fs::path(output_dir) / "final-adapter").string());
+  const fs::path readme = fs::path(output_dir) / "README.md";
+  if (fs::is_regular_file(readme)) fs::copy_file(readme, fs::path(tmp.temp_path()) / "README.md");
+  model::save_peft_adapter(tmp.temp_path(), layout, params, base_model);
+  for (const char* name : {"adapter_config.json", "adapter_model.safetensors", "README.md"}) {
+    std::error_code ec;
+    fs::rename(fs::path(tmp.temp_path()) / name, fs::path(output_dir) / name, ec);
+    if (ec)
+      throw core::Error((fs::path(output_dir) / name).string(), "the final adapter could not be put in place: " +
+                            ec.message(), "make room for it (the checkpoint-N folders are complete; the same "
+                                          "command writes the adapter again from the last one)");
+  }
+  io::fsync_dir(output_dir);
+}  // tmp is not committed: its folder is removed here
+
+// A data set whose every sample is masked would "train" at loss 0 and write an untrained adapter: an error,
+// with the masked samples counted by reason.
+void check_something_trains(const data::MaskingReport& report, const TrainArgs& a) {
+  if (report.trained_tokens > 0) return;
+  const bool truncation = report.by_issue.count(data::SampleIssue::TruncatedAway) > 0;
+  throw core::Error(a.data_path, "no token of its " + std::to_string(report.samples_processed) +
+                                     " samples is trained, nothing would be learnt (" + report.masked_out_by_reason() +
+                                     "; see `zerolora data inspect`)",
+                    std::string(truncation ? "raise --model_max_length (" + std::to_string(a.model_max_length) +
+                                                 ") past the prompt and system text, and check the data: "
+                                           : "check the data and --conv_template: ") +
+                        "each conversation needs a human message followed by a gpt answer");
 }
 
 // --lora_bias all/lora_only train the biases of the adapted layers; LLaMA/Mistral have none, so the
@@ -355,8 +413,13 @@ nlohmann::json report_traffic(const StepTraffic& t, const dist::ZeroStepVolume& 
 // ------------------------------------------------------------------------------------------------
 
 TrainResult run_training(TrainArgs a, dist::Comm& comm) {
-  route_stop_signals_away_from_compute_threads();  // first: before any OpenMP thread exists
+  take_stop_signals(true);  // the zerolora binary did this in main(); a library caller gets it here
   const int world = comm.size(), rank = comm.rank();
+  // first of all: a run that could not save anything must not spend minutes loading and tokenising
+  const std::string out_problem = rank == 0 ? output_dir_problem(a.output_dir) : "";
+  if (comm.all_reduce(int64_t(out_problem.empty() ? 0 : 1), dist::ScalarOp::Max) > 0)
+    throw core::Error("--output_dir " + a.output_dir, rank == 0 ? out_problem : "is not usable (rank 0 says why)",
+                      "pass a writable folder path (it is created when missing)");
   core::set_num_threads(int(a.num_threads));
   Progress log(rank != 0, 0, "");
   for (const auto& n : a.notes) log.message("note: " + n);
@@ -391,6 +454,7 @@ TrainResult run_training(TrainArgs a, dist::Comm& comm) {
   int64_t skipped_steps = 0;  // fp16 overflow steps: counted in global_step, not in the LR schedule
   data::Dataset& train_set = *L.train;
   core::check(train_set.size() > 0, a.data_path, "holds no samples", "check the file");
+  if (train_set.report().samples_processed == train_set.size()) check_something_trains(train_set.report(), a);
   dist::check_same_on_all_ranks(comm, "training data size", std::to_string(train_set.size()));
 
   model::LoraLayout layout(L.config, lora_config_from(a));
@@ -450,27 +514,52 @@ TrainResult run_training(TrainArgs a, dist::Comm& comm) {
 
   // Resume (FastChat: automatically from the highest checkpoint-N; or --resume_from_checkpoint).
   TrainerState state;
+  double loss_sum_before = 0;  // the training loss summed over the steps before a resume (train_loss)
+  int64_t loss_steps_before = 0;
   std::string resume_dir;
   if (rank == 0) io::remove_stale_temp_dirs(a.output_dir);
   if (a.resume_mode == ResumeMode::Path) {
     resume_dir = a.resume_from_checkpoint;
-  } else if (a.resume_mode != ResumeMode::Never && fs::is_directory(a.output_dir)) {
+    core::check(fs::is_directory(resume_dir), "--resume_from_checkpoint " + resume_dir,
+                fs::exists(resume_dir) ? "is not a folder" : "does not exist",
+                "pass a checkpoint-N folder of an earlier run, or True for the last one in --output_dir");
+  } else if (a.resume_mode != ResumeMode::Never) {
     resume_dir = io::find_last_checkpoint(a.output_dir);
-    core::check(!(a.resume_mode == ResumeMode::Latest && resume_dir.empty()), "--resume_from_checkpoint",
-                "no checkpoint-N folder in " + a.output_dir, "drop the flag to start a fresh run");
+    // HF's train(resume_from_checkpoint=True) raises this ValueError
+    core::check(!(a.resume_mode == ResumeMode::Latest && resume_dir.empty()), "--resume_from_checkpoint True",
+                "No valid checkpoint found in output directory (" + a.output_dir + ")",
+                "drop the flag, or pass --resume_from_checkpoint False, to start a fresh run");
   }
+  // Found in output_dir without being asked for: it may be another run's, and the user must hear that
+  const bool earlier_run = a.resume_mode == ResumeMode::Auto;
+  const std::string earlier = "an earlier run's checkpoint found in --output_dir (FastChat resumes the last "
+                              "checkpoint-N there automatically)";
+  const std::string not_resuming = "--overwrite_output_dir True starts over in this output_dir, "
+                                   "--resume_from_checkpoint False starts fresh, or use a new --output_dir";
   std::optional<TrainingSnapshot> snapshot;
   if (!resume_dir.empty()) {
-    snapshot = load_training_checkpoint(resume_dir, layout);
-    const std::string why = resume_incompatibility(snapshot->args, run_args, resume_dir, log);
-    if (!why.empty() && !(a.overwrite_output_dir && a.resume_mode == ResumeMode::Auto))
-      throw core::Error(resume_dir, "cannot resume: this run differs from the checkpoint in " + why,
-                        "restore the original settings (global batch = per_device_train_batch_size x "
-                        "gradient_accumulation_steps x ranks must stay the same), or use a new --output_dir, or "
-                        "--overwrite_output_dir True to start over there");
+    // the settings first: another LoRA shape or model would otherwise stop on a tensor shape
+    std::string why;
+    if (std::ifstream f(fs::path(resume_dir) / "training_args.json"); f) {
+      nlohmann::json saved = nlohmann::json::parse(f, nullptr, false);  // damaged: load_training_checkpoint says so
+      if (saved.is_object()) why = resume_incompatibility(saved, run_args, resume_dir, log);
+    }
+    if (!why.empty() && !(a.overwrite_output_dir && earlier_run))
+      throw core::Error(resume_dir, "cannot resume " + (earlier_run ? earlier : std::string("this checkpoint")) +
+                                        ": this run differs from it in " + why,
+                        (earlier_run ? not_resuming + "; to continue that run, restore its settings"
+                                     : std::string("restore the checkpoint's settings")) +
+                            " (global batch = per_device_train_batch_size x gradient_accumulation_steps x ranks "
+                            "must stay the same)");
     if (!why.empty()) {
       log.message("--overwrite_output_dir: " + resume_dir + " belongs to another run (" + why + "); starting over");
-      snapshot.reset();
+    } else {
+      try {
+        snapshot = load_training_checkpoint(resume_dir, layout);
+      } catch (const core::Error& e) {
+        if (!earlier_run) throw;
+        throw core::Error("cannot resume " + earlier + ": " + e.what() + "; not to resume it: " + not_resuming);
+      }
     }
   }
   if (snapshot) {
@@ -483,6 +572,7 @@ TrainResult run_training(TrainArgs a, dist::Comm& comm) {
     }
     opt.set_steps(snap.optimizer_steps);
     state = snap.state;
+    std::tie(loss_sum_before, loss_steps_before) = loss_sum_of(snap.state);
     skipped_steps = snap.scheduler.value("skipped_steps", int64_t(0));
     if (snap.scheduler.contains("loss_scaler"))
       scaler = DynamicLossScaler::from_json(snap.scheduler["loss_scaler"], resume_dir + "/scheduler.json");
@@ -511,6 +601,7 @@ TrainResult run_training(TrainArgs a, dist::Comm& comm) {
   if (!gpu) model.set_gradient_ready_hook([&](int64_t from) { grad_sync.gradients_final_from(from); });
   if (rank == 0) fs::create_directories(a.output_dir);
   comm.barrier();
+  if (rank == 0) trim_metrics_file(a.metrics_file, state.global_step);
   Progress progress(rank != 0, plan.total_steps, rank == 0 ? a.metrics_file : "");
   char buf[512];
   std::snprintf(buf, sizeof buf,
@@ -522,6 +613,11 @@ TrainResult run_training(TrainArgs a, dist::Comm& comm) {
                 (long long)numel, 100.0 * double(numel) / double(L.weights().parameter_count()), base_lr,
                 to_string(a.lr_scheduler_type).c_str(), (long long)plan.warmup_steps);
   progress.message(buf);
+
+  // run_loss_sum / run_steps: over the whole run, resumes included (continued from the checkpoint's sum, so
+  // that a resumed run adds the same numbers in the same order as an uninterrupted one)
+  double logged_loss_sum = 0, run_loss_sum = loss_sum_before;
+  int64_t logged_steps = 0, run_steps = loss_steps_before, tokens_since = 0;
 
   // Returns false when the save failed and --continue_on_save_error let training go on. A save for a stop
   // signal (stopping) must succeed: its failure always ends the run with the error.
@@ -543,6 +639,7 @@ TrainResult run_training(TrainArgs a, dist::Comm& comm) {
       snap.exp_avg_sq.assign(v.begin(), v.begin() + numel);
       snap.optimizer_steps = opt.steps();
       snap.state = state;
+      snap.state.zerolora["train_loss_sum"] = run_loss_sum, snap.state.zerolora["train_loss_steps"] = run_steps;
       // as HF's _save_checkpoint stores the TrainerControl (should_save set; training stops at the last step)
       snap.state.stateful_callbacks = trainer_control_callbacks(true, step >= plan.total_steps);
       snap.scheduler = {{"type", to_string(a.lr_scheduler_type)}, {"base_lr", base_lr},
@@ -580,15 +677,21 @@ TrainResult run_training(TrainArgs a, dist::Comm& comm) {
   TrainResult result;
   StepTraffic traffic;
   const int64_t ga = a.gradient_accumulation_steps;
-  double logged_loss_sum = 0, run_loss_sum = 0;
-  int64_t logged_steps = 0, run_steps = 0, tokens_since = 0;
   core::Timer since_log, run_timer;
   const int64_t start_step = state.global_step;
-  install_stop_signal_handlers();
   // ZEROLORA_PROFILE=1: wall time per kind of op over the run, logged at the end
   const char* profile_env = std::getenv("ZEROLORA_PROFILE");
   core::set_op_profiling(profile_env && std::string(profile_env) == "1");
   core::reset_op_profile();
+
+  // a stop signal during start-up (loading, resuming): nothing new to save; the same command resumes
+  if (comm.all_reduce(int64_t(stop_requested() ? 1 : 0), dist::ScalarOp::Max) > 0) {
+    progress.message("stop signal received before the first step: nothing new to save; run the same command again "
+                     "to resume");
+    result.interrupted = true;
+    result.global_step = state.global_step;
+    return result;
+  }
 
   for (int64_t epoch = state.global_step / std::max<int64_t>(plan.steps_per_epoch, 1);
        epoch < plan.epochs && state.global_step < plan.total_steps; ++epoch) {
@@ -724,6 +827,10 @@ TrainResult run_training(TrainArgs a, dist::Comm& comm) {
         progress.log(e);
         result.last_eval_loss = eval_loss;
       }
+      // --lazy_preprocess: the first epoch has tokenised every sample once (each rank its share)
+      if (a.lazy_preprocess && epoch == 0 && epoch_end && start_step == 0 &&
+          comm.all_reduce(train_set.report().trained_tokens, dist::ScalarOp::Sum) == 0)
+        check_something_trains(train_set.report(), a);
       const int64_t stop_votes = comm.all_reduce(int64_t(stop_requested() ? 1 : 0), dist::ScalarOp::Max);
       if ((plan.save_steps > 0 && state.global_step % plan.save_steps == 0) ||
           (a.save_strategy == IntervalStrategy::Epoch && epoch_end) || stop_votes > 0)
@@ -739,7 +846,7 @@ TrainResult run_training(TrainArgs a, dist::Comm& comm) {
   }
 
   // Final: the adapter is always written to output_dir (FastChat skips it without a launcher).
-  if (run_steps > 0) {
+  if (run_steps > loss_steps_before) {
     // HF's speed_metrics("train", start, num_train_samples, max_steps): num_train_samples is max_steps x the
     // global batch with --max_steps, else len(train_dataset) x num_train_epochs; both over the whole run's
     // steps even after a resume, as HF counts them
@@ -802,7 +909,7 @@ TrainResult run_training(TrainArgs a, dist::Comm& comm) {
     state.zerolora["communication"] = report_traffic(traffic, dist::zero_step_volume(shape), progress);
   }
   if (rank == 0) {
-    model::save_peft_adapter(a.output_dir, layout, params.data(), a.model_name_or_path);
+    save_final_adapter(a.output_dir, layout, params.data(), a.model_name_or_path);
     state.stateful_callbacks = trainer_control_callbacks(false, true);  // HF's save_state after train()
     save_trainer_state(state, (fs::path(a.output_dir) / "trainer_state.json").string());
     write_loss_curve_svg(state.log_history, (fs::path(a.output_dir) / "loss_curve.svg").string());

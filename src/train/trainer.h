@@ -8,14 +8,15 @@
 
 #include "dist/comm.h"
 #include "train/args.h"
+#include "train/stop_signals.h"
 
 namespace zerolora::train {
 
 struct TrainResult {
   int64_t global_step = 0;
-  double train_loss = 0;        // mean of the logged losses of this run
+  double train_loss = 0;        // mean step loss over the whole run, the steps before a resume included
   double last_eval_loss = -1;   // -1 when no evaluation ran
-  bool interrupted = false;     // stopped by SIGTERM/SIGINT after saving a checkpoint
+  bool interrupted = false;     // stopped by SIGTERM/SIGINT (train/stop_signals.h) after saving a checkpoint
 };
 
 // Runs the whole job; throws core::Error for anything a user can fix.
@@ -25,13 +26,5 @@ TrainResult run_training(TrainArgs args, dist::Comm& comm);
 // adapter folder: HF's eval_loss (the mean of the batches' mean losses, weighted by batch size), or with
 // --eval_token_weighted_loss True the mean over all tokens. Returns the loss; prints loss and perplexity on rank 0.
 double run_evaluation(const TrainArgs& args, const std::string& adapter_dir, dist::Comm& comm);
-
-// Installs SIGTERM/SIGINT handlers: the first signal asks the loop to save and stop at the next step
-// boundary; a second one exits at once (nothing half-written survives: every save is atomic).
-void install_stop_signal_handlers();
-// Blocks SIGTERM/SIGINT in the calling thread (and the threads it starts later) and leaves one idle thread to
-// receive them; run_training calls it first.
-void route_stop_signals_away_from_compute_threads();
-bool stop_requested();
 
 }  // namespace zerolora::train
