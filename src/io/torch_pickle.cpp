@@ -5,7 +5,6 @@
 #include <map>
 
 #include "core/error.h"
-#include "io/checkpoint_dir.h"
 #include "io/zip_store.h"
 
 namespace zerolora::io {
@@ -544,7 +543,7 @@ namespace {
 
 class Pickler {
  public:
-  explicit Pickler(std::vector<std::pair<std::string, std::string>>* storages) : storages_(storages) {}
+  explicit Pickler(std::vector<std::pair<std::string, std::shared_ptr<std::string>>>* storages) : storages_(storages) {}
   std::string run(const PtValue& v) {
     out_ += "\x80\x02";
     save(v);
@@ -621,7 +620,7 @@ class Pickler {
         {core::DType::F16, "HalfStorage"},  {core::DType::I64, "LongStorage"},   {core::DType::I32, "IntStorage"},
         {core::DType::U8, "ByteStorage"}};
     const std::string key = std::to_string(storages_->size());
-    storages_->emplace_back(key, *t.storage);
+    storages_->emplace_back(key, t.storage);  // referenced, not copied: optimizer states can be large
     global("torch._utils", "_rebuild_tensor_v2");
     out_ += '(';
     // persistent id ('storage', torch.<Type>Storage, key, 'cpu', numel)
@@ -646,25 +645,41 @@ class Pickler {
     out_ += "tR";
   }
 
-  std::vector<std::pair<std::string, std::string>>* storages_;
+  std::vector<std::pair<std::string, std::shared_ptr<std::string>>>* storages_;
   std::string out_;
 };
 
 }  // namespace
 
-std::string torch_file_bytes(const PtValue& value, const std::string& stem) {
-  std::vector<std::pair<std::string, std::string>> storages;
+namespace {
+
+// The records of a torch.save file, in torch's order: data.pkl, byteorder, data/<key>..., version.
+template <typename Fn>
+void with_torch_records(const PtValue& value, const std::string& stem, Fn&& fn) {
+  std::vector<std::pair<std::string, std::shared_ptr<std::string>>> storages;
   const std::string pickle = Pickler(&storages).run(value);
-  std::vector<ZipEntry> entries;
-  entries.push_back({stem + "/data.pkl", pickle});
-  entries.push_back({stem + "/byteorder", "little"});
-  for (auto& [key, bytes] : storages) entries.push_back({stem + "/data/" + key, std::move(bytes)});
-  entries.push_back({stem + "/version", "3\n"});
-  return make_stored_zip(entries);
+  static const std::string byteorder = "little", version = "3\n";
+  std::vector<ZipSource> records;
+  records.push_back({stem + "/data.pkl", pickle.data(), pickle.size()});
+  records.push_back({stem + "/byteorder", byteorder.data(), byteorder.size()});
+  for (const auto& [key, bytes] : storages) records.push_back({stem + "/data/" + key, bytes->data(), bytes->size()});
+  records.push_back({stem + "/version", version.data(), version.size()});
+  fn(records);
+}
+
+}  // namespace
+
+std::string torch_file_bytes(const PtValue& value, const std::string& stem) {
+  std::string out;
+  with_torch_records(value, stem, [&](const std::vector<ZipSource>& records) {
+    write_stored_zip(records, [&](const char* p, size_t n) { out.append(p, n); });
+  });
+  return out;
 }
 
 void save_torch_file(const std::string& path, const PtValue& value) {
-  write_file_synced(path, torch_file_bytes(value, fs::path(path).stem().string()));
+  with_torch_records(value, fs::path(path).stem().string(),
+                     [&](const std::vector<ZipSource>& records) { write_stored_zip_file(path, records); });
 }
 
 }  // namespace zerolora::io

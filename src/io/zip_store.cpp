@@ -1,6 +1,10 @@
 #include "io/zip_store.h"
 
+#include <fcntl.h>
+#include <unistd.h>
+
 #include <array>
+#include <cerrno>
 #include <cstring>
 #include <fstream>
 #include <sstream>
@@ -116,47 +120,111 @@ std::vector<ZipEntry> read_stored_zip(const std::string& path) {
   return out;
 }
 
-std::string make_stored_zip(const std::vector<ZipEntry>& entries) {
-  std::string out, central;
-  for (const ZipEntry& e : entries) {
-    core::check(e.data.size() < 0xFFFFFFFFu && out.size() < 0xFFFFFFFFu, e.name,
-                "internal: a zip entry past 4 GiB needs zip64, which this writer does not produce");
-    const uint32_t crc = crc32_zip(e.data.data(), e.data.size());
-    const size_t local = out.size();
+void write_stored_zip(const std::vector<ZipSource>& entries, const std::function<void(const char*, size_t)>& sink,
+                      uint64_t zip64_from) {
+  uint64_t at = 0;
+  auto emit = [&](const std::string& bytes) {
+    sink(bytes.data(), bytes.size());
+    at += bytes.size();
+  };
+  std::string central;
+  bool any_zip64 = false;
+  for (const ZipSource& e : entries) {
+    const uint32_t crc = crc32_zip(e.data, e.size);
+    const uint64_t local = at;
+    const bool zip64 = e.size >= zip64_from || local >= zip64_from;
+    any_zip64 |= zip64;
+    const size_t zip64_local_extra = zip64 ? 20 : 0;  // id, length, uncompressed, compressed
     // pad the local header's extra field so that the data starts on a 64-byte boundary
-    size_t extra = 0;
-    const size_t unpadded = local + 30 + e.name.size();
-    if (unpadded % kAlign) extra = kAlign - unpadded % kAlign;
-    if (extra && extra < 4) extra += kAlign;  // an extra field needs its 4-byte header
-    put<uint32_t>(out, kLocalHeader);
-    put<uint16_t>(out, 20), put<uint16_t>(out, 0), put<uint16_t>(out, 0);  // version, flags, method stored
-    put<uint16_t>(out, 0), put<uint16_t>(out, 0x21);                        // time, date (1980-01-01)
-    put<uint32_t>(out, crc), put<uint32_t>(out, uint32_t(e.data.size())), put<uint32_t>(out, uint32_t(e.data.size()));
-    put<uint16_t>(out, uint16_t(e.name.size())), put<uint16_t>(out, uint16_t(extra));
-    out += e.name;
-    if (extra) {
-      put<uint16_t>(out, 0x4246), put<uint16_t>(out, uint16_t(extra - 4));  // "FB", as torch's writer
-      out.append(extra - 4, 'Z');
+    size_t pad = 0;
+    const uint64_t unpadded = local + 30 + e.name.size() + zip64_local_extra;
+    if (unpadded % kAlign) pad = kAlign - unpadded % kAlign;
+    if (pad && pad < 4) pad += kAlign;  // an extra field needs its 4-byte header
+    std::string h;
+    put<uint32_t>(h, kLocalHeader);
+    put<uint16_t>(h, zip64 ? 45 : 20), put<uint16_t>(h, 0), put<uint16_t>(h, 0);  // version, flags, method stored
+    put<uint16_t>(h, 0), put<uint16_t>(h, 0x21);                                   // time, date (1980-01-01)
+    put<uint32_t>(h, crc);
+    put<uint32_t>(h, zip64 ? 0xFFFFFFFFu : uint32_t(e.size)), put<uint32_t>(h, zip64 ? 0xFFFFFFFFu : uint32_t(e.size));
+    put<uint16_t>(h, uint16_t(e.name.size())), put<uint16_t>(h, uint16_t(zip64_local_extra + pad));
+    h += e.name;
+    if (zip64) put<uint16_t>(h, 1), put<uint16_t>(h, 16), put<uint64_t>(h, e.size), put<uint64_t>(h, e.size);
+    if (pad) {
+      put<uint16_t>(h, 0x4246), put<uint16_t>(h, uint16_t(pad - 4));  // "FB", as torch's writer
+      h.append(pad - 4, 'Z');
     }
-    out += e.data;
+    emit(h);
+    sink(e.data, e.size);
+    at += e.size;
+    // a zip64 entry has all three (sizes and offset) in its zip64 extra field: miniz (torch's reader) checks a
+    // 32-bit size against the offset field, so one without the other is refused there
+    const uint16_t central_extra = zip64 ? 4 + 24 : 0;
     put<uint32_t>(central, kCentralHeader);
-    put<uint16_t>(central, 20), put<uint16_t>(central, 20), put<uint16_t>(central, 0), put<uint16_t>(central, 0);
-    put<uint16_t>(central, 0), put<uint16_t>(central, 0x21);
-    put<uint32_t>(central, crc), put<uint32_t>(central, uint32_t(e.data.size()));
-    put<uint32_t>(central, uint32_t(e.data.size()));
-    put<uint16_t>(central, uint16_t(e.name.size())), put<uint16_t>(central, 0), put<uint16_t>(central, 0);
+    put<uint16_t>(central, zip64 ? 45 : 20), put<uint16_t>(central, zip64 ? 45 : 20);
+    put<uint16_t>(central, 0), put<uint16_t>(central, 0), put<uint16_t>(central, 0), put<uint16_t>(central, 0x21);
+    put<uint32_t>(central, crc);
+    put<uint32_t>(central, zip64 ? 0xFFFFFFFFu : uint32_t(e.size));
+    put<uint32_t>(central, zip64 ? 0xFFFFFFFFu : uint32_t(e.size));
+    put<uint16_t>(central, uint16_t(e.name.size())), put<uint16_t>(central, central_extra), put<uint16_t>(central, 0);
     put<uint16_t>(central, 0), put<uint16_t>(central, 0), put<uint32_t>(central, 0);
-    put<uint32_t>(central, uint32_t(local));
+    put<uint32_t>(central, zip64 ? 0xFFFFFFFFu : uint32_t(local));
     central += e.name;
+    if (zip64) {
+      put<uint16_t>(central, 1), put<uint16_t>(central, 24);
+      put<uint64_t>(central, e.size), put<uint64_t>(central, e.size), put<uint64_t>(central, local);
+    }
   }
-  const size_t cd_offset = out.size();
-  out += central;
-  put<uint32_t>(out, kEnd);
-  put<uint16_t>(out, 0), put<uint16_t>(out, 0);
-  put<uint16_t>(out, uint16_t(entries.size())), put<uint16_t>(out, uint16_t(entries.size()));
-  put<uint32_t>(out, uint32_t(central.size())), put<uint32_t>(out, uint32_t(cd_offset));
-  put<uint16_t>(out, 0);
+  const uint64_t cd_offset = at;
+  emit(central);
+  const bool end64 = any_zip64 || cd_offset >= zip64_from || central.size() >= zip64_from || entries.size() >= 0xFFFF;
+  std::string tail;
+  if (end64) {
+    const uint64_t end64_offset = at;
+    put<uint32_t>(tail, kEnd64), put<uint64_t>(tail, 44);
+    put<uint16_t>(tail, 45), put<uint16_t>(tail, 45), put<uint32_t>(tail, 0), put<uint32_t>(tail, 0);
+    put<uint64_t>(tail, entries.size()), put<uint64_t>(tail, entries.size());
+    put<uint64_t>(tail, central.size()), put<uint64_t>(tail, cd_offset);
+    put<uint32_t>(tail, kEnd64Locator), put<uint32_t>(tail, 0), put<uint64_t>(tail, end64_offset), put<uint32_t>(tail, 1);
+  }
+  put<uint32_t>(tail, kEnd);
+  put<uint16_t>(tail, 0), put<uint16_t>(tail, 0);
+  const uint16_t count = end64 ? 0xFFFF : uint16_t(entries.size());
+  put<uint16_t>(tail, count), put<uint16_t>(tail, count);
+  put<uint32_t>(tail, end64 ? 0xFFFFFFFFu : uint32_t(central.size()));
+  put<uint32_t>(tail, end64 ? 0xFFFFFFFFu : uint32_t(cd_offset));
+  put<uint16_t>(tail, 0);
+  emit(tail);
+}
+
+std::string make_stored_zip(const std::vector<ZipEntry>& entries, uint64_t zip64_from) {
+  std::vector<ZipSource> sources;
+  for (const ZipEntry& e : entries) sources.push_back({e.name, e.data.data(), e.data.size()});
+  std::string out;
+  write_stored_zip(sources, [&](const char* p, size_t n) { out.append(p, n); }, zip64_from);
   return out;
+}
+
+void write_stored_zip_file(const std::string& path, const std::vector<ZipSource>& entries) {
+  const std::string fix = "free disk space or check the folder's permissions";
+  const int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  core::check(fd >= 0, path, std::string("cannot create file: ") + std::strerror(errno), fix);
+  uint64_t written = 0;
+  try {
+    write_stored_zip(entries, [&](const char* p, size_t n) {
+      size_t done = 0;
+      while (done < n) {
+        const ssize_t k = ::write(fd, p + done, n - done);
+        if (k < 0 && errno == EINTR) continue;
+        core::check(k > 0, path, "write failed after " + std::to_string(written) + " bytes: " + std::strerror(errno), fix);
+        done += size_t(k), written += uint64_t(k);
+      }
+    });
+    core::check(::fsync(fd) == 0, path, std::string("fsync failed: ") + std::strerror(errno), fix);
+  } catch (...) {
+    ::close(fd);
+    throw;
+  }
+  core::check(::close(fd) == 0, path, std::string("close failed: ") + std::strerror(errno), fix);
 }
 
 }  // namespace zerolora::io
