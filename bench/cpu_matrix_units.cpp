@@ -10,14 +10,16 @@
 //   amx             zerolora's AMX kernels over the plain bf16 weight (kernels/cpu/amx_gemm.h), conversion
 //                   and packing of the activations included
 //   linear          linear_forward / linear_backward_input as dispatched now (what a training step runs)
-//   mkl             PyPI mkl's cblas_gemm_bf16bf16f32_compute over a weight packed by _pack, when
-//                   --mkl DIR (the folder holding libmkl_rt.so.3) is given; dlopen'ed, not linked
+//   mkl-packed      PyPI mkl's cblas_gemm_bf16bf16f32_compute over a weight packed by _pack (one packed copy
+//                   per direction), when --mkl DIR (the folder holding libmkl_rt.so.3) is given; dlopen'ed
+//   mkl-plain       cblas_gemm_bf16bf16f32 on the plain weight (no copy)
 //
 // Shapes: the TinyLlama-1.1B projections at M tokens (default 512): q/o 2048->2048, k/v 2048->256,
 // gate/up 2048->5632, down 5632->2048; "fwd" is y = x W^T (out[M,N]), "dX" is dx += dy W (out[M,K]).
 // A frozen weight gets no dW product. GFLOP/s = 2 M N K / seconds.
 //
 //   bench_cpu_matrix_units [--m 512] [--rounds 5] [--threads 1,2] [--mkl DIR] [--only fwd|dX]
+//                          [--amx-blocking PANELS,K_CHUNK]   (cpu::AmxBlocking; default 8,512)
 #include <dlfcn.h>
 #include <immintrin.h>
 #include <omp.h>
@@ -139,6 +141,8 @@ struct Mkl {
   void (*pack)(int, int, int, int, int, int, const uint16_t*, int, uint16_t*) = nullptr;
   void (*compute)(int, int, int, int, int, int, float, const uint16_t*, int, const uint16_t*, int, float, float*,
                   int) = nullptr;
+  void (*gemm)(int, int, int, int, int, int, float, const uint16_t*, int, const uint16_t*, int, float, float*,
+               int) = nullptr;  // cblas_gemm_bf16bf16f32 on the plain weight
   void (*set_threads)(int) = nullptr;
   bool load(const std::string& dir) {
     setenv("MKL_THREADING_LAYER", "GNU", 1);  // GCC's libgomp, the OpenMP the engine runs on
@@ -151,8 +155,9 @@ struct Mkl {
     pack_get_size = reinterpret_cast<decltype(pack_get_size)>(dlsym(h, "cblas_gemm_bf16bf16f32_pack_get_size"));
     pack = reinterpret_cast<decltype(pack)>(dlsym(h, "cblas_gemm_bf16bf16f32_pack"));
     compute = reinterpret_cast<decltype(compute)>(dlsym(h, "cblas_gemm_bf16bf16f32_compute"));
+    gemm = reinterpret_cast<decltype(gemm)>(dlsym(h, "cblas_gemm_bf16bf16f32"));
     set_threads = reinterpret_cast<decltype(set_threads)>(dlsym(h, "MKL_Set_Num_Threads"));
-    return pack_get_size && pack && compute && set_threads;
+    return pack_get_size && pack && compute && gemm && set_threads;
   }
 };
 constexpr int kRowMajor = 101, kNoTrans = 111, kTrans = 112, kPacked = 151, kBMatrix = 162;
@@ -230,9 +235,18 @@ int main(int argc, char** argv) {
       }
     } else if (a == "--mkl") mkl_dir = next();
     else if (a == "--only") only = next();
+    else if (a == "--amx-blocking") {
+      const std::string v = next();
+      const size_t c = v.find(',');
+      if (c == std::string::npos) {
+        std::fprintf(stderr, "error: --amx-blocking %s (fix: PANELS,K_CHUNK, e.g. 4,512)\n", v.c_str());
+        return 2;
+      }
+      kernels::cpu::amx_blocking() = {std::stoll(v.substr(0, c)), std::stoll(v.substr(c + 1))};
+    }
     else {
       std::fprintf(stderr, "error: unknown argument %s (fix: bench_cpu_matrix_units [--m 512] [--rounds 5] "
-                           "[--threads 1,2] [--mkl DIR] [--only fwd|dX])\n", a.c_str());
+                           "[--threads 1,2] [--mkl DIR] [--only fwd|dX] [--amx-blocking P,KC])\n", a.c_str());
       return 2;
     }
   }
@@ -245,8 +259,9 @@ int main(int argc, char** argv) {
     if (std::fscanf(f, "%lf %lf %lf", &load[0], &load[1], &load[2]) != 3) load[0] = -1;
     std::fclose(f);
   }
-  std::printf("load average at start: %.2f %.2f %.2f; M = %lld, %d rounds\n", load[0], load[1], load[2],
-              (long long)M, rounds);
+  std::printf("load average at start: %.2f %.2f %.2f; M = %lld, %d rounds; AMX blocking %lld panels, k chunk %lld\n",
+              load[0], load[1], load[2], (long long)M, rounds, (long long)kernels::cpu::amx_blocking().panels_per_group,
+              (long long)kernels::cpu::amx_blocking().k_chunk);
 
   Mkl mkl;
   const bool have_mkl = !mkl_dir.empty() && mkl.load(mkl_dir);
@@ -318,6 +333,11 @@ int main(int argc, char** argv) {
                      int(p.s.K), reinterpret_cast<const uint16_t*>(p.mkl_fwd.get()), int(p.s.K), 0.0f, p.y.data(),
                      int(p.s.N));
        }) : nullptr},
+      {"mkl-plain", true, have_mkl ? std::function<void(Problem&)>([&mkl](Problem& p) {
+         core::convert(p.x.data(), DType::F32, p.xb.data(), DType::BF16, p.x.size());
+         mkl.gemm(kRowMajor, kNoTrans, kTrans, int(p.M), int(p.s.N), int(p.s.K), 1.0f, p.xb.data(), int(p.s.K),
+                  p.w.weight.bits16(), int(p.s.K), 0.0f, p.y.data(), int(p.s.N));
+       }) : nullptr},
       {"onednn", false, [](Problem& p) {
          kernels::cpu::set_amx_gemm_enabled(false);
          kernels::linear_backward_input<float>(p.dx.data(), p.dy.data(), p.w, p.M);
@@ -333,6 +353,11 @@ int main(int argc, char** argv) {
          mkl.compute(kRowMajor, kNoTrans, kPacked, int(p.M), int(p.s.K), int(p.s.N), 1.0f, p.dyb.data(),
                      int(p.s.N), reinterpret_cast<const uint16_t*>(p.mkl_bwd.get()), int(p.s.N), 1.0f,
                      p.dx.data(), int(p.s.K));
+       }) : nullptr},
+      {"mkl-plain", false, have_mkl ? std::function<void(Problem&)>([&mkl](Problem& p) {
+         core::convert(p.dy.data(), DType::F32, p.dyb.data(), DType::BF16, p.dy.size());
+         mkl.gemm(kRowMajor, kNoTrans, kNoTrans, int(p.M), int(p.s.K), int(p.s.N), 1.0f, p.dyb.data(), int(p.s.N),
+                  p.w.weight.bits16(), int(p.s.K), 1.0f, p.dx.data(), int(p.s.K));
        }) : nullptr},
   };
   // key: threads, dir, shape, variant -> seconds per call
