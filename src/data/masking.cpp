@@ -152,11 +152,37 @@ PreprocessResult preprocess_by_boundaries(const Conversation& conv, TemplateStyl
   return r;
 }
 
-PreprocessResult preprocess_conversation(const Conversation& conv, TemplateStyle style,
+std::string prefix_for_model_max_length(const std::string& text, const tokenizer::Tokenizer& tok,
+                                        int64_t model_max_length) {
+  const int64_t want_tokens = 2 * model_max_length + 64;
+  for (size_t bytes = size_t(want_tokens) * 4; bytes < text.size(); bytes *= 2) {
+    size_t cut = bytes;
+    while (cut > 0 && (static_cast<unsigned char>(text[cut]) & 0xC0) == 0x80) --cut;  // not inside a character
+    const std::string_view prefix = std::string_view(text).substr(0, cut);
+    if (static_cast<int64_t>(tok.encode(prefix, false).size()) >= want_tokens) return std::string(prefix);
+  }
+  return text;
+}
+
+PreprocessResult preprocess_conversation(const Conversation& whole, TemplateStyle style,
                                          const tokenizer::Tokenizer& tok, int64_t model_max_length) {
+  // Messages (and a system prompt) far longer than model_max_length tokens are cut first, so that a 10 MB
+  // message costs what model_max_length tokens cost; every check below still sees the whole conversation.
+  const Conversation* source = &whole;
+  Conversation shortened;
+  const size_t long_text = size_t(2 * model_max_length + 64) * 4;
+  bool any_long = whole.system.size() > long_text;
+  for (const Message& m : whole.messages) any_long = any_long || m.text.size() > long_text;
+  if (any_long) {
+    shortened = whole;
+    shortened.system = prefix_for_model_max_length(whole.system, tok, model_max_length);
+    for (Message& m : shortened.messages) m.text = prefix_for_model_max_length(m.text, tok, model_max_length);
+    source = &shortened;
+  }
+  const Conversation& conv = whole;
   const bool fastchat_exact = style == TemplateStyle::VicunaV11 && tok.is_sentencepiece();
-  PreprocessResult r = fastchat_exact ? preprocess_vicuna_fastchat(conv, tok, model_max_length)
-                                      : preprocess_by_boundaries(conv, style, tok, model_max_length);
+  PreprocessResult r = fastchat_exact ? preprocess_vicuna_fastchat(*source, tok, model_max_length)
+                                      : preprocess_by_boundaries(*source, style, tok, model_max_length);
 
   const bool mismatch = !r.problems.empty() && r.problems.front().issue == SampleIssue::Mismatch;
   const bool odd = !conv.messages.empty() && conv.messages.back().role == Role::User;

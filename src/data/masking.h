@@ -61,8 +61,18 @@ PreprocessResult preprocess_by_boundaries(const Conversation& conv, TemplateStyl
                                           const tokenizer::Tokenizer& tok, int64_t model_max_length);
 
 // The right one of the two for (style, tokenizer), plus the checks both share (odd length, empty rows).
+// A message longer than prefix_for_model_max_length keeps is cut to that prefix first (HF tokenises the whole
+// text and then truncates; the first model_max_length tokens, and so the sample, are the same).
 PreprocessResult preprocess_conversation(const Conversation& conv, TemplateStyle style,
                                          const tokenizer::Tokenizer& tok, int64_t model_max_length);
+
+// The beginning of `text` that holds at least 2 x model_max_length + 64 tokens of its own (tokenised alone),
+// or all of it when it is shorter: tried at 4 bytes per token, doubled until the prefix holds enough. A
+// tokenizer's choice near the cut depends on a few tokens around it (a word, a merge chain), never on
+// model_max_length tokens, so the first model_max_length tokens of a prompt holding the prefix in place of
+// the text are the whole text's (tests/data/test_long_messages.cpp checks it on SentencePiece and BPE).
+std::string prefix_for_model_max_length(const std::string& text, const tokenizer::Tokenizer& tok,
+                                        int64_t model_max_length);
 
 // Python's str.split(sep) (sep non-empty): "a</s>b</s>" -> {"a", "b", ""}.
 std::vector<std::string> python_split(const std::string& text, const std::string& sep);
