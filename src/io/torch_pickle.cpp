@@ -38,7 +38,9 @@ std::vector<float> PtTensor::to_f32(const std::string& where) const {
   std::vector<float> out(static_cast<size_t>(n));
   for (int64_t i = 0; i < n; ++i) {
     switch (dtype) {
-      case core::DType::F32: std::memcpy(&out[size_t(i)], p + 4 * i, 4); break;
+      case core::DType::F32:
+        std::memcpy(&out[size_t(i)], p + 4 * i, 4);
+        break;
       case core::DType::F64: {
         double d;
         std::memcpy(&d, p + 8 * i, 8);
@@ -53,7 +55,8 @@ std::vector<float> PtTensor::to_f32(const std::string& where) const {
         break;
       }
       default:
-        throw core::Error(where, std::string("is a ") + core::dtype_name(dtype) + " tensor where a float tensor is expected",
+        throw core::Error(where,
+                          std::string("is a ") + core::dtype_name(dtype) + " tensor where a float tensor is expected",
                           "save it as a float32 tensor");
     }
   }
@@ -66,7 +69,8 @@ PtTensor PtTensor::from_f32(const std::vector<float>& values, std::vector<int64_
   t.shape = std::move(shape);
   t.stride.assign(t.shape.size(), 1);
   for (size_t i = t.shape.size(); i-- > 1;) t.stride[i - 1] = t.stride[i] * t.shape[i];
-  t.storage = std::make_shared<std::string>(reinterpret_cast<const char*>(values.data()), values.size() * sizeof(float));
+  t.storage =
+      std::make_shared<std::string>(reinterpret_cast<const char*>(values.data()), values.size() * sizeof(float));
   return t;
 }
 
@@ -113,15 +117,24 @@ PtValue PtValue::tensor(PtTensor t) {
 
 std::string PtValue::describe() const {
   switch (kind_) {
-    case Kind::None: return "None";
-    case Kind::Bool: return "a bool";
-    case Kind::Int: return "an int";
-    case Kind::Float: return "a float";
-    case Kind::String: return "a string";
-    case Kind::List: return "a list";
-    case Kind::Tuple: return "a tuple";
-    case Kind::Dict: return "a dict";
-    case Kind::Tensor: return "a tensor";
+    case Kind::None:
+      return "None";
+    case Kind::Bool:
+      return "a bool";
+    case Kind::Int:
+      return "an int";
+    case Kind::Float:
+      return "a float";
+    case Kind::String:
+      return "a string";
+    case Kind::List:
+      return "a list";
+    case Kind::Tuple:
+      return "a tuple";
+    case Kind::Dict:
+      return "a dict";
+    case Kind::Tensor:
+      return "a tensor";
   }
   return "?";
 }
@@ -202,9 +215,9 @@ namespace {
 // torch.<Type>Storage -> element dtype (what the storage record's bytes hold)
 bool storage_dtype(const std::string& global, core::DType* dt) {
   static const std::map<std::string, core::DType> types = {
-      {"torch.FloatStorage", core::DType::F32}, {"torch.DoubleStorage", core::DType::F64},
+      {"torch.FloatStorage", core::DType::F32},     {"torch.DoubleStorage", core::DType::F64},
       {"torch.BFloat16Storage", core::DType::BF16}, {"torch.HalfStorage", core::DType::F16},
-      {"torch.LongStorage", core::DType::I64}, {"torch.IntStorage", core::DType::I32},
+      {"torch.LongStorage", core::DType::I64},      {"torch.IntStorage", core::DType::I32},
       {"torch.ByteStorage", core::DType::U8}};
   auto it = types.find(global);
   if (it == types.end()) return false;
@@ -214,29 +227,56 @@ bool storage_dtype(const std::string& global, core::DType* dt) {
 
 const char* opcode_name(uint8_t op) {
   switch (op) {
-    case 'b': return "BUILD";
-    case 0x81: return "NEWOBJ";
-    case 0x92: return "NEWOBJ_EX";
-    case 'i': return "INST";
-    case 'o': return "OBJ";
-    case 'I': return "INT";
-    case 'L': return "LONG";
-    case 'F': return "FLOAT";
-    case 'S': return "STRING";
-    case 'V': return "UNICODE";
-    case 'P': return "PERSID";
-    case 'p': return "PUT";
-    case 'g': return "GET";
-    case 0x8b: return "LONG4";
-    case 0x95: return "FRAME";
-    case 0x8f: return "EMPTY_SET";
-    case 0x90: return "ADDITEMS";
-    case 0x91: return "FROZENSET";
-    case 0x82: case 0x83: case 0x84: return "EXT";
-    case 0x96: return "BYTEARRAY8";
-    case 0x97: return "NEXT_BUFFER";
-    case 'B': case 'C': case 0x8e: return "BINBYTES";
-    default: return "unknown";
+    case 'b':
+      return "BUILD";
+    case 0x81:
+      return "NEWOBJ";
+    case 0x92:
+      return "NEWOBJ_EX";
+    case 'i':
+      return "INST";
+    case 'o':
+      return "OBJ";
+    case 'I':
+      return "INT";
+    case 'L':
+      return "LONG";
+    case 'F':
+      return "FLOAT";
+    case 'S':
+      return "STRING";
+    case 'V':
+      return "UNICODE";
+    case 'P':
+      return "PERSID";
+    case 'p':
+      return "PUT";
+    case 'g':
+      return "GET";
+    case 0x8b:
+      return "LONG4";
+    case 0x95:
+      return "FRAME";
+    case 0x8f:
+      return "EMPTY_SET";
+    case 0x90:
+      return "ADDITEMS";
+    case 0x91:
+      return "FROZENSET";
+    case 0x82:
+    case 0x83:
+    case 0x84:
+      return "EXT";
+    case 0x96:
+      return "BYTEARRAY8";
+    case 0x97:
+      return "NEXT_BUFFER";
+    case 'B':
+    case 'C':
+    case 0x8e:
+      return "BINBYTES";
+    default:
+      return "unknown";
   }
 }
 
@@ -258,22 +298,44 @@ class Unpickler {
     for (;;) {
       const uint8_t op = byte();
       switch (op) {
-        case 0x80: byte(); break;  // PROTO
-        case '.': {                // STOP
+        case 0x80:
+          byte();
+          break;     // PROTO
+        case '.': {  // STOP
           PtValue v = *pop_value("STOP");
           check_no_globals(v);
           return v;
         }
-        case '(': stack_.push_back({nullptr, true}); break;
-        case '}': push(PtValue::dict()); break;
-        case ']': push(PtValue::list()); break;
-        case ')': push(PtValue::tuple()); break;
-        case 'N': push(PtValue()); break;
-        case 0x88: push(PtValue::boolean(true)); break;
-        case 0x89: push(PtValue::boolean(false)); break;
-        case 'J': push(PtValue::integer(int32_t(le<uint32_t>()))); break;
-        case 'K': push(PtValue::integer(byte())); break;
-        case 'M': push(PtValue::integer(le<uint16_t>())); break;
+        case '(':
+          stack_.push_back({nullptr, true});
+          break;
+        case '}':
+          push(PtValue::dict());
+          break;
+        case ']':
+          push(PtValue::list());
+          break;
+        case ')':
+          push(PtValue::tuple());
+          break;
+        case 'N':
+          push(PtValue());
+          break;
+        case 0x88:
+          push(PtValue::boolean(true));
+          break;
+        case 0x89:
+          push(PtValue::boolean(false));
+          break;
+        case 'J':
+          push(PtValue::integer(int32_t(le<uint32_t>())));
+          break;
+        case 'K':
+          push(PtValue::integer(byte()));
+          break;
+        case 'M':
+          push(PtValue::integer(le<uint16_t>()));
+          break;
         case 0x8a: {  // LONG1: n little-endian two's complement bytes
           const uint8_t n = byte();
           fail_if(n > 8, "an integer wider than 64 bits (LONG1 of " + std::to_string(n) + " bytes)");
@@ -291,15 +353,35 @@ class Unpickler {
           push(PtValue::real(d));
           break;
         }
-        case 'X': case 'T': push(PtValue::string(bytes(le<uint32_t>()))); break;  // BINUNICODE, BINSTRING
-        case 0x8c: case 'U': push(PtValue::string(bytes(byte()))); break;       // SHORT_BINUNICODE, SHORT_BINSTRING
-        case 'q': memo_[byte()] = top("BINPUT"); break;
-        case 'r': memo_[le<uint32_t>()] = top("LONG_BINPUT"); break;
-        case 0x94: memo_[memo_.size()] = top("MEMOIZE"); break;
-        case 'h': get(byte()); break;
-        case 'j': get(le<uint32_t>()); break;
-        case 't': push(PtValue::tuple(pop_to_mark("TUPLE"))); break;
-        case 0x85: case 0x86: case 0x87: {
+        case 'X':
+        case 'T':
+          push(PtValue::string(bytes(le<uint32_t>())));
+          break;  // BINUNICODE, BINSTRING
+        case 0x8c:
+        case 'U':
+          push(PtValue::string(bytes(byte())));
+          break;  // SHORT_BINUNICODE, SHORT_BINSTRING
+        case 'q':
+          memo_[byte()] = top("BINPUT");
+          break;
+        case 'r':
+          memo_[le<uint32_t>()] = top("LONG_BINPUT");
+          break;
+        case 0x94:
+          memo_[memo_.size()] = top("MEMOIZE");
+          break;
+        case 'h':
+          get(byte());
+          break;
+        case 'j':
+          get(le<uint32_t>());
+          break;
+        case 't':
+          push(PtValue::tuple(pop_to_mark("TUPLE")));
+          break;
+        case 0x85:
+        case 0x86:
+        case 0x87: {
           std::vector<PtValue> items(size_t(op - 0x84));
           for (size_t i = items.size(); i-- > 0;) items[i] = *pop_value("TUPLE1-3");
           push(PtValue::tuple(std::move(items)));
@@ -340,7 +422,9 @@ class Unpickler {
           push(PtValue::string(kGlobalTag + module + "." + name));
           break;
         }
-        case 'Q': push(persistent_load(*pop_value("BINPERSID"))); break;
+        case 'Q':
+          push(persistent_load(*pop_value("BINPERSID")));
+          break;
         case 'R': {
           PtValue args = *pop_value("REDUCE");
           PtValue fn = *pop_value("REDUCE");
@@ -350,8 +434,9 @@ class Unpickler {
         default: {
           char hex[8];
           std::snprintf(hex, sizeof hex, "0x%02x", op);
-          throw core::Error(where_, std::string("holds pickle opcode ") + opcode_name(op) + " (" + hex + ") at byte " +
-                                        std::to_string(at_ - 1) + ", which a file of plain tensors and containers never has",
+          throw core::Error(where_,
+                            std::string("holds pickle opcode ") + opcode_name(op) + " (" + hex + ") at byte " +
+                                std::to_string(at_ - 1) + ", which a file of plain tensors and containers never has",
                             "only torch.save of tensors, dicts, lists, numbers, strings, None and bools is read");
         }
       }
@@ -426,7 +511,8 @@ class Unpickler {
   }
   void check_no_globals(const PtValue& v) {
     if (is_global(v))
-      throw core::Error(where_, "holds the class or function " + v.as_string(where_).substr(kGlobalTag.size()) + " as a value",
+      throw core::Error(where_,
+                        "holds the class or function " + v.as_string(where_).substr(kGlobalTag.size()) + " as a value",
                         "only tensors, dicts, lists, numbers, strings, None and bools are read");
     if (v.kind() == PtValue::Kind::List || v.kind() == PtValue::Kind::Tuple)
       for (const auto& x : v.items(where_)) check_no_globals(x);
@@ -456,8 +542,8 @@ class Unpickler {
     }
     const int64_t numel = t[4].as_int(where_);
     core::check(int64_t(s.storage->size()) == numel * int64_t(core::dtype_size(s.dtype)), where_,
-                "storage '" + key + "' has " + std::to_string(s.storage->size()) + " bytes for " + std::to_string(numel) +
-                    " elements of " + core::dtype_name(s.dtype),
+                "storage '" + key + "' has " + std::to_string(s.storage->size()) + " bytes for " +
+                    std::to_string(numel) + " elements of " + core::dtype_name(s.dtype),
                 "the file is damaged; save it again");
     s.shape = {numel}, s.stride = {1};
     return PtValue::tensor(std::move(s));
@@ -578,9 +664,15 @@ class Pickler {
   void save(const PtValue& v) {
     const std::string where = "torch pickle";
     switch (v.kind()) {
-      case PtValue::Kind::None: out_ += 'N'; break;
-      case PtValue::Kind::Bool: out_ += v.as_bool(where) ? '\x88' : '\x89'; break;
-      case PtValue::Kind::Int: integer(v.as_int(where)); break;
+      case PtValue::Kind::None:
+        out_ += 'N';
+        break;
+      case PtValue::Kind::Bool:
+        out_ += v.as_bool(where) ? '\x88' : '\x89';
+        break;
+      case PtValue::Kind::Int:
+        integer(v.as_int(where));
+        break;
       case PtValue::Kind::Float: {
         const double d = v.as_number(where);
         uint64_t u;
@@ -589,7 +681,9 @@ class Pickler {
         for (int i = 7; i >= 0; --i) out_ += char(uint8_t(u >> (8 * i)));
         break;
       }
-      case PtValue::Kind::String: str(v.as_string(where)); break;
+      case PtValue::Kind::String:
+        str(v.as_string(where));
+        break;
       case PtValue::Kind::List:
         out_ += ']';
         if (!v.items(where).empty()) {
@@ -611,7 +705,9 @@ class Pickler {
           out_ += 'u';
         }
         break;
-      case PtValue::Kind::Tensor: tensor(v.as_tensor(where)); break;
+      case PtValue::Kind::Tensor:
+        tensor(v.as_tensor(where));
+        break;
     }
   }
   void tensor(const PtTensor& t) {

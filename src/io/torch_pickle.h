@@ -25,7 +25,7 @@ struct PtTensor {
   core::DType dtype = core::DType::F32;
   std::vector<int64_t> shape;
   std::vector<int64_t> stride;
-  int64_t storage_offset = 0;           // in elements
+  int64_t storage_offset = 0;            // in elements
   std::shared_ptr<std::string> storage;  // the whole storage's bytes (may be shared by several tensors)
   int64_t numel() const;
   bool contiguous() const;

@@ -108,8 +108,8 @@ std::vector<ZipEntry> read_stored_zip(const std::string& path) {
     core::check(!(flags & 1), path, "entry '" + e.name + "' is encrypted", "save the file with torch.save");
     core::check(get<uint32_t>(b, size_t(local), path) == kLocalHeader, path,
                 "entry '" + e.name + "' has a damaged local header", fix);
-    const size_t data_at = size_t(local) + 30 + get<uint16_t>(b, size_t(local) + 26, path) +
-                           get<uint16_t>(b, size_t(local) + 28, path);
+    const size_t data_at =
+        size_t(local) + 30 + get<uint16_t>(b, size_t(local) + 26, path) + get<uint16_t>(b, size_t(local) + 28, path);
     core::check(data_at + csize <= b.size(), path, "entry '" + e.name + "' runs past the end of the file", fix);
     e.data = b.substr(data_at, size_t(csize));
     core::check(crc32_zip(e.data.data(), e.data.size()) == crc, path, "entry '" + e.name + "' fails its CRC-32 check",
@@ -143,7 +143,7 @@ void write_stored_zip(const std::vector<ZipSource>& entries, const std::function
     std::string h;
     put<uint32_t>(h, kLocalHeader);
     put<uint16_t>(h, zip64 ? 45 : 20), put<uint16_t>(h, 0), put<uint16_t>(h, 0);  // version, flags, method stored
-    put<uint16_t>(h, 0), put<uint16_t>(h, 0x21);                                   // time, date (1980-01-01)
+    put<uint16_t>(h, 0), put<uint16_t>(h, 0x21);                                  // time, date (1980-01-01)
     put<uint32_t>(h, crc);
     put<uint32_t>(h, zip64 ? 0xFFFFFFFFu : uint32_t(e.size)), put<uint32_t>(h, zip64 ? 0xFFFFFFFFu : uint32_t(e.size));
     put<uint16_t>(h, uint16_t(e.name.size())), put<uint16_t>(h, uint16_t(zip64_local_extra + pad));
@@ -184,7 +184,8 @@ void write_stored_zip(const std::vector<ZipSource>& entries, const std::function
     put<uint16_t>(tail, 45), put<uint16_t>(tail, 45), put<uint32_t>(tail, 0), put<uint32_t>(tail, 0);
     put<uint64_t>(tail, entries.size()), put<uint64_t>(tail, entries.size());
     put<uint64_t>(tail, central.size()), put<uint64_t>(tail, cd_offset);
-    put<uint32_t>(tail, kEnd64Locator), put<uint32_t>(tail, 0), put<uint64_t>(tail, end64_offset), put<uint32_t>(tail, 1);
+    put<uint32_t>(tail, kEnd64Locator), put<uint32_t>(tail, 0), put<uint64_t>(tail, end64_offset),
+        put<uint32_t>(tail, 1);
   }
   put<uint32_t>(tail, kEnd);
   put<uint16_t>(tail, 0), put<uint16_t>(tail, 0);
@@ -200,7 +201,8 @@ std::string make_stored_zip(const std::vector<ZipEntry>& entries, uint64_t zip64
   std::vector<ZipSource> sources;
   for (const ZipEntry& e : entries) sources.push_back({e.name, e.data.data(), e.data.size()});
   std::string out;
-  write_stored_zip(sources, [&](const char* p, size_t n) { out.append(p, n); }, zip64_from);
+  write_stored_zip(
+      sources, [&](const char* p, size_t n) { out.append(p, n); }, zip64_from);
   return out;
 }
 
@@ -215,7 +217,8 @@ void write_stored_zip_file(const std::string& path, const std::vector<ZipSource>
       while (done < n) {
         const ssize_t k = ::write(fd, p + done, n - done);
         if (k < 0 && errno == EINTR) continue;
-        core::check(k > 0, path, "write failed after " + std::to_string(written) + " bytes: " + std::strerror(errno), fix);
+        core::check(k > 0, path, "write failed after " + std::to_string(written) + " bytes: " + std::strerror(errno),
+                    fix);
         done += size_t(k), written += uint64_t(k);
       }
     });

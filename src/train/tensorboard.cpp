@@ -5,8 +5,8 @@
 #include <unistd.h>
 
 #include <array>
-#include <cerrno>
 #include <cctype>
+#include <cerrno>
 #include <cmath>
 #include <cstring>
 #include <filesystem>
@@ -45,7 +45,9 @@ void put_le(std::string& out, T v) {
   out.append(reinterpret_cast<const char*>(b), sizeof(T));
 }
 
-void put_key(std::string& out, int field, int wire_type) { put_varint(out, uint64_t(field) << 3 | uint64_t(wire_type)); }
+void put_key(std::string& out, int field, int wire_type) {
+  put_varint(out, uint64_t(field) << 3 | uint64_t(wire_type));
+}
 
 void put_bytes(std::string& out, int field, std::string_view bytes) {
   put_key(out, field, 2);
@@ -147,8 +149,9 @@ bool report_to_tensorboard(const std::vector<std::string>& report_to) {
     bool known = false;
     for (const char* name : hf_integrations) known |= item == name;
     if (known)
-      throw core::Error("--report_to", "'" + item + "' is not available: zerolora writes no " + item +
-                                           " logs (it needs a service or a Python package)",
+      throw core::Error("--report_to",
+                        "'" + item + "' is not available: zerolora writes no " + item +
+                            " logs (it needs a service or a Python package)",
                         "use --report_to tensorboard (event files in <output_dir>/runs, offline; "
                         "`tensorboard --logdir <output_dir>/runs` shows them) or --report_to none");
     throw core::Error("--report_to", "'" + item + "' is not an integration",
@@ -206,7 +209,8 @@ EventWriter EventWriter::open_file(const std::string& path, double wall_time, co
   return w;
 }
 
-EventWriter::EventWriter(EventWriter&& o) noexcept : path_(std::move(o.path_)), fd_(o.fd_), pending_(std::move(o.pending_)) {
+EventWriter::EventWriter(EventWriter&& o) noexcept
+    : path_(std::move(o.path_)), fd_(o.fd_), pending_(std::move(o.pending_)) {
   o.fd_ = -1;
 }
 

@@ -13,8 +13,9 @@ namespace fs = std::filesystem;
 TEST(HfResumeE2E, ResumesFromHfFormCheckpointExactly) {
   TinyRun run;
   const std::string straight = (run.dir / "straight").string(), resumed = (run.dir / "resumed").string();
-  const std::string flags = "--max_steps 6 --save_steps 3 --per_device_train_batch_size 4 --weight_decay 0.01 "
-                            "--lora_target_modules q_proj v_proj down_proj --lora_r 4";
+  const std::string flags =
+      "--max_steps 6 --save_steps 3 --per_device_train_batch_size 4 --weight_decay 0.01 "
+      "--lora_target_modules q_proj v_proj down_proj --lora_r 4";
   std::string log;
   ASSERT_EQ(run_command(run.train_cmd(straight, flags), &log), 0) << log;
   fs::create_directories(resumed);

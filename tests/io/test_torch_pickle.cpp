@@ -28,15 +28,25 @@ const std::string kHf = std::string(ZEROLORA_SOURCE_DIR) + "/tests/golden/hf_che
 void expect_same(const PtValue& a, const PtValue& b, const std::string& at) {
   ASSERT_EQ(int(a.kind()), int(b.kind())) << at;
   switch (a.kind()) {
-    case PtValue::Kind::None: break;
-    case PtValue::Kind::Bool: EXPECT_EQ(a.as_bool(at), b.as_bool(at)) << at; break;
-    case PtValue::Kind::Int: EXPECT_EQ(a.as_int(at), b.as_int(at)) << at; break;
-    case PtValue::Kind::Float: EXPECT_EQ(a.as_number(at), b.as_number(at)) << at; break;
-    case PtValue::Kind::String: EXPECT_EQ(a.as_string(at), b.as_string(at)) << at; break;
+    case PtValue::Kind::None:
+      break;
+    case PtValue::Kind::Bool:
+      EXPECT_EQ(a.as_bool(at), b.as_bool(at)) << at;
+      break;
+    case PtValue::Kind::Int:
+      EXPECT_EQ(a.as_int(at), b.as_int(at)) << at;
+      break;
+    case PtValue::Kind::Float:
+      EXPECT_EQ(a.as_number(at), b.as_number(at)) << at;
+      break;
+    case PtValue::Kind::String:
+      EXPECT_EQ(a.as_string(at), b.as_string(at)) << at;
+      break;
     case PtValue::Kind::List:
     case PtValue::Kind::Tuple:
       ASSERT_EQ(a.items(at).size(), b.items(at).size()) << at;
-      for (size_t i = 0; i < a.items(at).size(); ++i) expect_same(a.items(at)[i], b.items(at)[i], at + "/" + std::to_string(i));
+      for (size_t i = 0; i < a.items(at).size(); ++i)
+        expect_same(a.items(at)[i], b.items(at)[i], at + "/" + std::to_string(i));
       break;
     case PtValue::Kind::Dict:
       ASSERT_EQ(a.entries(at).size(), b.entries(at).size()) << at;
@@ -75,7 +85,8 @@ TEST(TorchPickle, EveryPlainKindRoundTrips) {
   d.set(PtValue::string("unicode"), PtValue::string("naïve ✓"));
   d.set(PtValue::string("empty list"), PtValue::list());
   d.set(PtValue::string("tuple"), PtValue::tuple({PtValue::real(0.9), PtValue::real(0.999)}));
-  d.set(PtValue::string("nested"), PtValue::list({PtValue::dict(), PtValue::tuple(), PtValue::list({PtValue::integer(7)})}));
+  d.set(PtValue::string("nested"),
+        PtValue::list({PtValue::dict(), PtValue::tuple(), PtValue::list({PtValue::integer(7)})}));
   d.set(PtValue::string("scalar"), PtValue::tensor(PtTensor::from_f32({3.0f}, {})));
   d.set(PtValue::string("matrix"), PtValue::tensor(PtTensor::from_f32({1, 2, 3, 4, 5, 6}, {2, 3})));
   d.set(PtValue::string("empty"), PtValue::tensor(PtTensor::from_f32({}, {0, 4})));
@@ -141,16 +152,27 @@ TEST(TorchPickle, RefusesWhatIsNotPlainData) {
   e = error_of([&] { io::load_torch_file(targs); });
   EXPECT_NE(e.find(targs), std::string::npos) << e;
   EXPECT_TRUE(e.find("TrainingArguments") != std::string::npos || e.find("NEWOBJ") != std::string::npos ||
-              e.find("copyreg") != std::string::npos) << e;
+              e.find("copyreg") != std::string::npos)
+      << e;
   // an object restored with BUILD: named by opcode
   e = error_of([&] { io::unpickle_torch(std::string("\x80\x02}b.", 5), {}, "hand.pkl"); });
   EXPECT_NE(e.find("hand.pkl"), std::string::npos) << e;
   EXPECT_NE(e.find("BUILD (0x62)"), std::string::npos) << e;
   // a global that is not on the list
-  e = error_of([&] { io::unpickle_torch(std::string("\x80\x02" "cos\nsystem\n(X\x02\x00\x00\x00lstR.", 24), {}, "evil.pkl"); });
+  e = error_of([&] {
+    io::unpickle_torch(std::string("\x80\x02"
+                                   "cos\nsystem\n(X\x02\x00\x00\x00lstR.",
+                                   24),
+                       {}, "evil.pkl");
+  });
   EXPECT_NE(e.find("calls os.system"), std::string::npos) << e;
   // a class kept as a value
-  e = error_of([&] { io::unpickle_torch(std::string("\x80\x02" "cbuiltins\nset\n.", 17), {}, "c.pkl"); });
+  e = error_of([&] {
+    io::unpickle_torch(std::string("\x80\x02"
+                                   "cbuiltins\nset\n.",
+                                   17),
+                       {}, "c.pkl");
+  });
   EXPECT_NE(e.find("builtins.set"), std::string::npos) << e;
   // truncated pickle
   e = error_of([&] { io::unpickle_torch(std::string("\x80\x02}(X\x05\x00\x00", 8), {}, "t.pkl"); });
@@ -189,8 +211,8 @@ TEST(TorchPickle, Zip64RecordsReadBack) {
   // zip64 sizes, offsets and end records, as an archive past 4 GiB has them (forced from 100 bytes on). torch 2.4's
   // reader (miniz) loads HF's optimizer.pt rewritten this way with the same tensors (checked by hand: it needs
   // sizes and offset together in the zip64 field of an entry)
-  std::vector<io::ZipEntry> entries = {{"a/data.pkl", std::string(50, 'x')}, {"a/data/0", std::string(300, 'y')},
-                                       {"a/version", "3\n"}};
+  std::vector<io::ZipEntry> entries = {
+      {"a/data.pkl", std::string(50, 'x')}, {"a/data/0", std::string(300, 'y')}, {"a/version", "3\n"}};
   const std::string zip = io::make_stored_zip(entries, 100);
   TempDir dir;
   test::write_file(dir / "big.zip", zip);

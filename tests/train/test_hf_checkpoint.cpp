@@ -100,10 +100,12 @@ TEST(HfCheckpoint, DeepSpeedOrIncompleteHfCheckpointIsOneLineError) {
   other.target_modules = {"q_proj", "v_proj"};
   const model::LoraLayout small(config, other);
   fs::copy_file(kHf + "checkpoint-3/scheduler.pt", ck / "scheduler.pt");
-  fs::copy_file(kHf + "adapter_init.safetensors", ck / "adapter_model.safetensors", fs::copy_options::overwrite_existing);
+  fs::copy_file(kHf + "adapter_init.safetensors", ck / "adapter_model.safetensors",
+                fs::copy_options::overwrite_existing);
   train::TrainingSnapshot unused;
-  e = test::error_of([&] { train::read_adamw_state_dict(io::load_torch_file((ck / "optimizer.pt").string()), small,
-                                                        "optimizer.pt", &unused); });
+  e = test::error_of([&] {
+    train::read_adamw_state_dict(io::load_torch_file((ck / "optimizer.pt").string()), small, "optimizer.pt", &unused);
+  });
   EXPECT_NE(e.find("holds optimizer state for 70 parameters; this adapter has 20"), std::string::npos) << e;
 }
 
@@ -124,8 +126,11 @@ TEST(HfCheckpoint, ResumesHfCheckpointAndSavesWhatHfResumes) {
                                    g["warmup_steps"].get<int64_t>());
   auto save = [&](const train::TrainingSnapshot& s) {
     train::TrainingSnapshot t = s;
-    t.scheduler = {{"type", "linear"}, {"base_lr", g["learning_rate"].get<double>()}, {"total_steps", max_steps},
-                   {"warmup_steps", g["warmup_steps"].get<int64_t>()}, {"last_step", s.state.global_step},
+    t.scheduler = {{"type", "linear"},
+                   {"base_lr", g["learning_rate"].get<double>()},
+                   {"total_steps", max_steps},
+                   {"warmup_steps", g["warmup_steps"].get<int64_t>()},
+                   {"last_step", s.state.global_step},
                    {"skipped_steps", 0}};
     const fs::path dir = out / ("checkpoint-" + std::to_string(s.state.global_step));
     fs::remove_all(dir);
@@ -214,7 +219,8 @@ TEST(HfCheckpoint, ResumesHfCheckpointAndSavesWhatHfResumes) {
     EXPECT_EQ(schedule.lr(step + 1), ref["learning_rate"].get<double>()) << "step " << step + 1;
     worst_loss = std::max(worst_loss, std::abs(loss - ref["loss"].get<double>()));
     worst_norm = std::max(worst_norm, std::abs(grad_norm - ref["grad_norm"].get<double>()) / grad_norm);
-    train::scale_in_place(grads.data(), layout.numel(), train::clip_coefficient(grad_norm, g["max_grad_norm"].get<double>()));
+    train::scale_in_place(grads.data(), layout.numel(),
+                          train::clip_coefficient(grad_norm, g["max_grad_norm"].get<double>()));
     opt.step(params.data(), grads.data(), schedule.lr(step));
     if (step + 1 == 6) {
       // HF's checkpoint-6 adapter (from its uninterrupted run) against ours, as the final check below
@@ -241,13 +247,16 @@ TEST(HfCheckpoint, ResumesHfCheckpointAndSavesWhatHfResumes) {
   double worst = 0;
   for (const auto& slot : layout.slots())
     for (int which = 0; which < 2; ++which) {
-      const core::Tensor ref = after.load(slot.peft_prefix() + (which ? ".lora_B.weight" : ".lora_A.weight"), core::DType::F32);
+      const core::Tensor ref =
+          after.load(slot.peft_prefix() + (which ? ".lora_B.weight" : ".lora_A.weight"), core::DType::F32);
       const float* ours = params.data() + (which ? slot.b_offset : slot.a_offset);
       const double scale = std::max(max_abs(ref.data<float>(), ref.numel()), 1e-12);
       for (int64_t i = 0; i < ref.numel(); ++i)
         worst = std::max(worst, std::abs(double(ours[i]) - double(ref.data<float>()[i])) / scale);
     }
   EXPECT_LT(worst, 1e-4);
-  std::printf("steps 4-8 vs HF's resumed run: max |loss diff| %.3g (HF rounds to 1e-4), max grad-norm rel diff %.3g; "
-              "adapter after step 8: max |diff| / tensor max %.3g\n", worst_loss, worst_norm, worst);
+  std::printf(
+      "steps 4-8 vs HF's resumed run: max |loss diff| %.3g (HF rounds to 1e-4), max grad-norm rel diff %.3g; "
+      "adapter after step 8: max |diff| / tensor max %.3g\n",
+      worst_loss, worst_norm, worst);
 }

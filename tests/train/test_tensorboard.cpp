@@ -69,10 +69,15 @@ TEST(TensorBoard, ProtobufEncodingByHand) {
   EXPECT_EQ(file_version_event(1.0, "w"), expect_fv + std::string("\x52\x03\x0a\x01w", 5));
   // Event{step: 300, summary{value{tag "a", simple_value 0}}}: the zero value is written (a oneof member)
   const std::string s = scalar_event(0.0, 300, "a", 0.0f);
-  const std::string expect_s("\x10\xac\x02\x2a\x0a\x0a\x08\x0a\x01" "a" "\x15\x00\x00\x00\x00", 15);
+  const std::string expect_s(
+      "\x10\xac\x02\x2a\x0a\x0a\x08\x0a\x01"
+      "a"
+      "\x15\x00\x00\x00\x00",
+      15);
   EXPECT_EQ(s, expect_s);
   // a negative step is a ten-byte varint (int64 two's complement)
-  EXPECT_EQ(scalar_event(0.0, -1, "", 1.0f).substr(0, 11), std::string("\x10\xff\xff\xff\xff\xff\xff\xff\xff\xff\x01", 11));
+  EXPECT_EQ(scalar_event(0.0, -1, "", 1.0f).substr(0, 11),
+            std::string("\x10\xff\xff\xff\xff\xff\xff\xff\xff\xff\x01", 11));
 }
 
 TEST(TensorBoard, LogEntryTagsAreHfRewriteLogs) {
