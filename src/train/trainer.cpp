@@ -432,6 +432,18 @@ TrainResult run_training(TrainArgs a, dist::Comm& comm) {
     for (const auto& n : ds->notes) log.message("deepspeed: " + n);
   }
   refuse_bias_training(a, peek);
+  // As HF's tokenizer warns past the model's maximum length: positions beyond max_position_embeddings were
+  // never trained (train_lora.py does not scale RoPE, train.py does). Padding every row to such a length
+  // would only cost time and memory (padded positions change nothing), so rows are padded to the longest.
+  if (a.model_max_length > peek.max_position_embeddings) {
+    log.message("warning: --model_max_length " + std::to_string(a.model_max_length) + " is longer than the "
+                "model's max_position_embeddings " + std::to_string(peek.max_position_embeddings) + " (" +
+                a.model_name_or_path + "/config.json): positions past it were never trained, and running such "
+                "sequences may give poor results" +
+                (a.padding == PaddingMode::MaxLength ? "; rows are padded to the longest of each batch, not to "
+                                                       "--model_max_length" : ""));
+    a.padding = PaddingMode::Longest;
+  }
   model::check_attention_span(peek, a.model_max_length, "--model_max_length",
                               "use --model_max_length <= " + std::to_string(peek.sliding_window));
   const int zero_stage = ds ? int(ds->zero.stage) : 0;

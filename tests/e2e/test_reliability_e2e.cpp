@@ -24,11 +24,12 @@ std::vector<nlohmann::json> metrics_rows(const fs::path& path) {
   return rows;
 }
 
-// TinyRun::train_cmd without its --logging_steps 1
-std::string quiet_train_cmd(const TinyRun& run, const std::string& out, const std::string& extra) {
+// TinyRun::train_cmd without its --logging_steps 1 and --padding longest, with a choice of model_max_length
+std::string quiet_train_cmd(const TinyRun& run, const std::string& out, const std::string& extra,
+                            int64_t model_max_length = 64) {
   return zerolora_binary() + " train --model_name_or_path " + run.model + " --data_path " + run.data +
-         " --output_dir " + out + " --conv_template chatml --model_max_length 64 --padding longest --lora_dropout 0 " +
-         "--learning_rate 5e-3 --num_threads 1 " + extra;
+         " --output_dir " + out + " --conv_template chatml --model_max_length " + std::to_string(model_max_length) +
+         " --lora_dropout 0 --learning_rate 5e-3 --num_threads 1 " + extra;
 }
 
 // The "train_loss" of the final summary in trainer_state.json.
@@ -187,7 +188,7 @@ TEST(ReliabilityE2E, WithoutATerminalPlainProgressLinesAndNoControlCodes) {
   ASSERT_EQ(run_command("ZEROLORA_PROGRESS_SECONDS=0 " +
                             quiet_train_cmd(run, (run.dir / "out").string(),
                                             "--max_steps 4 --per_device_train_batch_size 2 --save_strategy no "
-                                            "--logging_steps 500"),
+                                            "--logging_steps 500 --padding longest"),
                         &log),
             0)
       << log;
@@ -199,7 +200,7 @@ TEST(ReliabilityE2E, WithoutATerminalPlainProgressLinesAndNoControlCodes) {
   // the default interval (30 s) prints the last step's line at least
   ASSERT_EQ(run_command(quiet_train_cmd(run, (run.dir / "out2").string(),
                                         "--max_steps 3 --per_device_train_batch_size 2 --save_strategy no "
-                                        "--logging_steps 500"),
+                                        "--logging_steps 500 --padding longest"),
                         &log),
             0)
       << log;
@@ -265,4 +266,23 @@ TEST(ReliabilityE2E, FinalAdapterIsWrittenAllOrNothing) {
       << log;
   EXPECT_TRUE(fs::exists(out / "adapter_model.safetensors"));
   EXPECT_TRUE(fs::is_regular_file(out / "adapter_config.json"));
+}
+
+// --model_max_length far beyond max_position_embeddings (512 in the tiny preset): a warning as HF gives, and
+// rows are not padded to it (--padding max_length would make every row 100000 long); the result is the run
+// with a model_max_length that fits (the samples are shorter than either).
+TEST(ReliabilityE2E, ModelMaxLengthBeyondThePositionsWarnsAndDoesNotPadToIt) {
+  TinyRun run(16);
+  const std::string flags = "--max_steps 2 --per_device_train_batch_size 2 --save_strategy no --lora_r 4 ";
+  const fs::path fits = run.dir / "fits", beyond = run.dir / "beyond";
+  std::string log;
+  ASSERT_EQ(run_command(quiet_train_cmd(run, fits.string(), flags + "--padding longest", 512), &log), 0) << log;
+  ASSERT_EQ(run_command(quiet_train_cmd(run, beyond.string(), flags + "--padding max_length", 100000), &log),
+            0)
+      << log;
+  EXPECT_NE(log.find("warning: --model_max_length 100000 is longer than the model's max_position_embeddings 512"),
+            std::string::npos)
+      << log;
+  EXPECT_NE(log.find("rows are padded to the longest of each batch"), std::string::npos) << log;
+  EXPECT_EQ(read_file(beyond / "adapter_model.safetensors"), read_file(fits / "adapter_model.safetensors"));
 }
