@@ -24,8 +24,19 @@ std::string format_duration(double seconds) {
   return buf;
 }
 
+namespace {
+
+// mpirun hands each rank a pseudo-terminal for stdout whatever mpirun's own stdout is (`mpirun ... > log`
+// too), so a rank cannot tell; under mpirun the plain lines are used.
+bool launched_by_mpirun() {
+  return std::getenv("OMPI_COMM_WORLD_SIZE") || std::getenv("PMIX_RANK") || std::getenv("PMI_RANK");
+}
+
+}  // namespace
+
 Progress::Progress(bool quiet, int64_t total_steps, const std::string& metrics_path)
-    : quiet_(quiet), tty_(!quiet && isatty(fileno(stdout))), total_(total_steps), metrics_path_(metrics_path),
+    : quiet_(quiet), tty_(!quiet && isatty(fileno(stdout)) && !launched_by_mpirun()), total_(total_steps),
+      metrics_path_(metrics_path),
       last_line_(std::chrono::steady_clock::now()) {
   if (const char* env = std::getenv("ZEROLORA_PROGRESS_SECONDS")) {
     char* end = nullptr;

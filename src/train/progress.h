@@ -1,4 +1,5 @@
-// What a run shows while it trains: a live bar on a terminal; without one (a log file, mpirun's pipes) a plain
+// What a run shows while it trains: a live bar on a terminal; without one (a log file; any rank under mpirun,
+// whose stdout is mpirun's pseudo-terminal even when mpirun writes to a file) a plain
 // progress line at a time interval instead (every 30 s; ZEROLORA_PROGRESS_SECONDS=N changes it, 0 = every
 // step), never the bar's control codes; a line per logging step either way; every log entry appended to a
 // JSON-lines metrics file; loss and learning-rate curves as an SVG.

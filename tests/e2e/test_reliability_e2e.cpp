@@ -205,6 +205,22 @@ TEST(ReliabilityE2E, WithoutATerminalPlainProgressLinesAndNoControlCodes) {
             0)
       << log;
   EXPECT_NE(log.find("progress: step 3/3 (100%)"), std::string::npos) << log;
+
+  // under mpirun a rank's stdout is mpirun's pseudo-terminal even when mpirun's output goes to a file
+  if (run_command("command -v mpirun > /dev/null") != 0) GTEST_SKIP() << "mpirun part: needs OpenMPI's mpirun";
+  const fs::path mpi_log = run.dir / "mpirun.log";
+  ASSERT_EQ(run_command("OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 mpirun --oversubscribe --mca "
+                        "btl_vader_single_copy_mechanism none -np 2 " +
+                        quiet_train_cmd(run, (run.dir / "out3").string(),
+                                        "--max_steps 3 --per_device_train_batch_size 2 --save_strategy no "
+                                        "--logging_steps 500 --padding longest") +
+                        " > " + mpi_log.string() + " 2>&1"),
+            0)
+      << read_file(mpi_log);
+  const std::string mpi = read_file(mpi_log);
+  EXPECT_NE(mpi.find("progress: step 3/3 (100%)"), std::string::npos) << mpi;
+  EXPECT_EQ(mpi.find("\033["), std::string::npos) << mpi;
+  EXPECT_EQ(mpi.find('\r'), std::string::npos) << mpi;
 }
 
 // A run resumed from checkpoint-3 after steps 4-6 were logged: metrics.jsonl has each step once, with the
