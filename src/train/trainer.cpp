@@ -145,14 +145,17 @@ void trim_metrics_file(const std::string& path, int64_t step) {
   if (!dropped) return;
   const std::string tmp = path + ".tmp-" + std::to_string(getpid());
   io::write_file_synced(tmp, kept);
-  fs::rename(tmp, path);
+  std::error_code ec;
+  fs::rename(tmp, path, ec);
+  if (ec) throw core::Error(path, "could not be replaced: " + ec.message(), "check the folder's permissions");
 }
 
 // The training loss summed over the steps of a checkpoint's run so far, and their count: kept in
 // zerolora_state.json; a checkpoint without it (older ones, HF's) gives the logged means weighted by the steps
 // each covers, which leaves out the steps after the last log.
 std::pair<double, int64_t> loss_sum_of(const TrainerState& s) {
-  if (s.zerolora.contains("train_loss_sum") && s.zerolora.contains("train_loss_steps"))
+  if (s.zerolora.contains("train_loss_sum") && s.zerolora["train_loss_sum"].is_number() &&
+      s.zerolora.contains("train_loss_steps") && s.zerolora["train_loss_steps"].is_number_integer())
     return {s.zerolora["train_loss_sum"].get<double>(), s.zerolora["train_loss_steps"].get<int64_t>()};
   double sum = 0;
   int64_t last = 0;
