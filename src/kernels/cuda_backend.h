@@ -81,5 +81,8 @@ void attention_forward(float* out, float* lse, const float* q, const float* k, c
 void attention_backward(float* dq, float* dk, float* dv, const float* dout, const float* q, const float* k,
                         const float* v, const float* out, const float* lse, const AttentionShape& shape,
                         const int32_t* lengths, const int32_t* kv_begin, CudaState& s);
+// --- generation against a KV cache (kernels/cuda/decode.cu): fp32, any GQA ratio, HD <= 256, sliding window
+void attention_decode(float* out, const float* q, const float* k_cache, const float* v_cache, int64_t n, int64_t p0,
+                      int64_t NH, int64_t NKV, int64_t HD, int64_t window, CudaState& s);
 
 }  // namespace zerolora::kernels::cuda

@@ -97,6 +97,13 @@ void attention_backward(S* dq, S* dk, S* dv, const S* dout, const S* q, const S*
 }
 
 template <typename S>
+void attention_decode(S* out, const S* q, const S* k_cache, const S* v_cache, int64_t n, int64_t p0, int64_t NH,
+                      int64_t NKV, int64_t HD, int64_t window, const Context& ctx) {
+  ZL_ON_CUDA(ctx, attention_decode, out, q, k_cache, v_cache, n, p0, NH, NKV, HD, window)
+  attention_decode<S>(out, q, k_cache, v_cache, n, p0, NH, NKV, HD, window);
+}
+
+template <typename S>
 void swiglu_forward(S* out, const S* gate, const S* up, int64_t n, const Context& ctx) {
   ZL_ON_CUDA(ctx, swiglu_forward, out, gate, up, n)
   swiglu_forward<S>(out, gate, up, n);
@@ -170,6 +177,8 @@ void scale(float* x, int64_t n, double factor, const Context& ctx) {
                                      const int32_t*, const Context&);                                             \
   template void attention_backward<S>(S*, S*, S*, const S*, const S*, const S*, const S*, const S*, const S*,     \
                                       const AttentionShape&, const int32_t*, const int32_t*, const Context&);     \
+  template void attention_decode<S>(S*, const S*, const S*, const S*, int64_t, int64_t, int64_t, int64_t, int64_t,  \
+                                    int64_t, const Context&);                                                     \
   template void swiglu_forward<S>(S*, const S*, const S*, int64_t, const Context&);                               \
   template void swiglu_backward<S>(S*, S*, const S*, const S*, const S*, int64_t, const Context&);                \
   template void add<S>(S*, const S*, const S*, int64_t, const Context&);                                          \

@@ -221,6 +221,11 @@ template <typename S>
 void attention_backward(S* dq, S* dk, S* dv, const S* dout, const S* q, const S* k, const S* v, const S* out,
                         const S* lse, const AttentionShape& shape, const int32_t* lengths, const int32_t* kv_begin,
                         const Context& ctx);
+// Generation against a KV cache (as attention_decode above; window explicit here). On a CUDA context in fp32
+// (the CPU sums in double), HD <= 256.
+template <typename S>
+void attention_decode(S* out, const S* q, const S* k_cache, const S* v_cache, int64_t n, int64_t p0, int64_t NH,
+                      int64_t NKV, int64_t HD, int64_t window, const Context& ctx);
 template <typename S>
 void swiglu_forward(S* out, const S* gate, const S* up, int64_t n, const Context& ctx);
 template <typename S>

@@ -25,6 +25,7 @@ Architecture Architecture::of(const io::HfConfig& c) {
 LoraBranch lora_branch(const LoraLayout* lora, int layer, Proj p, bool training, uint64_t seed) {
   LoraBranch br;
   if (lora) br.slot = lora->find(layer, p);
+  if (lora) br.bias = lora->find_bias(layer, p);  // --lora_bias: the bias from the flat buffer
   if (br.slot) {
     br.slot_index = int(br.slot - lora->slots().data());
     br.scale = lora->scale();
@@ -68,9 +69,8 @@ void block_forward(const Architecture& arch, int layer, const LayerWeights& W, c
   {
     core::OpTimer t_(core::Op::Attention);
     if (tok.decoding()) {
-      core::check(!ctx.on_cuda(), "generate", "the KV-cache decoder runs on the host only");
       kernels::attention_decode<S>(a.att, a.q, tok.k_cache, tok.v_cache, M, tok.p0, NH, NKV, HD,
-                                   arch.window[size_t(layer)]);
+                                   arch.window[size_t(layer)], ctx);
     } else {
       kernels::attention_forward<S>(a.att, a.lse, a.q, a.k, a.v, layer_shape(arch, layer, tok), tok.lengths,
                                     tok.kv_begin, ctx);

@@ -83,8 +83,8 @@ struct BlockTokens {
   kernels::AttentionShape shape{0, 0, 0, 0, 0};
   const int32_t* lengths = nullptr;
   const int32_t* kv_begin = nullptr;
-  // Decoding (host only): the M new tokens follow p0 cached ones; BlockActivations::k/v point at their rows of
-  // the caches, which hold p0 + M rows [.., NKV, HD] after the block wrote them.
+  // Decoding: the M new tokens follow p0 cached ones; BlockActivations::k/v point at their rows of the caches,
+  // which hold p0 + M rows [.., NKV, HD] after the block wrote them (in the context's memory, as every buffer).
   const S* k_cache = nullptr;
   const S* v_cache = nullptr;
   int64_t p0 = 0;

@@ -18,6 +18,7 @@
 #include <string>
 #include <vector>
 
+#include "kernels/context.h"
 #include "model/block.h"
 #include "model/lora.h"
 #include "model/weights.h"
@@ -27,34 +28,53 @@ namespace zerolora::model {
 template <typename S>
 class KvCacheDecoder {
  public:
-  // weights (and lora / lora_params when given) must outlive the decoder. lora_params: the flat
-  // LoRA buffer of layout lora (null with lora == null: base model only).
-  KvCacheDecoder(const LlamaWeights& weights, const LoraLayout* lora, const S* lora_params);
+  // Runs on ctx's device (default: the host). weights: the host weights (on a CUDA context uploaded here once
+  // with model::to_device, NF4 projections staying NF4 and dequantised on the GPU per GEMM; the host weights may
+  // then go) or already their device copy on ctx (shared, not copied). lora_params: the flat LoRA buffer of
+  // layout lora in host memory (null with lora == null: base model only); the host decoder reads it in place
+  // (it must outlive the decoder), a CUDA decoder copies it to the device here.
+  // Memory: the KV cache, the RoPE table and every per-token buffer are one allocation in ctx's memory, made
+  // here for reserve_tokens positions and grown (cache rows copied over) only when a longer sequence or a
+  // larger chunk of tokens needs it; generate() reserves the whole generation up front, so decoding token by
+  // token allocates nothing.
+  KvCacheDecoder(const LlamaWeights& weights, const LoraLayout* lora, const S* lora_params,
+                 const kernels::Context& ctx = kernels::host(), int64_t reserve_tokens = 64);
   ~KvCacheDecoder();
 
   // Runs n tokens after the ones already cached (positions length() .. length()+n-1) and caches
   // their keys and values. logits receives [n, V] when all_positions, else [V] for the last token
   // only (lm_head runs only on the rows asked for). Token ids outside the vocabulary throw.
+  // ids and logits are host memory on every context: a CUDA decoder uploads the n ids and positions and
+  // reads back only the logit rows asked for (one row of V floats per generated token).
   void feed(const int32_t* ids, int64_t n, S* logits, bool all_positions = false);
+
+  // Makes room for `tokens` cached positions and chunks of `rows` tokens per feed (one allocation at most).
+  void reserve(int64_t tokens, int64_t rows = 1);
 
   int64_t length() const { return length_; }  // tokens cached so far
   void reset() { length_ = 0; }               // forget the cache (buffers are kept)
   int64_t cache_bytes() const;                // bytes held by the K/V cache now
-  int64_t vocab_size() const { return w_.config.vocab_size; }
+  int64_t vocab_size() const { return w_->config.vocab_size; }
+  int64_t max_positions() const { return w_->config.max_position_embeddings; }
+  const kernels::Context& context() const { return *ctx_; }
+  int64_t allocations() const { return allocations_; }  // times the buffers were (re)allocated
+  int64_t buffer_bytes() const;                         // bytes of the one allocation now
 
  private:
-  struct Buffers;
-  void ensure_capacity(int64_t tokens);
-  void ensure_rows(int64_t n);
+  struct Arena;
+  void ensure(int64_t tokens, int64_t rows, int64_t logit_rows);
 
-  const LlamaWeights& w_;
+  const kernels::Context* ctx_;
+  LlamaWeights device_weights_;  // the decoder's own device copy (CUDA context given host weights)
+  const LlamaWeights* w_;        // the weights it runs: the caller's or device_weights_
   Architecture arch_;
   const LoraLayout* lora_;
-  const S* lora_params_;
-  std::vector<S> rope_;                       // [capacity, HD/2, 2]
-  std::vector<std::vector<S>> k_cache_, v_cache_;  // per layer [capacity, NKV*HD]
-  int64_t capacity_ = 0, length_ = 0;
-  std::unique_ptr<Buffers> b_;
+  const S* lora_params_;         // where the kernels read them (host: the caller's; CUDA: lora_device_)
+  kernels::DeviceArray<S> lora_device_;
+  std::vector<S> rope_;          // host table [capacity, HD/2, 2] (copied into the arena)
+  std::vector<int32_t> positions_;  // host staging of the fed tokens' positions
+  int64_t length_ = 0, allocations_ = 0;
+  std::unique_ptr<Arena> a_;
 };
 
 struct SamplingOptions {
@@ -89,6 +109,12 @@ struct GenerationResult {
 template <typename S>
 GenerationResult generate(KvCacheDecoder<S>& decoder, const std::vector<int32_t>& prompt,
                           const GenerationOptions& options, const TokenCallback& on_token = nullptr);
+
+// --device for generate and chat, as train's flag: "cpu" -> null (the host); "cuda" -> a context on GPU 0, or
+// a one-line core::Error saying why there is none (no GPU visible, or a build without CUDA); "auto" -> GPU 0
+// when the build has CUDA and a GPU is visible, else null. *chosen (when given) receives "cpu" or
+// "cuda:0 (<GPU name>)" for the command's "device: ..." line. The context must outlive the decoder.
+std::unique_ptr<kernels::CudaContext> open_generation_device(const std::string& device, std::string* chosen = nullptr);
 
 // EOS ids of a model folder: config.json's eos_token_id(s) and generation_config.json's (Llama 3
 // Instruct lists <|eot_id|> only there), without duplicates.

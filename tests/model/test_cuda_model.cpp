@@ -1,12 +1,25 @@
 // The whole model on the GPU (kernels/cuda) against the same model on the CPU: loss, LoRA gradients and
 // logits, for fp32, bf16 and NF4 frozen weights, with padding, packing, GQA, LoRA dropout and gradient
 // checkpointing. Skipped (one line) where no GPU is visible.
+// The KV-cache decoder on the GPU (CudaDecoder.*): its logits and greedy tokens against the CPU decoder (fp32,
+// bf16 and NF4 weights, stories260K and a random GQA model with an adapter and a sliding window), against the
+// GPU's own full forward, and its memory (one allocation, nothing per token). DecoderBuffers.* and
+// GenerationDevice.* run on any machine.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
+#include <fstream>
+#include <functional>
+#include <iostream>
 
+#include <nlohmann/json.hpp>
+
+#include "core/error.h"
 #include "kernels/context.h"
+#include "model/generate.h"
 #include "model_test_util.h"
+#include "test_util.h"
 
 using namespace zerolora;
 using namespace zerolora::test;
@@ -160,4 +173,256 @@ TEST(CudaModel, OutOfVocabularyIdIsAnErrorNotACrash) {
   batch.ids[3] = int32_t(c.vocab_size);
   kernels::DeviceArray<float> logits(batch.B * batch.T * c.vocab_size, gpu.ctx());
   EXPECT_THROW(m.forward_logits(batch.input(), nullptr, logits.data()), core::Error);
+}
+
+// =============================================================================================================
+// The KV-cache decoder on the GPU
+
+namespace {
+
+// 2 * tol * max|logit| below the best: a pair of logits the two devices may order differently
+bool near_tie(const std::vector<float>& logits, double bound) {
+  std::vector<float> top(logits);
+  std::partial_sort(top.begin(), top.begin() + 2, top.end(), std::greater<float>());
+  return double(top[0]) - double(top[1]) <= bound;
+}
+
+int32_t argmax(const std::vector<float>& logits) {
+  return int32_t(std::max_element(logits.begin(), logits.end()) - logits.begin());
+}
+
+struct DecoderComparison {
+  double worst = 0;          // max over steps of max |gpu - cpu| / max |cpu| of that step's logits
+  int64_t near_ties = 0;     // steps whose CPU top two logits were within the bound
+  int64_t argmax_diffs = 0;  // steps (not near ties) whose argmax differs
+  std::vector<int32_t> tokens;  // the CPU's greedy tokens (fed to both)
+};
+
+// Prefills `prompt` into both decoders (logits of every prompt position compared), then `steps` tokens one at a
+// time, each the CPU decoder's greedy pick fed to both (teacher forcing: one near tie cannot derail the rest).
+DecoderComparison compare_decoders(model::KvCacheDecoder<float>& cpu, model::KvCacheDecoder<float>& gpu,
+                                   const std::vector<int32_t>& prompt, int64_t steps, double tol) {
+  const int64_t V = cpu.vocab_size(), P = int64_t(prompt.size());
+  DecoderComparison r;
+  std::vector<float> a(size_t(P * V)), b(size_t(P * V));
+  cpu.reset(), gpu.reset();
+  cpu.feed(prompt.data(), P, a.data(), true);
+  gpu.feed(prompt.data(), P, b.data(), true);
+  auto step_check = [&](const std::vector<float>& want, const std::vector<float>& got) {
+    r.worst = std::max(r.worst, rel_diff(got, want));
+    if (near_tie(want, 2 * tol * max_abs(want))) {
+      ++r.near_ties;
+    } else if (argmax(got) != argmax(want)) {
+      ++r.argmax_diffs;
+    }
+  };
+  for (int64_t t = 0; t < P; ++t)
+    step_check(std::vector<float>(a.begin() + t * V, a.begin() + (t + 1) * V),
+               std::vector<float>(b.begin() + t * V, b.begin() + (t + 1) * V));
+  std::vector<float> want(a.end() - V, a.end()), got(b.end() - V, b.end());
+  for (int64_t s = 0; s < steps; ++s) {
+    const int32_t token = argmax(want);
+    r.tokens.push_back(token);
+    cpu.feed(&token, 1, want.data());
+    gpu.feed(&token, 1, got.data());
+    step_check(want, got);
+  }
+  EXPECT_EQ(gpu.length(), cpu.length());
+  return r;
+}
+
+io::HfConfig windowed_tiny_config() {
+  io::HfConfig c = model::preset_config("tiny");  // GQA 4/2
+  c.path = "<tiny>";
+  c.num_hidden_layers = 3;
+  c.tie_word_embeddings = false;
+  c.sliding_window = 9;  // Mistral style, every layer: 9 < the sequences below
+  return c;
+}
+
+model::LoraLayout decoder_layout(const io::HfConfig& c) {
+  model::LoraConfig lc;
+  lc.r = 4, lc.alpha = 8, lc.dropout = 0.1;  // dropout must be off at inference on both devices
+  lc.target_modules = {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj", "lm_head"};
+  return model::LoraLayout(c, lc);
+}
+
+std::vector<int32_t> random_prompt(int64_t n, int64_t V, uint64_t seed) {
+  std::mt19937 rng{uint32_t(seed)};
+  std::vector<int32_t> ids(static_cast<size_t>(n));
+  for (auto& id : ids) id = int32_t(rng() % uint32_t(V));
+  return ids;
+}
+
+void stories_decoder_matches_cpu(core::DType storage, double tol) {
+  ZL_REQUIRE_SHARED(ref_path, "models/stories260K-hf/reference_outputs.json");
+  std::ifstream f(ref_path);
+  const auto j = nlohmann::json::parse(f);
+  const auto prompt = j["input_ids"].get<std::vector<int32_t>>();
+  const auto want = j["greedy_continuation_ids"].get<std::vector<int32_t>>();
+  const std::string dir = test::shared_path("models/stories260K-hf");
+  const auto w = model::load_llama_weights(dir, core::DType::F32, storage);
+  kernels::CudaContext gpu(0);
+  model::KvCacheDecoder<float> cpu_dec(w, nullptr, nullptr);
+  model::KvCacheDecoder<float> gpu_dec(w, nullptr, nullptr, gpu.ctx());
+  const DecoderComparison r = compare_decoders(cpu_dec, gpu_dec, prompt, 60, tol);
+  EXPECT_LT(r.worst, tol);
+  EXPECT_EQ(r.argmax_diffs, 0);
+  // greedy generation itself: the same tokens as the CPU decoder wherever no near tie allows a difference
+  model::GenerationOptions opt;
+  opt.max_new_tokens = int64_t(r.tokens.size());
+  const auto got = model::generate<float>(gpu_dec, prompt, opt).tokens;
+  if (r.near_ties == 0) {
+    EXPECT_EQ(got, r.tokens);
+  } else {
+    std::cout << "note: " << r.near_ties << " near ties; generation compared up to the first difference\n";
+  }
+  if (storage == core::DType::F32 && r.near_ties == 0) {
+    // and the reference (HF float64) continuation, as the CPU decoder's test asserts
+    ASSERT_LE(want.size(), got.size());
+    EXPECT_EQ(std::vector<int32_t>(got.begin(), got.begin() + int64_t(want.size())), want);
+  }
+}
+
+}  // namespace
+
+// fp32 weights: both sides run fp32 GEMMs (cuBLASLt without TF32 vs oneDNN) and the GPU's attention is fp32 where
+// the CPU's sums in double; only summation orders differ (~1e-7 relative per op, 5 blocks of stories260K):
+// 1e-4 of the largest logit bounds it with two orders to spare, and the greedy tokens must agree wherever the
+// CPU's two best logits are further apart than 2e-4 of the largest (none were, in the reference continuation).
+TEST(CudaDecoder, Stories260KLogitsAndGreedyTokensMatchCpu) {
+  SKIP_WITHOUT_GPU();
+  stories_decoder_matches_cpu(core::DType::F32, 1e-4);
+}
+
+// bf16 weights: both round every GEMM input to bf16 (fp32 accumulation); a value on the other side of a bf16
+// rounding boundary differs by 2^-8 in the next GEMM's input, so the bound is CudaModel's bf16 logits bound (1e-2).
+TEST(CudaDecoder, Stories260KBf16WeightsMatchCpuUpToBf16Rounding) {
+  SKIP_WITHOUT_GPU();
+  stories_decoder_matches_cpu(core::DType::BF16, 1e-2);
+}
+
+// A random GQA model with an adapter on every projection and lm_head and a 9-key sliding window, fed past the
+// window and past the initial cache reservation (the cache regrows mid-sequence with rows to move): fp32 as the
+// stories260K test (1e-4); NF4 projections (dequantised bit-identically on the GPU, then bf16 GEMMs) as bf16 (1e-2).
+TEST(CudaDecoder, AdapterWindowAndNf4MatchCpu) {
+  SKIP_WITHOUT_GPU();
+  const io::HfConfig c = windowed_tiny_config();
+  const model::LoraLayout layout = decoder_layout(c);
+  const auto params = random_lora_params<float>(layout, 9, 0.1);
+  kernels::CudaContext gpu(0);
+  for (const bool nf4 : {false, true}) {
+    SCOPED_TRACE(nf4 ? "nf4" : "fp32");
+    model::RandomInit init;
+    init.seed = 5, init.init_std = 0.1, init.jitter_norms = true;
+    const auto w = model::build_llama_weights(c, core::DType::F32, nf4 ? core::DType::BF16 : core::DType::F32,
+                                              model::random_tensor_source(init), nf4);
+    const double tol = nf4 ? 1e-2 : 1e-4;
+    model::KvCacheDecoder<float> cpu_dec(w, &layout, params.data(), kernels::host(), 16);
+    model::KvCacheDecoder<float> gpu_dec(w, &layout, params.data(), gpu.ctx(), 16);
+    const DecoderComparison r = compare_decoders(cpu_dec, gpu_dec, random_prompt(13, c.vocab_size, 3), 40, tol);
+    EXPECT_LT(r.worst, tol);
+    EXPECT_EQ(r.argmax_diffs, 0);
+    EXPECT_GT(gpu_dec.allocations(), 1);  // it did regrow (16 positions reserved, 53 fed)
+  }
+}
+
+// The decoder (prefill of 7, a chunk of 3, then one token at a time) against the GPU's full forward over the
+// whole sequence (LlamaModel on the same device weights, fp32 flash attention): the same block on the same
+// device, different attention kernels and GEMM row counts, so summation orders only: 1e-4 of the largest logit.
+TEST(CudaDecoder, MatchesTheGpuFullForward) {
+  SKIP_WITHOUT_GPU();
+  const io::HfConfig c = windowed_tiny_config();
+  const model::LoraLayout layout = decoder_layout(c);
+  const auto params = random_lora_params<float>(layout, 9, 0.1);
+  const auto w = test::random_weights(c, core::DType::F32, core::DType::F32, 5, 0.1);
+  kernels::CudaContext gpu(0);
+  const model::LlamaWeights dw = model::to_device(w, gpu.ctx());
+  const int64_t T = 31, V = c.vocab_size;
+  const auto ids = random_prompt(T, V, 17);
+
+  kernels::DeviceArray<float> p(layout.numel(), gpu.ctx()), logits(T * V, gpu.ctx());
+  kernels::copy_to_device(p.data(), params.data(), params.size() * sizeof(float), gpu.ctx());
+  model::TrainOptions fp32_attention;
+  fp32_attention.bf16_attention = false;
+  model::LlamaModel<float> full(dw, &layout, fp32_attention, gpu.ctx());
+  model::ModelInput in;
+  in.B = 1, in.T = T, in.input_ids = ids.data();
+  full.forward_logits(in, p.data(), logits.data());
+  const std::vector<float> want = download(logits.data(), size_t(T * V), gpu.ctx());
+
+  model::KvCacheDecoder<float> dec(dw, &layout, params.data(), gpu.ctx());  // the device weights, shared
+  std::vector<float> got(size_t(T * V));
+  dec.feed(ids.data(), 7, got.data(), true);
+  dec.feed(ids.data() + 7, 3, got.data() + 7 * V, true);
+  for (int64_t t = 10; t < T; ++t) dec.feed(ids.data() + t, 1, got.data() + t * V);
+  EXPECT_GT(max_abs(want), 1.0);
+  EXPECT_LT(rel_diff(got, want), 1e-4);
+}
+
+// No allocation per token on the device: after the prefill, the context's allocated bytes stay the same for the
+// whole generation, and the decoder allocated its buffers twice (construction, generate's reservation).
+TEST(CudaDecoder, AllocatesNothingPerToken) {
+  SKIP_WITHOUT_GPU();
+  const io::HfConfig c = windowed_tiny_config();
+  const auto w = test::random_weights(c, core::DType::F32, core::DType::F32, 5, 0.1);
+  kernels::CudaContext gpu(0);
+  model::KvCacheDecoder<float> dec(w, nullptr, nullptr, gpu.ctx());
+  model::GenerationOptions opt;
+  opt.max_new_tokens = 100;
+  std::vector<int64_t> held;
+  const auto r = model::generate<float>(dec, random_prompt(20, c.vocab_size, 1), opt, [&](int32_t) {
+    held.push_back(gpu.allocated());
+    return true;
+  });
+  ASSERT_EQ(r.tokens.size(), 100u);
+  EXPECT_EQ(held.front(), held.back());
+  EXPECT_EQ(*std::max_element(held.begin(), held.end()), held.front());
+  EXPECT_EQ(dec.allocations(), 2);
+}
+
+// Runs on any machine: the host decoder's buffers are one allocation too, regrown only when a sequence
+// outgrows them.
+TEST(DecoderBuffers, OneAllocationPerGenerationOnTheHost) {
+  io::HfConfig c = model::preset_config("tiny");
+  c.path = "<tiny>";
+  const auto w = test::random_weights(c, core::DType::F32, core::DType::F32, 5, 0.1);
+  model::KvCacheDecoder<float> dec(w, nullptr, nullptr);
+  EXPECT_EQ(dec.allocations(), 1);
+  model::GenerationOptions opt;
+  opt.max_new_tokens = 90;  // 10 + 90 positions > the 64 reserved at construction: generate reserves them
+  const auto prompt = random_prompt(10, c.vocab_size, 2);
+  EXPECT_EQ(model::generate<float>(dec, prompt, opt).tokens.size(), 90u);
+  EXPECT_EQ(dec.allocations(), 2);
+  EXPECT_GE(dec.cache_bytes(), 2 * c.num_hidden_layers * 100 * c.num_key_value_heads * c.head_dim * 4);
+  model::generate<float>(dec, prompt, opt);  // the same size again: nothing new
+  EXPECT_EQ(dec.allocations(), 2);
+  // past the reservation the cache doubles (a few regrowths, never one per token)
+  std::vector<float> logits(size_t(c.vocab_size));
+  dec.reset();
+  for (int64_t t = 0; t < 400; ++t) dec.feed(&prompt[size_t(t % 10)], 1, logits.data());
+  EXPECT_LE(dec.allocations(), 5);
+}
+
+// --device for generate/chat, as train's: cpu -> the host; auto -> the host without a GPU; cuda without a GPU
+// or without the CUDA build -> a one-line error saying which.
+TEST(GenerationDevice, FollowsTrainsDeviceFlag) {
+  std::string chosen;
+  EXPECT_EQ(model::open_generation_device("cpu", &chosen), nullptr);
+  EXPECT_EQ(chosen, "cpu");
+  const std::string bad = test::error_of([] { model::open_generation_device("gpu"); });
+  EXPECT_NE(bad.find("--device"), std::string::npos);
+  if (kernels::cuda_device_count() == 0) {
+    EXPECT_EQ(model::open_generation_device("auto", &chosen), nullptr);
+    EXPECT_EQ(chosen, "cpu");
+    const std::string e = test::error_of([] { model::open_generation_device("cuda"); });
+    EXPECT_NE(e.find("--device cuda"), std::string::npos) << e;
+    EXPECT_NE(e.find(kernels::cuda_built() ? "no GPU is visible" : "built without the CUDA backend"),
+              std::string::npos)
+        << e;
+  } else {
+    auto gpu = model::open_generation_device("auto", &chosen);
+    ASSERT_NE(gpu, nullptr);
+    EXPECT_EQ(chosen.rfind("cuda:0 (", 0), 0u) << chosen;
+  }
 }

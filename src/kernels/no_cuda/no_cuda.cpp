@@ -53,5 +53,9 @@ void attention_backward(float*, float*, float*, const float*, const float*, cons
                         const float*, const AttentionShape&, const int32_t*, const int32_t*, CudaState&) {
   unavailable();
 }
+void attention_decode(float*, const float*, const float*, const float*, int64_t, int64_t, int64_t, int64_t, int64_t,
+                      int64_t, CudaState&) {
+  unavailable();
+}
 
 }  // namespace zerolora::kernels::cuda
