@@ -2,6 +2,8 @@
 
 #include <filesystem>
 #include <fstream>
+#include <algorithm>
+#include <cmath>
 #include <set>
 #include <unistd.h>
 
@@ -91,8 +93,14 @@ void save_peft_adapter(const std::string& dir, const LoraLayout& layout, const f
   for (const auto& s : layout.slots()) {
     core::Tensor a = core::Tensor::borrow(core::DType::F32, {s.r, s.in}, const_cast<float*>(params + s.a_offset), {});
     core::Tensor b = core::Tensor::borrow(core::DType::F32, {s.out, s.r}, const_cast<float*>(params + s.b_offset), {});
-    tensors.push_back({s.peft_prefix() + ".lora_A.weight", a.to(dtype)});
-    tensors.push_back({s.peft_prefix() + ".lora_B.weight", b.to(dtype)});
+    tensors.push_back({s.a_name(), a.to(dtype)});
+    tensors.push_back({s.b_name(), b.to(dtype)});
+  }
+  // --lora_bias all: every trained bias under PEFT's name; lora_only: none (PEFT 0.12 saves none either)
+  for (const auto& b : layout.bias_slots()) {
+    if (!b.saved) continue;
+    core::Tensor t = core::Tensor::borrow(core::DType::F32, {b.n}, const_cast<float*>(params + b.offset), {});
+    tensors.push_back({b.peft_name(), t.to(dtype)});
   }
   io::write_safetensors((fs::path(dir) / "adapter_model.safetensors").string(), tensors);
   write_text_atomic(fs::path(dir) / "adapter_config.json",
@@ -149,6 +157,8 @@ LoraConfig read_peft_adapter_config(const std::string& dir) {
     c.dropout = j.value("lora_dropout", 0.0);
     c.use_rslora = j.value("use_rslora", false);
     c.bias = j.value("bias", std::string("none"));
+    core::check(c.bias == "none" || c.bias == "all" || c.bias == "lora_only", path.string() + ":bias",
+                "is \"" + c.bias + "\"", "PEFT's bias is none, all or lora_only");
     const auto& t = j.at("target_modules");
     core::check(t.is_array(), path.string() + ":target_modules", "is not a list of module names",
                 "regex / all-linear target_modules are not supported; list the module names");
@@ -164,6 +174,7 @@ LoadedAdapter load_adapter_for_model(const io::HfConfig& config, const std::stri
   if (dir.empty()) return a;
   a.layout = std::make_unique<LoraLayout>(config, read_peft_adapter_config(dir));
   a.params.assign(size_t(a.layout->numel()), 0.f);
+  init_bias_params(*a.layout, a.params.data());  // lora_only: the file holds no biases (as PEFT's)
   load_peft_adapter(dir, *a.layout, a.params.data());
   return a;
 }
@@ -175,15 +186,51 @@ void load_peft_adapter(const std::string& dir, const LoraLayout& layout, float* 
   load_adapter_tensors(path, layout, params);
 }
 
+namespace {
+
+// PEFT saves the frozen matrix of a LoRA'd lm_head / embed_tokens beside the adapter
+// ("....lm_head.base_layer.weight", "....embed_tokens.base_layer.weight") and its load puts that copy into the
+// model. A copy equal to the base model's own tensor changes nothing and is accepted; one that differs would
+// make PEFT compute with other weights than the base folder's, so it is refused (the fix names the base).
+bool check_base_layer_copy(const std::string& path, const io::TensorStore& adapter, const std::string& name,
+                           const LoraLayout& layout) {
+  static const std::string wrapper = "base_model.model.";
+  std::string base;
+  if (name == wrapper + "lm_head.base_layer.weight") base = "lm_head.weight";
+  else if (name == wrapper + "model.embed_tokens.base_layer.weight") base = "model.embed_tokens.weight";
+  else return false;
+  const Proj p = base[0] == 'l' ? Proj::LmHead : Proj::Embed;
+  if (!layout.find(-1, p)) return false;  // no LoRA there: PEFT would not have written it
+  core::check(!layout.model_dir().empty(), path, "holds " + name + " (PEFT's copy of the frozen weight), and the "
+              "base model's folder is unknown here", "load the adapter together with its base model folder");
+  const io::TensorStore store = io::TensorStore::open_model_dir(layout.model_dir());
+  if (!store.has(base)) base = "model.embed_tokens.weight";  // a tied lm_head is the embedding
+  const io::TensorInfo& info = store.info(base);
+  const core::Tensor want = store.load(base, core::DType::F32, info.shape);
+  const core::Tensor got = adapter.load(name, core::DType::F32, info.shape);
+  double max_diff = 0;
+  for (int64_t i = 0; i < want.numel(); ++i)
+    max_diff = std::max(max_diff, double(std::abs(want.data<float>()[i] - got.data<float>()[i])));
+  core::check(max_diff == 0, path, "tensor " + name + " (PEFT's saved copy of the frozen " + base +
+              ") differs from the base model's (max |difference| " + std::to_string(max_diff) +
+              "); PEFT would compute with the copy", "load the adapter with the base model (and dtype) it was "
+              "trained on");
+  return true;
+}
+
+}  // namespace
+
 void load_adapter_tensors(const std::string& path, const LoraLayout& layout, float* params) {
   io::TensorStore store = io::TensorStore::open_file(path);
   std::set<std::string> used;
   for (const auto& s : layout.slots()) {
     for (int which = 0; which < 2; ++which) {
       // PEFT saves without the adapter name; some tools keep ".default": accept both
-      std::string name = s.peft_prefix() + (which == 0 ? ".lora_A.weight" : ".lora_B.weight");
+      std::string name = which == 0 ? s.a_name() : s.b_name();
       if (!store.has(name)) {
-        std::string alt = s.peft_prefix() + (which == 0 ? ".lora_A.default.weight" : ".lora_B.default.weight");
+        std::string alt = s.proj == Proj::Embed ? name + ".default"
+                                                : s.peft_prefix() + (which == 0 ? ".lora_A.default.weight"
+                                                                                : ".lora_B.default.weight");
         core::check(store.has(alt), path, "missing tensor " + name,
                     "the adapter does not match --lora_target_modules / the model's layers");
         name = alt;
@@ -194,8 +241,18 @@ void load_adapter_tensors(const std::string& path, const LoraLayout& layout, flo
       used.insert(name);
     }
   }
+  // --lora_bias all: the trained biases are in the file; lora_only: they are not (PEFT saves none), and the
+  // slots keep what the caller put there (the base model's biases, init_bias_params).
+  for (const auto& b : layout.bias_slots()) {
+    if (!b.saved) continue;
+    core::check(store.has(b.peft_name()), path, "missing tensor " + b.peft_name() + " (bias \"all\")",
+                "the adapter does not match --lora_bias / the model");
+    core::Tensor t = store.load(b.peft_name(), core::DType::F32, {b.n});
+    std::copy(t.data<float>(), t.data<float>() + b.n, params + b.offset);
+    used.insert(b.peft_name());
+  }
   for (const auto& name : store.names())
-    if (!used.count(name))
+    if (!used.count(name) && !check_base_layer_copy(path, store, name, layout))
       throw core::Error(path, "tensor " + name + " has no place in this LoRA layout",
                         "train with the adapter's target_modules (see its adapter_config.json)");
 }

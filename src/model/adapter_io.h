@@ -1,5 +1,9 @@
 // PEFT adapter folders: adapter_config.json + adapter_model.safetensors (deepspeed-peft-spec §4.1).
-// Keys: base_model.model.<module>.lora_A.weight [r, in] and .lora_B.weight [out, r].
+// Keys: base_model.model.<module>.lora_A.weight [r, in] and .lora_B.weight [out, r]; embed_tokens:
+// base_model.model.model.embed_tokens.lora_embedding_A [r, V] and .lora_embedding_B [C, r]; --lora_bias all:
+// every bias (".base_layer.bias" on adapted projections, ".bias" elsewhere). PEFT also writes the frozen
+// lm_head / embed_tokens matrix of an adapted lm_head / embed_tokens (".base_layer.weight"); zerolora does not
+// write that copy (PEFT loads adapters without it), and on load accepts it when it equals the base model's.
 // (This lives in model rather than io because the names come from the model's module tree.)
 #pragma once
 #include <memory>
@@ -36,10 +40,13 @@ void save_peft_adapter(const std::string& dir, const LoraLayout& layout, const f
 LoraConfig read_peft_adapter_config(const std::string& dir);
 
 // Loads adapter tensors into params (layout.numel() floats). Every slot of the layout must be present
-// with the right shape; extra LoRA tensors (a target the layout lacks) are an error naming them.
+// with the right shape; extra LoRA tensors (a target the layout lacks) are an error naming them. Bias
+// slots the file does not hold (--lora_bias lora_only) keep params' values. PEFT's ".base_layer.weight"
+// copies are checked against layout.model_dir()'s tensors (core::Error when they differ).
 void load_peft_adapter(const std::string& dir, const LoraLayout& layout, float* params);
 // An adapter folder read for a model: its layout (from adapter_config.json) and its flat parameters.
-// An empty dir gives an empty adapter (layout null): the base model alone.
+// An empty dir gives an empty adapter (layout null): the base model alone. Bias slots start from the base
+// model's biases (config.path's folder), then take the file's.
 struct LoadedAdapter {
   std::unique_ptr<LoraLayout> layout;
   std::vector<float> params;

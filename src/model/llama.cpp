@@ -26,6 +26,8 @@ struct LlamaModel<S>::Arena {
   S *xf, *rstdf, *u_lm;           // final norm output, its rstd, lm_head LoRA intermediate
   S *tmp, *dres, *dxn, *datt, *dq, *dk, *dv, *dact, *dgate, *dup;  // scratch
   S *lora_h, *lora_du, *logits;   // LoRA scratch, one chunk of logits
+  S *ones = nullptr;              // [M] of 1.0: bias gradients (--lora_bias)
+  S *emb_at = nullptr, *emb_u = nullptr, *identity = nullptr;  // embed_tokens LoRA: A^T [V, r], [M, r], I_r
   std::vector<int32_t> positions, lengths, targets;  // host: defaults and the shifted labels
   // CUDA context: the pass's integer inputs uploaded, and the loss sums (loss, count, bad target)
   kernels::DeviceArray<int32_t> ids_dev, positions_dev, lengths_dev, kv_begin_dev, targets_dev;
@@ -43,6 +45,8 @@ LlamaModel<S>::LlamaModel(const LlamaWeights& weights, const LoraLayout* lora, T
               "a CUDA model needs the weights' device copy", "pass model::to_device(weights, ctx)");
   core::check(core::dtype_of<S>() == weights.compute, "model",
               "weights were prepared for another compute dtype");
+  core::check(!lora || lora->bias_slots().empty() || !weights.nf4, "--lora_bias",
+              "training biases of NF4 (--q_lora) projections is not implemented", "use --lora_bias none with --q_lora");
 }
 
 template <typename S>
@@ -82,6 +86,17 @@ void LlamaModel<S>::ensure_arena(int64_t B, int64_t T) {
     off += (n + 15) / 16 * 16;
   }
   const int64_t M = B * T;
+  // constants of the arena: the ones vector (bias gradients) and the identity (embed_tokens LoRA's A^T)
+  if (a.ones) {
+    const std::vector<S> ones(size_t(M), S(1));
+    kernels::copy_to_device(a.ones, ones.data(), ones.size() * sizeof(S), *ctx_);
+  }
+  if (a.identity) {
+    const int64_t r = lora_->config().r;
+    std::vector<S> eye(size_t(r * r), S(0));
+    for (int64_t i = 0; i < r; ++i) eye[size_t(i * r + i)] = S(1);
+    kernels::copy_to_device(a.identity, eye.data(), eye.size() * sizeof(S), *ctx_);
+  }
   a.B = B;
   a.T = T;
   a.M = M;
@@ -158,7 +173,8 @@ void LlamaModel<S>::plan_arena(Arena& a, std::vector<std::pair<S**, int64_t>>& p
   const int64_t chunk = std::min<int64_t>(opt.loss_chunk_rows, M);
   int64_t max_in = 0;
   if (lora)
-    for (const auto& s : lora->slots()) max_in = std::max(max_in, s.in);
+    for (const auto& s : lora->slots())
+      if (s.proj != Proj::Embed) max_in = std::max(max_in, s.in);  // embed_tokens' in is V; it has no dropout
   a.resid.assign(L + 1, nullptr);
   for (auto& p : a.resid) plan.push_back({&p, M * C});
   a.layers.assign(opt.gradient_checkpointing ? 1 : L, {});
@@ -188,6 +204,10 @@ void LlamaModel<S>::plan_arena(Arena& a, std::vector<std::pair<S**, int64_t>>& p
                            {&a.dq, M * Q}, {&a.dk, M * KV}, {&a.dv, M * KV}, {&a.dact, M * I},
                            {&a.dgate, M * I}, {&a.dup, M * I}, {&a.lora_h, M * max_in}, {&a.lora_du, M * r},
                            {&a.logits, chunk * V}});
+  a.ones = a.emb_at = a.emb_u = a.identity = nullptr;
+  if (lora && !lora->bias_slots().empty()) plan.push_back({&a.ones, M});
+  if (lora && lora->find(-1, Proj::Embed))
+    plan.insert(plan.end(), {{&a.emb_at, V * r}, {&a.emb_u, M * r}, {&a.identity, r * r}});
 }
 
 template <typename S>
@@ -235,12 +255,16 @@ void LlamaModel<S>::release_part() {
 
 // The flat LoRA buffer is in forward order (layer by layer, lm_head last), so once block l's backward
 // is done every slot from block l's first one to the end is final.
+// Bias slots sit after every LoRA slot, and each layer adds into them: with any, nothing is final before
+// block 0's backward. embed_tokens' slot (first in the buffer) is never trained (forward_backward refuses it).
 template <typename S>
 void LlamaModel<S>::report_gradients_final(int first_final_layer) {
   if (!grad_ready_ || !lora_) return;
+  if (!lora_->bias_slots().empty() && first_final_layer > 0) return;
   int64_t from = lora_->numel();
   for (const auto& s : lora_->slots())
-    if (s.layer == -1 || s.layer >= first_final_layer) from = std::min({from, s.a_offset, s.b_offset});
+    if (s.proj != Proj::Embed && (s.layer == -1 || s.layer >= first_final_layer))
+      from = std::min({from, s.a_offset, s.b_offset});
   grad_ready_(from);
 }
 
@@ -261,7 +285,7 @@ BlockTokens<S> LlamaModel<S>::block_tokens() const {
 template <typename S>
 BlockScratch<S> LlamaModel<S>::block_scratch() const {
   const Arena& a = *a_;
-  return BlockScratch<S>{a.tmp, a.dxn, a.datt, a.dq, a.dk, a.dv, a.dact, a.dgate, a.dup, {a.lora_h, a.lora_du}};
+  return BlockScratch<S>{a.tmp, a.dxn, a.datt, a.dq, a.dk, a.dv, a.dact, a.dgate, a.dup, {a.lora_h, a.lora_du, a.ones}};
 }
 
 template <typename S>
@@ -298,6 +322,9 @@ void LlamaModel<S>::forward_layers(const ModelInput& in, const S* params, bool t
     kernels::embedding_forward<S>(a.resid[0], inputs_.ids, embed, a.M, *ctx_);
   }
   release_part();
+  if (params && a.emb_at)
+    embedding_lora_forward<S>(a.resid[0], inputs_.ids, lora_branch(-1, Proj::Embed, false, 0), params, a.emb_at,
+                              a.emb_u, a.identity, a.M, *ctx_);
   for (int l = 0; l < w_.config.num_hidden_layers; ++l) {
     forward_layer(l, layer_part(l), params, training, seed);
     release_part();
@@ -325,6 +352,9 @@ LossResult LlamaModel<S>::forward_backward(const ModelInput& in, const S* params
                                            uint64_t dropout_seed) {
   core::check(in.labels != nullptr, "model input", "labels are required for a loss");
   const bool training = grads != nullptr;
+  core::check(!training || !lora_ || !lora_->find(-1, Proj::Embed), "--lora_target_modules",
+              "training LoRA on embed_tokens is not implemented (adapters with it load for eval, forward, generate "
+              "and merge)", "drop embed_tokens from the targets");
   if (stream_) stream_->begin_pass(training);
   forward_layers(in, params, training, dropout_seed);
   Arena& a = *a_;

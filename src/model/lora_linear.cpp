@@ -2,7 +2,10 @@
 
 #include <algorithm>
 #include <cstring>
+#include <memory>
+#include <vector>
 
+#include "core/error.h"
 #include "core/op_profile.h"
 
 namespace zerolora::model {
@@ -11,7 +14,62 @@ namespace {
 kernels::DropoutMask mask_of(const LoraBranch& lora) {
   return kernels::DropoutMask(lora.dropout_seed, lora.slot_index, lora.dropout);
 }
+// The frozen weight with its bias taken from the flat buffer (a shallow copy: the matrix is shared).
+template <typename S>
+kernels::FrozenWeight with_trainable_bias(const kernels::FrozenWeight& w, const LoraBranch& lora, const S* params) {
+  core::check(!w.nf4 && !w.nf4_device, "--lora_bias", "training biases of NF4 (--q_lora) projections is not "
+              "implemented", "use --lora_bias none with --q_lora");
+  core::check(lora.bias->n == w.N, "--lora_bias", "bias slot size " + std::to_string(lora.bias->n) +
+              " does not match the projection's " + std::to_string(w.N), "internal error");
+  kernels::FrozenWeight b = w;
+  b.bias = core::Tensor::borrow(core::dtype_of<S>(), {w.N}, const_cast<S*>(params + lora.bias->offset), nullptr,
+                                w.weight.device());
+  return b;
+}
 }  // namespace
+
+template <typename S>
+void embedding_lora_forward(S* out, const int32_t* ids, const LoraBranch& lora, const S* params, S* at, S* u,
+                            const S* identity, int64_t M, const kernels::Context& ctx) {
+  if (!lora.slot) return;
+  core::OpTimer t(core::Op::Lora);
+  const LoraSlot& s = *lora.slot;  // in = V, out = C
+  const S* A = params + s.a_offset;  // [r, V]
+  const S* B = params + s.b_offset;  // [C, r]
+  // at [V, r] = A^T I_r (exact: one product by 1 per element)
+  kernels::gemm<S>(true, false, s.in, s.r, s.r, S(1), A, s.in, identity, s.r, S(0), at, s.r, ctx);
+  // u [M, r] = rows ids of at (the embedding kernel, which also checks the ids)
+  const core::Tensor table = core::Tensor::borrow(core::dtype_of<S>(), {s.in, s.r}, at, nullptr,
+                                                  ctx.on_cuda() ? core::Device::Cuda : core::Device::Cpu);
+  kernels::embedding_forward<S>(u, ids, table, M, ctx);
+  // out [M, C] += scale * u B^T
+  kernels::gemm<S>(false, true, M, s.out, s.r, S(lora.scale), u, s.r, B, s.r, S(1), out, s.out, ctx);
+}
+
+template <typename S>
+void embedding_lora_forward(S* out, const int32_t* ids, const LoraBranch& lora, const S* params, int64_t M,
+                            const kernels::Context& ctx) {
+  if (!lora.slot) return;
+  const int64_t V = lora.slot->in, r = lora.slot->r;
+  std::shared_ptr<void> mem = kernels::device_alloc(size_t(V * r + M * r + r * r) * sizeof(S), ctx);
+  S* at = static_cast<S*>(mem.get());
+  S* u = at + V * r;
+  S* identity = u + M * r;
+  std::vector<S> eye(size_t(r * r), S(0));
+  for (int64_t i = 0; i < r; ++i) eye[size_t(i * r + i)] = S(1);
+  kernels::copy_to_device(identity, eye.data(), eye.size() * sizeof(S), ctx);
+  embedding_lora_forward<S>(out, ids, lora, params, at, u, identity, M, ctx);
+  kernels::synchronize(ctx);  // the scratch is freed on return
+}
+
+template void embedding_lora_forward<float>(float*, const int32_t*, const LoraBranch&, const float*, int64_t,
+                                            const kernels::Context&);
+template void embedding_lora_forward<double>(double*, const int32_t*, const LoraBranch&, const double*, int64_t,
+                                             const kernels::Context&);
+template void embedding_lora_forward<float>(float*, const int32_t*, const LoraBranch&, const float*, float*, float*,
+                                            const float*, int64_t, const kernels::Context&);
+template void embedding_lora_forward<double>(double*, const int32_t*, const LoraBranch&, const double*, double*,
+                                             double*, const double*, int64_t, const kernels::Context&);
 
 double dropout_multiplier(uint64_t seed, int slot_index, int64_t m, int64_t i, int64_t in, double p) {
   if (p <= 0) return 1.0;
@@ -23,7 +81,11 @@ void lora_linear_forward(S* out, S* u, const S* x, const kernels::FrozenWeight& 
                          const S* params, LoraScratch<S> scratch, int64_t M, const kernels::Context& ctx) {
   {
     core::OpTimer t(core::Op::FrozenGemm);
-    kernels::linear_forward<S>(out, x, w, M, ctx);
+    if (lora.bias) {
+      kernels::linear_forward<S>(out, x, with_trainable_bias(w, lora, params), M, ctx);
+    } else {
+      kernels::linear_forward<S>(out, x, w, M, ctx);
+    }
   }
   if (!lora.slot) return;
   core::OpTimer t(core::Op::Lora);
@@ -46,6 +108,12 @@ void lora_linear_backward(S* dx, S* grads, const S* dout, const S* x, const S* u
   {
     core::OpTimer t(core::Op::FrozenGemmBackward);
     kernels::linear_backward_input<S>(dx, dout, w, M, ctx);
+  }
+  if (lora.bias && grads) {
+    // db [N] += dout^T ones   (the bias' gradient: dout summed over the rows)
+    core::OpTimer t(core::Op::Lora);
+    kernels::gemm<S>(true, false, w.N, 1, M, S(1), dout, w.N, scratch.ones, 1, S(1), grads + lora.bias->offset, 1,
+                     ctx);
   }
   if (!lora.slot) return;
   core::OpTimer t(core::Op::Lora);

@@ -34,10 +34,40 @@ bool is_float_dtype(core::DType d) {
   return d == core::DType::F32 || d == core::DType::F64 || d == core::DType::BF16 || d == core::DType::F16;
 }
 
-// The base tensor an adapter slot is folded into: PEFT's module name without its wrapper prefix.
-std::string base_weight_name(const LoraSlot& s) {
+// The base tensor an adapter slot is folded into: PEFT's module name without its wrapper prefix. A tied
+// lm_head is the embedding itself: PEFT's merge_and_unload adds lm_head's delta in place into the one shared
+// matrix, so the merged (still tied) model's embedding carries it too; this merge does the same.
+std::string base_weight_name(const LoraSlot& s, const io::HfConfig& config) {
   static const std::string wrapper = "base_model.model.";
+  if (s.proj == Proj::LmHead && config.tie_word_embeddings) return "model.embed_tokens.weight";
   return s.peft_prefix().substr(wrapper.size()) + ".weight";
+}
+
+// The slot's delta as W [rows, cols] += scale * left [rows, r] right [r, cols]: B and A for a linear layer;
+// for embed_tokens (W = E [V, C], delta = (B A)^T) A^T [V, r] and B^T [r, C].
+struct DeltaFactors {
+  std::vector<float> left, right;
+  const float* l = nullptr;
+  const float* r = nullptr;
+  int64_t rows = 0, cols = 0;
+};
+DeltaFactors delta_factors(const LoraSlot& s, const float* params) {
+  DeltaFactors f;
+  const float* A = params + s.a_offset;  // [r, in]
+  const float* B = params + s.b_offset;  // [out, r]
+  if (s.proj != Proj::Embed) {
+    f.l = B, f.r = A, f.rows = s.out, f.cols = s.in;
+    return f;
+  }
+  f.rows = s.in, f.cols = s.out;  // E [V, C]
+  f.left.resize(size_t(s.in * s.r));
+  f.right.resize(size_t(s.r * s.out));
+  for (int64_t k = 0; k < s.r; ++k)
+    for (int64_t v = 0; v < s.in; ++v) f.left[size_t(v * s.r + k)] = A[k * s.in + v];
+  for (int64_t c = 0; c < s.out; ++c)
+    for (int64_t k = 0; k < s.r; ++k) f.right[size_t(k * s.out + c)] = B[c * s.r + k];
+  f.l = f.left.data(), f.r = f.right.data();
+  return f;
 }
 
 // W [out, in] += scale * B [out, r] A [r, in]. Each output row is formed in double (W + the exact-ish
@@ -168,21 +198,31 @@ MergeReport merge_adapter(const std::string& base_dir, const std::string& adapte
                       "does not fit the base model " + base_dir + ": " + e.what());
   }
   std::vector<float> params(size_t(layout.numel()));
+  init_bias_params(layout, params.data());
   load_peft_adapter(adapter_dir, layout, params.data());
 
   const io::TensorStore store = io::TensorStore::open_model_dir(base_dir);
-  std::map<std::string, const LoraSlot*> slot_of;
+  // every slot folded into a tensor (a tied model's embedding can take two: embed_tokens' and lm_head's)
+  std::map<std::string, std::vector<const LoraSlot*>> slot_of;
   for (const auto& s : layout.slots()) {
-    const std::string name = base_weight_name(s);
+    const std::string name = base_weight_name(s, config);
     core::check(store.has(name), store.source(), "has no tensor " + name + " for the adapter's " + s.peft_prefix(),
                 "merge the adapter into the base model it was trained on");
-    const core::Shape want = {s.out, s.in};
+    const core::Shape want = s.proj == Proj::Embed ? core::Shape{s.in, s.out} : core::Shape{s.out, s.in};
     const auto& info = store.info(name);
     core::check(info.shape == want, info.file,
                 "tensor " + name + " has shape " + core::shape_str(info.shape) + ", the adapter needs " +
                     core::shape_str(want),
                 "merge the adapter into the base model it was trained on");
-    slot_of[name] = &s;
+    slot_of[name].push_back(&s);
+  }
+  // --lora_bias: the trained biases replace the base's (bias "all" adapters hold them; lora_only ones hold
+  // none, so their slots keep the base's biases, as PEFT's reload does)
+  std::map<std::string, const BiasSlot*> bias_of;
+  for (const auto& b : layout.bias_slots()) {
+    core::check(store.has(b.base_name()), store.source(), "has no tensor " + b.base_name() + " for the adapter's "
+                "bias " + b.peft_name(), "merge the adapter into the base model it was trained on");
+    bias_of[b.base_name()] = &b;
   }
 
   MergeReport report;
@@ -193,19 +233,25 @@ MergeReport merge_adapter(const std::string& base_dir, const std::string& adapte
                 "merge into an unquantized (F32/BF16/F16) base model");
     const core::DType out_dtype = (options.dtype && is_float_dtype(info.dtype)) ? *options.dtype : info.dtype;
     auto slot = slot_of.find(name);
+    auto bias = bias_of.find(name);
     core::Tensor t;
     if (slot != slot_of.end()) {
-      const LoraSlot& s = *slot->second;
       const core::DType work = info.dtype == core::DType::F64 ? core::DType::F64 : core::DType::F32;
-      t = store.load(name, work, {s.out, s.in});
-      if (work == core::DType::F64)
-        add_scaled_product(t.data<double>(), params.data() + s.b_offset, params.data() + s.a_offset, s.out, s.in, s.r,
-                           layout.scale());
-      else
-        add_scaled_product(t.data<float>(), params.data() + s.b_offset, params.data() + s.a_offset, s.out, s.in, s.r,
-                           layout.scale());
+      t = store.load(name, work, info.shape);
+      // several slots (a tied embedding): the deltas added in turn in the working precision (PEFT merges
+      // embed_tokens then lm_head into the shared matrix, in place)
+      for (const LoraSlot* s : slot->second) {
+        const DeltaFactors f = delta_factors(*s, params.data());
+        if (work == core::DType::F64)
+          add_scaled_product(t.data<double>(), f.l, f.r, f.rows, f.cols, s->r, layout.scale());
+        else
+          add_scaled_product(t.data<float>(), f.l, f.r, f.rows, f.cols, s->r, layout.scale());
+        report.merged_modules += 1;
+      }
       if (out_dtype != work) t = t.to(out_dtype);
-      report.merged_modules += 1;
+    } else if (bias != bias_of.end()) {
+      const BiasSlot& b = *bias->second;
+      t = core::Tensor::borrow(core::DType::F32, {b.n}, params.data() + b.offset, nullptr).to(out_dtype);
     } else if (out_dtype == info.dtype) {
       // unchanged: write straight from the mapping (the store outlives the write below)
       t = core::Tensor::borrow(info.dtype, info.shape, const_cast<void*>(info.data), nullptr);

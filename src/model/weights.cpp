@@ -11,11 +11,7 @@ namespace zerolora::model {
 
 namespace {
 
-bool has_bias(const io::HfConfig& c, Proj p) {
-  if (c.attention_bias) return p == Proj::Q || p == Proj::K || p == Proj::V || p == Proj::O;
-  if (c.qkv_bias) return p == Proj::Q || p == Proj::K || p == Proj::V;
-  return false;
-}
+bool has_bias(const io::HfConfig& c, Proj p) { return proj_has_bias(c, p); }
 
 std::string layer_tensor(int l, Proj p, const char* what) {
   const bool attn = p == Proj::Q || p == Proj::K || p == Proj::V || p == Proj::O;
