@@ -102,7 +102,7 @@ void check_case(int64_t M, int64_t N, int64_t K, uint64_t seed) {
 
 struct Blocking {  // restores the default blocking
   cpu::AmxBlocking saved = cpu::amx_blocking();
-  Blocking(int64_t panels, int64_t k_chunk) { cpu::amx_blocking() = {panels, k_chunk}; }
+  Blocking(int64_t panels, int64_t k_chunk, int64_t rows = 512) { cpu::amx_blocking() = {panels, k_chunk, rows}; }
   ~Blocking() { cpu::amx_blocking() = saved; }
 };
 
@@ -130,6 +130,13 @@ TEST(LinearAmx, MatchesDoubleAcrossBlockingEdges) {
     Blocking b(3, 64);
     check_case(96, 224, 288, 3);
     check_case(33, 250, 300, 4);
+  }
+  {
+    // inputs cut into passes of 32 and 64 rows: 100 = 3 x 32 + 4, 150 = 2 x 64 + 22
+    Blocking b(2, 64, 32);
+    check_case(100, 70, 96, 6);
+    Blocking c(2, 64, 64);
+    check_case(150, 40, 65, 7);
   }
   check_case(128, 256, 1024, 5);  // the default blocking on a model-like shape (k/v projection, 128 tokens)
 }

@@ -236,8 +236,31 @@ AmxBlocking& amx_blocking() {
   return b;
 }
 
-ZL_AMX_TARGET void amx_linear_forward(float* out, const float* x, const uint16_t* W, int64_t M, int64_t N,
-                                      int64_t K, bool accumulate) {
+namespace {
+void forward_pass(float* out, const float* x, const uint16_t* W, int64_t M, int64_t N, int64_t K, bool accumulate);
+void backward_pass(float* dinp, const float* dout, const uint16_t* W, int64_t M, int64_t N, int64_t K);
+
+int64_t rows_per_pass() { return std::max<int64_t>(32, amx_blocking().rows_per_pass / 32 * 32); }
+}  // namespace
+
+void amx_linear_forward(float* out, const float* x, const uint16_t* W, int64_t M, int64_t N, int64_t K,
+                        bool accumulate) {
+  const int64_t rows = rows_per_pass();
+  for (int64_t m0 = 0; m0 < M; m0 += rows)
+    forward_pass(out + m0 * N, x + m0 * K, W, std::min(rows, M - m0), N, K, accumulate);
+}
+
+void amx_linear_backward_input(float* dinp, const float* dout, const uint16_t* W, int64_t M, int64_t N,
+                               int64_t K) {
+  const int64_t rows = rows_per_pass();
+  for (int64_t m0 = 0; m0 < M; m0 += rows)
+    backward_pass(dinp + m0 * K, dout + m0 * N, W, std::min(rows, M - m0), N, K);
+}
+
+namespace {
+
+ZL_AMX_TARGET void forward_pass(float* out, const float* x, const uint16_t* W, int64_t M, int64_t N, int64_t K,
+                                bool accumulate) {
   if (M <= 0 || N <= 0) return;
   const int64_t Mp = round_up(M, 32), Kp = round_up(std::max<int64_t>(K, 1), 32);
   const int64_t mblocks = Mp / 32, panels = (N + 31) / 32, ksteps = Kp / 32;
@@ -324,8 +347,8 @@ ZL_AMX_TARGET void amx_linear_forward(float* out, const float* x, const uint16_t
   }
 }
 
-ZL_AMX_TARGET void amx_linear_backward_input(float* dinp, const float* dout, const uint16_t* W, int64_t M,
-                                             int64_t N, int64_t K) {
+ZL_AMX_TARGET void backward_pass(float* dinp, const float* dout, const uint16_t* W, int64_t M, int64_t N,
+                                 int64_t K) {
   if (M <= 0 || N <= 0 || K <= 0) return;
   const int64_t Mp = round_up(M, 32), Np = round_up(N, 32);
   const int64_t mblocks = Mp / 32, panels = (K + 31) / 32, nsteps = Np / 32;
@@ -407,5 +430,7 @@ ZL_AMX_TARGET void amx_linear_backward_input(float* dinp, const float* dout, con
     _tile_release();
   }
 }
+
+}  // namespace
 
 }  // namespace zerolora::kernels::cpu

@@ -45,6 +45,8 @@ void amx_linear_backward_input(float* dinp, const float* dout, const uint16_t* W
 struct AmxBlocking {
   int64_t panels_per_group = 8;  // 32-row (forward) / 32-column (backward) weight panels sharing one pass
   int64_t k_chunk = 512;         // reduction elements per pass (multiple of 32)
+  int64_t rows_per_pass = 512;   // activation rows per pass (multiple of 32): longer inputs are cut into passes of
+                                 // this many rows, each reading the weight once, so the accumulators stay in L2
 };
 AmxBlocking& amx_blocking();
 
