@@ -20,7 +20,8 @@ namespace zerolora::model {
 // The decoder's one allocation, in the context's memory (shape letters as in kernels.h; L layers, P the cache
 // capacity in positions, R the rows one feed may carry):
 //   rope [P, HD/2, 2] | K cache [L, P, KV] | V cache [L, P, KV] | x, xn, tmp, xmid [R, C] | q, att [R, Q] |
-//   gate, up, act [R, I] | rstd [R] | u [R, r] | logits [R_logits, V] (CUDA only) | ids, positions [R] (int32)
+//   gate, up, act [R, I] | rstd [R] | u [R, r] | logits [R_logits, V] (CUDA only) | ids, positions [R] (int32) |
+//   with an embed_tokens adapter its scratch: A^T [V, r], u [R, r], the unit matrix [r, r]
 // Without a backward, both norms share xn and rstd, and every projection's LoRA intermediate shares u; the
 // block's k and v point at the cache rows of the new tokens.
 template <typename S>
@@ -31,6 +32,7 @@ struct KvCacheDecoder<S>::Arena {
   S *x = nullptr, *xn = nullptr, *tmp = nullptr, *xmid = nullptr, *q = nullptr, *att = nullptr;
   S *gate = nullptr, *up = nullptr, *act = nullptr, *rstd = nullptr, *u = nullptr, *logits = nullptr;
   int32_t *ids = nullptr, *positions = nullptr;
+  S *emb_at = nullptr, *emb_u = nullptr, *eye = nullptr;
   BlockActivations<S> block() const {
     BlockActivations<S> a;
     a.xn1 = a.xn2 = xn;
@@ -120,6 +122,13 @@ void KvCacheDecoder<S>::ensure(int64_t tokens, int64_t rows, int64_t logit_rows)
   add(&a.logits, RL * arch_.V, sizeof(S));
   add(&a.ids, R, sizeof(int32_t));
   add(&a.positions, R, sizeof(int32_t));
+  const LoraSlot* embed_slot = lora_ ? lora_->find(-1, Proj::Embed) : nullptr;
+  const int64_t er = embed_slot ? embed_slot->r : 0;
+  if (embed_slot) {
+    add(&a.emb_at, embed_slot->in * er, sizeof(S));
+    add(&a.emb_u, R * er, sizeof(S));
+    add(&a.eye, er * er, sizeof(S));
+  }
   int64_t total = 0;
   for (const auto& it : plan) total += (it.second + 255) / 256 * 256;  // 256-byte aligned buffers
   a.memory = kernels::device_alloc(size_t(total), *ctx_);
@@ -132,6 +141,11 @@ void KvCacheDecoder<S>::ensure(int64_t tokens, int64_t rows, int64_t logit_rows)
   }
   kernels::fill_zero<S>(reinterpret_cast<S*>(base), total / int64_t(sizeof(S)), *ctx_);
   a.capacity = cap, a.rows = R, a.logit_rows = RL;
+  if (embed_slot) {
+    std::vector<S> eye(size_t(er * er), S(0));
+    for (int64_t i = 0; i < er; ++i) eye[size_t(i * er + i)] = S(1);
+    kernels::copy_to_device(a.eye, eye.data(), eye.size() * sizeof(S), *ctx_);
+  }
   // the cached rows move over, layer by layer (the capacity is each layer's stride)
   if (length_ > 0)
     for (int64_t l = 0; l < L; ++l) {
@@ -186,8 +200,9 @@ void KvCacheDecoder<S>::feed(const int32_t* ids, int64_t n, S* logits, bool all_
   tok.p0 = p0;
 
   kernels::embedding_forward<S>(b.x, dev_ids, w.embed, n, ctx);
-  embedding_lora_forward<S>(b.x, dev_ids, lora_branch(lora_params_ ? lora_ : nullptr, -1, Proj::Embed, false, 0),
-                            lora_params_, n, ctx);  // embed_tokens' LoRA (nothing without it)
+  if (b.emb_at)  // embed_tokens' LoRA, its scratch in the decoder's allocation
+    embedding_lora_forward<S>(b.x, dev_ids, lora_branch(lora_, -1, Proj::Embed, false, 0), lora_params_, b.emb_at,
+                              b.emb_u, b.eye, n, ctx);
   for (int l = 0; l < arch_.layers; ++l) {
     S* k_cache = b.k + int64_t(l) * b.capacity * KV;
     S* v_cache = b.v + int64_t(l) * b.capacity * KV;
