@@ -11,6 +11,7 @@
 #include <array>
 #include <cstdint>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "io/hf_config.h"
@@ -81,6 +82,11 @@ class LoraLayout {
   // where init_lora_params reads the initial biases.
   const std::string& model_dir() const { return model_dir_; }
   double scale() const { return lora_.scale(); }
+  // Every trainable tensor as (offset, shape), in the flat buffer's order (contiguous from 0 to numel()).
+  std::vector<std::pair<int64_t, std::vector<int64_t>>> flat_tensors() const;
+  // The same tensors in PEFT's named_parameters() order (what HF Trainer's optimizer.pt indexes): module by
+  // module, embed_tokens first, lm_head last; in a module its base_layer.bias (or .bias), then lora_A, lora_B.
+  std::vector<std::pair<int64_t, std::vector<int64_t>>> peft_parameter_order() const;
   // slot for (layer, proj), or nullptr when that projection is not adapted
   const LoraSlot* find(int layer, Proj proj) const;
   // bias slot for (layer, proj), or nullptr when that bias does not train

@@ -12,15 +12,15 @@ GradientSync::GradientSync(dist::Comm& comm, int zero_stage, const model::LoraLa
     : comm_(comm), scatter_(zero_stage >= 2 && comm.size() > 1), overlap_(overlap_comm),
       shard_(part.rank_range(comm.rank())), padded_(part.padded_numel()) {
   if (!scatter_) return;
-  // the flat buffer's params in order (A then B per slot, contiguous)
+  // the flat buffer's params in order (A then B per slot, then the --lora_bias slots; contiguous)
   std::vector<int64_t> numels;
   int64_t expect = 0;
-  for (const auto& s : layout.slots()) {
-    core::check(s.a_offset == expect && s.b_offset == s.a_offset + s.r * s.in, "GradientSync",
-                "LoRA buffer is not contiguous", "internal error");
-    numels.push_back(s.r * s.in);
-    numels.push_back(s.out * s.r);
-    expect = s.b_offset + s.out * s.r;
+  for (const auto& [offset, shape] : layout.flat_tensors()) {
+    core::check(offset == expect, "GradientSync", "LoRA buffer is not contiguous", "internal error");
+    int64_t n = 1;
+    for (int64_t d : shape) n *= d;
+    numels.push_back(n);
+    expect = offset + n;
   }
   buckets_ = dist::plan_gradient_buckets(numels, part.padded_numel(), std::max<int64_t>(bucket_elements, 1));
   std::stable_sort(buckets_.begin(), buckets_.end(),

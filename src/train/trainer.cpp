@@ -202,12 +202,18 @@ void check_something_trains(const data::MaskingReport& report, const TrainArgs& 
                         "each conversation needs a human message followed by a gpt answer");
 }
 
-// --lora_bias all/lora_only train the biases of the adapted layers; LLaMA/Mistral have none, so the
-// three modes are the same there (as in FastChat). Models with biases (Qwen2) would need bias training.
-void refuse_bias_training(const TrainArgs& a, const io::HfConfig& c) {
-  if (a.lora_bias != LoraBias::None && (c.qkv_bias || c.attention_bias))
-    throw core::Error("--lora_bias", "training biases (" + to_string(a.lora_bias) + ") is not implemented, and " +
-                      c.path + " has projection biases", "use --lora_bias none (the biases stay frozen)");
+// --lora_bias all/lora_only train projection biases (model/lora.h); LLaMA/Mistral have none, so the three modes
+// are the same there (as in PEFT). Where there are biases: HF Trainer exempts parameters named "bias" from
+// weight decay, which the flat-buffer AdamW does not yet, and NF4 projections keep their bias inside.
+void refuse_bias_training(const TrainArgs& a, const io::HfConfig& c, double weight_decay) {
+  if (a.lora_bias == LoraBias::None || !(c.qkv_bias || c.attention_bias)) return;
+  if (weight_decay != 0)
+    throw core::Error("--lora_bias", to_string(a.lora_bias) + " with weight decay " + std::to_string(weight_decay) +
+                      ": HF Trainer does not decay biases, and zerolora's AdamW would",
+                      "use --weight_decay 0 (FastChat's default) or --lora_bias none");
+  if (a.q_lora)
+    throw core::Error("--lora_bias", to_string(a.lora_bias) + " with --q_lora: training the biases of NF4 "
+                      "projections is not implemented", "use --lora_bias none with --q_lora");
 }
 
 struct Loaded {
@@ -434,7 +440,6 @@ TrainResult run_training(TrainArgs a, dist::Comm& comm) {
     ds = resolve_deepspeed_config(load_deepspeed_config(a.deepspeed), a, world, peek.hidden_size);
     for (const auto& n : ds->notes) log.message("deepspeed: " + n);
   }
-  refuse_bias_training(a, peek);
   // As HF's tokenizer warns past the model's maximum length: positions beyond max_position_embeddings were
   // never trained (train_lora.py does not scale RoPE, train.py does). Padding every row to such a length
   // would only cost time and memory (padded positions change nothing), so rows are padded to the longest.
@@ -454,6 +459,7 @@ TrainResult run_training(TrainArgs a, dist::Comm& comm) {
   const double base_lr = ds ? ds->learning_rate : a.learning_rate;
   AdamWConfig adam{a.adam_beta1, a.adam_beta2, a.adam_epsilon, a.weight_decay};
   if (ds) adam = ds->adamw;
+  refuse_bias_training(a, peek, adam.weight_decay);
 
   // Every rank must run the same configuration, or collectives would mismatch later.
   dist::check_same_on_all_ranks(comm, "training arguments", args_json(a, world, "", "").dump());

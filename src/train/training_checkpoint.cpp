@@ -48,14 +48,10 @@ double scheduled_lr(const nlohmann::json& scheduler, int64_t step) {
   return base_lr;
 }
 
-// PEFT's trainable parameters in named_parameters() order: (offset, shape) of lora_A then lora_B per slot.
+// PEFT's trainable parameters in named_parameters() order: (offset, shape) of lora_A then lora_B per slot, with
+// a module's trainable bias (--lora_bias) before them.
 std::vector<std::pair<int64_t, std::vector<int64_t>>> peft_parameters(const model::LoraLayout& layout) {
-  std::vector<std::pair<int64_t, std::vector<int64_t>>> p;
-  for (const model::LoraSlot& slot : layout.slots()) {
-    p.push_back({slot.a_offset, {slot.r, slot.in}});
-    p.push_back({slot.b_offset, {slot.out, slot.r}});
-  }
-  return p;
+  return layout.peft_parameter_order();
 }
 
 int64_t numel_of(const std::vector<int64_t>& shape) {
@@ -229,7 +225,14 @@ void save_training_checkpoint(const std::string& dir, const TrainingSnapshot& s,
   auto wrap = [&](const std::vector<float>& v) {
     return core::Tensor::borrow(core::DType::F32, {n}, const_cast<float*>(v.data()), {});
   };
-  io::write_safetensors(out.file("optimizer.safetensors"), {{"exp_avg", wrap(s.exp_avg)}, {"exp_avg_sq", wrap(s.exp_avg_sq)}},
+  std::vector<std::pair<std::string, core::Tensor>> state = {{"exp_avg", wrap(s.exp_avg)}, {"exp_avg_sq", wrap(s.exp_avg_sq)}};
+  // --lora_bias lora_only: the trained biases are not in the adapter (PEFT saves none); kept here for an exact resume
+  for (const auto& b : layout.bias_slots())
+    if (!b.saved) {
+      state.push_back({"params", wrap(s.params)});
+      break;
+    }
+  io::write_safetensors(out.file("optimizer.safetensors"), state,
                         {{"optimizer", "AdamW"}, {"step", std::to_string(s.optimizer_steps)}});
   io::write_file_synced(out.file("scheduler.json"), s.scheduler.dump(2) + "\n");
   // the same optimizer and schedule state as HF Trainer saves it (optimizer.pt, scheduler.pt)
@@ -260,6 +263,7 @@ TrainingSnapshot load_training_checkpoint(const std::string& dir, const model::L
   TrainingSnapshot s;
   const int64_t n = layout.numel();
   s.params.assign(size_t(n), 0.f);
+  model::init_bias_params(layout, s.params.data());  // lora_only biases: the base's unless saved below (as HF)
   model::load_peft_adapter(dir, layout, s.params.data());
   const std::string opt_path = (fs::path(dir) / "optimizer.safetensors").string();
   const std::string opt_pt = (fs::path(dir) / "optimizer.pt").string();
@@ -270,6 +274,11 @@ TrainingSnapshot load_training_checkpoint(const std::string& dir, const model::L
     core::Tensor v = store.load("exp_avg_sq", core::DType::F32, {n});
     s.exp_avg.assign(m.data<float>(), m.data<float>() + n);
     s.exp_avg_sq.assign(v.data<float>(), v.data<float>() + n);
+    if (store.has("params")) {  // the trained lora_only biases
+      core::Tensor p = store.load("params", core::DType::F32, {n});
+      for (const auto& b : layout.bias_slots())
+        if (!b.saved) std::copy(p.data<float>() + b.offset, p.data<float>() + b.offset + b.n, s.params.data() + b.offset);
+    }
     auto meta = io::SafetensorsFile::open(opt_path)->metadata();
     core::check(meta.count("step") > 0, opt_path, "has no optimizer step in its metadata");
     s.optimizer_steps = std::stoll(meta.at("step"));
