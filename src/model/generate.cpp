@@ -110,7 +110,9 @@ void KvCacheDecoder<S>::ensure(int64_t tokens, int64_t rows, int64_t logit_rows)
   auto fresh = std::make_unique<Arena>();
   Arena& a = *fresh;
   std::vector<std::pair<void**, int64_t>> plan;  // (pointer, bytes)
-  auto add = [&](auto** p, int64_t elements, size_t size) { plan.push_back({reinterpret_cast<void**>(p), elements * int64_t(size)}); };
+  auto add = [&](auto** p, int64_t elements, size_t size) {
+    plan.push_back({reinterpret_cast<void**>(p), elements * int64_t(size)});
+  };
   add(&a.rope, cap * arch_.HD, sizeof(S));
   add(&a.k, L * cap * KV, sizeof(S));
   add(&a.v, L * cap * KV, sizeof(S));
@@ -147,11 +149,11 @@ void KvCacheDecoder<S>::ensure(int64_t tokens, int64_t rows, int64_t logit_rows)
     kernels::copy_to_device(a.eye, eye.data(), eye.size() * sizeof(S), *ctx_);
   }
   // the cached rows move over, layer by layer (the capacity is each layer's stride)
-  if (length_ > 0)
-    for (int64_t l = 0; l < L; ++l) {
-      kernels::copy_on_device(a.k + l * cap * KV, old.k + l * old.capacity * KV, size_t(length_ * KV) * sizeof(S), *ctx_);
-      kernels::copy_on_device(a.v + l * cap * KV, old.v + l * old.capacity * KV, size_t(length_ * KV) * sizeof(S), *ctx_);
-    }
+  const size_t cached = size_t(length_ * KV) * sizeof(S);
+  for (int64_t l = 0; l < L && length_ > 0; ++l) {
+    kernels::copy_on_device(a.k + l * cap * KV, old.k + l * old.capacity * KV, cached, *ctx_);
+    kernels::copy_on_device(a.v + l * cap * KV, old.v + l * old.capacity * KV, cached, *ctx_);
+  }
   if (cap != old.capacity) {
     rope_.assign(size_t(cap * arch_.HD), S(0));
     kernels::rope_table<S>(rope_.data(), arch_.rope_inv_freq.data(), cap, arch_.HD);

@@ -1,14 +1,16 @@
 // The whole model on the GPU (kernels/cuda) against the same model on the CPU: loss, LoRA gradients and
 // logits, for fp32, bf16 and NF4 frozen weights, with padding, packing, GQA, LoRA dropout and gradient
 // checkpointing. Skipped (one line) where no GPU is visible.
-// The KV-cache decoder on the GPU (CudaDecoder.*): its logits and greedy tokens against the CPU decoder (fp32,
-// bf16 and NF4 weights, stories260K and a random GQA model with an adapter and a sliding window), against the
-// GPU's own full forward, and its memory (one allocation, nothing per token). DecoderBuffers.* and
-// GenerationDevice.* run on any machine.
+// The KV-cache decoder on the GPU (CudaModelDecoder.*: inside scripts/gpu-check.sh's CudaModel* filter): its
+// logits and greedy tokens against the CPU decoder (fp32, bf16 and NF4 weights, stories260K and a random GQA
+// model with an adapter and a sliding window), against the GPU's own full forward, and its memory (one
+// allocation, nothing per token). DecoderBuffers.* and GenerationDevice.* run on any machine.
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <climits>
 #include <cmath>
+#include <cstdint>
 #include <fstream>
 #include <functional>
 #include <iostream>
@@ -195,8 +197,24 @@ struct DecoderComparison {
   double worst = 0;          // max over steps of max |gpu - cpu| / max |cpu| of that step's logits
   int64_t near_ties = 0;     // steps whose CPU top two logits were within the bound
   int64_t argmax_diffs = 0;  // steps (not near ties) whose argmax differs
-  std::vector<int32_t> tokens;  // the CPU's greedy tokens (fed to both)
+  double max_abs_diff = 0;       // max |gpu - cpu| over every logit compared
+  std::vector<int32_t> tokens;    // the CPU's greedy tokens (fed to both)
+  std::vector<double> gaps;       // the CPU's best minus second-best logit at each pick
+  // The first pick the GPU could make differently: its gap is within 4x the largest deviation seen (2x: either
+  // logit of the pair may move by the deviation; 2x more for generate()'s own GPU logits, which come from other
+  // GEMM row counts than the ones compared). Greedy generation must agree before it.
+  size_t first_tie() const {
+    for (size_t s = 0; s < gaps.size(); ++s)
+      if (gaps[s] <= 4 * max_abs_diff) return s;
+    return gaps.size();
+  }
 };
+
+double top_gap(const std::vector<float>& logits) {
+  std::vector<float> top(logits);
+  std::partial_sort(top.begin(), top.begin() + 2, top.end(), std::greater<float>());
+  return double(top[0]) - double(top[1]);
+}
 
 // Prefills `prompt` into both decoders (logits of every prompt position compared), then `steps` tokens one at a
 // time, each the CPU decoder's greedy pick fed to both (teacher forcing: one near tie cannot derail the rest).
@@ -210,6 +228,8 @@ DecoderComparison compare_decoders(model::KvCacheDecoder<float>& cpu, model::KvC
   gpu.feed(prompt.data(), P, b.data(), true);
   auto step_check = [&](const std::vector<float>& want, const std::vector<float>& got) {
     r.worst = std::max(r.worst, rel_diff(got, want));
+    for (size_t v = 0; v < want.size(); ++v)
+      r.max_abs_diff = std::max(r.max_abs_diff, std::abs(double(got[v]) - double(want[v])));
     if (near_tie(want, 2 * tol * max_abs(want))) {
       ++r.near_ties;
     } else if (argmax(got) != argmax(want)) {
@@ -221,6 +241,7 @@ DecoderComparison compare_decoders(model::KvCacheDecoder<float>& cpu, model::KvC
                std::vector<float>(b.begin() + t * V, b.begin() + (t + 1) * V));
   std::vector<float> want(a.end() - V, a.end()), got(b.end() - V, b.end());
   for (int64_t s = 0; s < steps; ++s) {
+    r.gaps.push_back(top_gap(want));
     const int32_t token = argmax(want);
     r.tokens.push_back(token);
     cpu.feed(&token, 1, want.data());
@@ -268,19 +289,23 @@ void stories_decoder_matches_cpu(core::DType storage, double tol) {
   const DecoderComparison r = compare_decoders(cpu_dec, gpu_dec, prompt, 60, tol);
   EXPECT_LT(r.worst, tol);
   EXPECT_EQ(r.argmax_diffs, 0);
-  // greedy generation itself: the same tokens as the CPU decoder wherever no near tie allows a difference
+  // greedy generation itself: the CPU decoder's tokens up to the first one picked from a near tie (all of them
+  // when there is none)
   model::GenerationOptions opt;
   opt.max_new_tokens = int64_t(r.tokens.size());
   const auto got = model::generate<float>(gpu_dec, prompt, opt).tokens;
-  if (r.near_ties == 0) {
-    EXPECT_EQ(got, r.tokens);
-  } else {
-    std::cout << "note: " << r.near_ties << " near ties; generation compared up to the first difference\n";
-  }
-  if (storage == core::DType::F32 && r.near_ties == 0) {
+  ASSERT_EQ(got.size(), r.tokens.size());
+  const size_t same = r.first_tie();
+  std::cout << "max |gpu - cpu| logit " << r.max_abs_diff << " (" << r.worst << " of the largest); greedy tokens "
+            << "compared: " << same << " of " << got.size() << " (a near tie ends the comparison)\n";
+  EXPECT_EQ(std::vector<int32_t>(got.begin(), got.begin() + int64_t(same)),
+            std::vector<int32_t>(r.tokens.begin(), r.tokens.begin() + int64_t(same)));
+  if (storage == core::DType::F32) {
     // and the reference (HF float64) continuation, as the CPU decoder's test asserts
-    ASSERT_LE(want.size(), got.size());
-    EXPECT_EQ(std::vector<int32_t>(got.begin(), got.begin() + int64_t(want.size())), want);
+    const size_t n = std::min(same, want.size());
+    EXPECT_GE(n, size_t(20)) << "too few tokens before a near tie to compare";
+    EXPECT_EQ(std::vector<int32_t>(got.begin(), got.begin() + int64_t(n)),
+              std::vector<int32_t>(want.begin(), want.begin() + int64_t(n)));
   }
 }
 
@@ -290,14 +315,14 @@ void stories_decoder_matches_cpu(core::DType storage, double tol) {
 // the CPU's sums in double; only summation orders differ (~1e-7 relative per op, 5 blocks of stories260K):
 // 1e-4 of the largest logit bounds it with two orders to spare, and the greedy tokens must agree wherever the
 // CPU's two best logits are further apart than 2e-4 of the largest (none were, in the reference continuation).
-TEST(CudaDecoder, Stories260KLogitsAndGreedyTokensMatchCpu) {
+TEST(CudaModelDecoder, Stories260KLogitsAndGreedyTokensMatchCpu) {
   SKIP_WITHOUT_GPU();
   stories_decoder_matches_cpu(core::DType::F32, 1e-4);
 }
 
 // bf16 weights: both round every GEMM input to bf16 (fp32 accumulation); a value on the other side of a bf16
 // rounding boundary differs by 2^-8 in the next GEMM's input, so the bound is CudaModel's bf16 logits bound (1e-2).
-TEST(CudaDecoder, Stories260KBf16WeightsMatchCpuUpToBf16Rounding) {
+TEST(CudaModelDecoder, Stories260KBf16WeightsMatchCpuUpToBf16Rounding) {
   SKIP_WITHOUT_GPU();
   stories_decoder_matches_cpu(core::DType::BF16, 1e-2);
 }
@@ -305,7 +330,7 @@ TEST(CudaDecoder, Stories260KBf16WeightsMatchCpuUpToBf16Rounding) {
 // A random GQA model with an adapter on every projection and lm_head and a 9-key sliding window, fed past the
 // window and past the initial cache reservation (the cache regrows mid-sequence with rows to move): fp32 as the
 // stories260K test (1e-4); NF4 projections (dequantised bit-identically on the GPU, then bf16 GEMMs) as bf16 (1e-2).
-TEST(CudaDecoder, AdapterWindowAndNf4MatchCpu) {
+TEST(CudaModelDecoder, AdapterWindowAndNf4MatchCpu) {
   SKIP_WITHOUT_GPU();
   const io::HfConfig c = windowed_tiny_config();
   const model::LoraLayout layout = decoder_layout(c);
@@ -330,7 +355,7 @@ TEST(CudaDecoder, AdapterWindowAndNf4MatchCpu) {
 // The decoder (prefill of 7, a chunk of 3, then one token at a time) against the GPU's full forward over the
 // whole sequence (LlamaModel on the same device weights, fp32 flash attention): the same block on the same
 // device, different attention kernels and GEMM row counts, so summation orders only: 1e-4 of the largest logit.
-TEST(CudaDecoder, MatchesTheGpuFullForward) {
+TEST(CudaModelDecoder, MatchesTheGpuFullForward) {
   SKIP_WITHOUT_GPU();
   const io::HfConfig c = windowed_tiny_config();
   const model::LoraLayout layout = decoder_layout(c);
@@ -362,7 +387,7 @@ TEST(CudaDecoder, MatchesTheGpuFullForward) {
 
 // No allocation per token on the device: after the prefill, the context's allocated bytes stay the same for the
 // whole generation, and the decoder allocated its buffers twice (construction, generate's reservation).
-TEST(CudaDecoder, AllocatesNothingPerToken) {
+TEST(CudaModelDecoder, AllocatesNothingPerToken) {
   SKIP_WITHOUT_GPU();
   const io::HfConfig c = windowed_tiny_config();
   const auto w = test::random_weights(c, core::DType::F32, core::DType::F32, 5, 0.1);
