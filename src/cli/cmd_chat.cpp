@@ -36,7 +36,7 @@ int cmd_chat(int argc, char** argv) {
   fs.add(train::float_flag("top_p", top_p, "nucleus sampling"));
   fs.add(train::seed_flag(seed).with_help("sampling seed"));
   fs.add(train::bf16_flag(bf16).with_help("bf16 frozen weights"));
-  fs.add(train::num_threads_flag(threads).with_help("threads, 0 = all cores"));
+  fs.add(train::num_threads_flag(threads).with_help("threads, 0 = OMP_NUM_THREADS if set, else the cores this process may run on"));
   if (!parse_flags(fs, argc, argv)) return 0;
   core::set_num_threads(int(threads));
   const data::TemplateStyle style = data::find_template(conv_template);

@@ -39,7 +39,7 @@ int cmd_generate(int argc, char** argv) {
   fs.add(train::string_flag("stop_ids", stop_text, "IDS", "extra comma-separated token ids that end generation"));
   fs.add(train::bool_flag("ignore_eos", ignore_eos, "do not stop at the model's EOS ids"));
   fs.add(train::bf16_flag(bf16).with_help("store frozen weights in bf16 (compute in fp32)"));
-  fs.add(train::num_threads_flag(threads).with_help("threads, 0 = all cores"));
+  fs.add(train::num_threads_flag(threads).with_help("threads, 0 = OMP_NUM_THREADS if set, else the cores this process may run on"));
   if (!parse_flags(fs, argc, argv)) return 0;
   if (fs.given("ids") && fs.given("prompt"))
     throw train::FlagError("--ids/--prompt", "both are given", "pass either --ids 1,2,3 or --prompt TEXT");

@@ -6,8 +6,10 @@
 
 namespace zerolora::core {
 
-// Sets the OpenMP thread count used by our kernels and oneDNN (0 = all cores).
+// Sets the OpenMP thread count used by our kernels and oneDNN (0 = default_num_threads()).
 void set_num_threads(int n);
+// OMP_NUM_THREADS when set, else the number of CPUs in this process's affinity mask (mpirun's binding).
+int default_num_threads();
 int num_threads();
 
 // Resident set size now and at its peak, in bytes (from /proc/self/status).

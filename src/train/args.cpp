@@ -342,7 +342,7 @@ void validate_train_args(TrainArgs& a) {
   require_range(a.max_grad_norm >= 0, "max_grad_norm", show_number(a.max_grad_norm), ">= 0 (0 = no clipping)");
   require_range(a.warmup_ratio >= 0 && a.warmup_ratio <= 1, "warmup_ratio", show_number(a.warmup_ratio), "in [0, 1]");
   require_range(a.warmup_steps >= 0, "warmup_steps", std::to_string(a.warmup_steps), ">= 0");
-  require_range(a.num_threads >= 0, "num_threads", std::to_string(a.num_threads), ">= 0 (0 = all cores)");
+  require_range(a.num_threads >= 0, "num_threads", std::to_string(a.num_threads), ">= 0 (0 = the default)");
   require_range(a.dataloader_num_workers >= 0, "dataloader_num_workers", std::to_string(a.dataloader_num_workers),
                 ">= 0");
 
@@ -426,7 +426,7 @@ void validate_eval_args(TrainArgs& a) {
                 ">= 2 (one input token and one target)");
   require_range(a.per_device_eval_batch_size >= 1, "per_device_eval_batch_size",
                 std::to_string(a.per_device_eval_batch_size), ">= 1");
-  require_range(a.num_threads >= 0, "num_threads", std::to_string(a.num_threads), ">= 0 (0 = all cores)");
+  require_range(a.num_threads >= 0, "num_threads", std::to_string(a.num_threads), ">= 0 (0 = the default)");
 }
 
 void adopt_adapter_lora_config(TrainArgs& a, const std::set<std::string>& given) {

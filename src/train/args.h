@@ -96,7 +96,7 @@ struct TrainArgs {
   bool flash_attn = false;   // accepted; our attention is always the tiled, padding-aware kind
   std::string deepspeed;     // path of a DeepSpeed JSON config, "" = none
   int64_t local_rank = -1;   // accepted from the deepspeed launcher; ranks come from MPI
-  int64_t num_threads = 0;   // ours: 0 = all cores
+  int64_t num_threads = 0;   // ours: 0 = core::default_num_threads()
   DeviceChoice device = DeviceChoice::Auto;  // ours
   int64_t dataloader_num_workers = 0;  // accepted; preprocessing runs in-process
   std::string cache_dir;     // accepted; unused (no downloads)

@@ -155,12 +155,12 @@ Flag model_max_length_flag(int64_t& tokens) {
 }
 
 Flag num_threads_flag(int64_t& threads) {
-  Flag f = int_flag("num_threads", threads, "CPU threads per rank, 0 = all cores");
+  Flag f = int_flag("num_threads", threads, "CPU threads per rank, 0 = OMP_NUM_THREADS if set, else the cores this rank may run on");
   f.set = [&threads](const FlagValues& v) {
     threads = parse_int("num_threads", v.front());
     if (threads < 0)
-      throw FlagError("--num_threads", v.front() + " is out of range: must be >= 0 (0 = all cores)",
-                      "pass a value that is >= 0 (0 = all cores)");
+      throw FlagError("--num_threads", v.front() + " is out of range: must be >= 0 (0 = the default)",
+                      "pass a value that is >= 0 (0 = the default)");
   };
   return f;
 }
