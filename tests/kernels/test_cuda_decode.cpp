@@ -12,7 +12,7 @@
 // ~sqrt(T) ulp: errors of ~1e-6 of the output's scale are expected, 1e-5 bounds them with margin. The CPU float
 // kernel (which sums in double and rounds once) is checked against the same bound.
 // The decoder has no bf16 attention on either backend (with bf16 weights its attention stays fp32, as on the
-// CPU): the bf16-weight case is covered at the model level (tests/model/test_cuda_model.cpp, CudaDecoder.*).
+// CPU): the bf16-weight case is covered at the model level (tests/model/test_cuda_model.cpp, CudaModelDecoder.*).
 #include <gtest/gtest.h>
 
 #include <cstdint>
