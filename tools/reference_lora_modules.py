@@ -1,7 +1,7 @@
 #!/usr/bin/python3
 """Golden set: PEFT LoRA on lm_head / embed_tokens and PEFT's `bias` modes -> tests/golden/lora_modules/<name>/.
 
-Each case folder holds base/ (qwen2_bias_lora_only uses qwen2_bias_all's; a tiny random HF model: config.json, model.safetensors), adapter/ (what PEFT
+Each case folder holds base/ (qwen2_bias_lora_only and llama_tied_lm_head use another case's; a tiny random HF model: config.json, model.safetensors), adapter/ (what PEFT
 0.12's save_pretrained writes for it, unchanged), and
   golden.safetensors  input_ids I32 [2,T], lengths I32 [2], logits F32 [2,T,V] of PeftModel.from_pretrained(base,
                       adapter) (the reloaded adapter: what eval/generate see), merged.* = every tensor of
@@ -13,6 +13,7 @@ Each case folder holds base/ (qwen2_bias_lora_only uses qwen2_bias_all's; a tiny
   llama_tied        tied Llama; targets q_proj lm_head embed_tokens: PEFT wraps lm_head around the shared matrix,
                     and merge_and_unload adds both deltas into it in place (the merged embedding carries lm_head's
                     delta too)
+  llama_tied_lm_head  llama_tied's base with targets q_proj lm_head: the training gradients of a tied lm_head's LoRA
   qwen2_bias_all    Qwen2 (q/k/v biases) with targets q_proj v_proj, bias "all": biases trained (set to base +
                     0.05 randn), saved as ...q_proj.base_layer.bias / ...k_proj.bias; grads include the biases
   qwen2_bias_lora_only  the same with bias "lora_only": q/v biases train but PEFT saves none of them, so the
@@ -21,7 +22,10 @@ Each case folder holds base/ (qwen2_bias_lora_only uses qwen2_bias_all's; a tiny
 LoRA values: 0.2 * randn (float32-representable). Reference = transformers + PEFT in float64 (the models
 .double(), RMSNorm/softmax kept in float64 as reference_common.hf_float64). Deterministic.
 
-Usage: PYTHONPATH=/opt/zerolora-refdeps python3 tools/reference_lora_modules.py [--out tests/golden/lora_modules]
+PEFT writes adapter_config.json's target_modules from a Python set: its order follows string hashing, so the
+committed files come from PYTHONHASHSEED=0 (any other seed changes only that order).
+
+Usage: PYTHONHASHSEED=0 PYTHONPATH=/opt/zerolora-refdeps python3 tools/reference_lora_modules.py [--out tests/golden/lora_modules]
 (torch 2.4.1, transformers 4.44.2, peft 0.12.0).
 """
 import argparse
@@ -48,6 +52,9 @@ CASES = {
     "llama_tied": dict(spec=dict(cls="Llama", seed=3002, proj_std=0.08,
                                  config=dict(LLAMA_CFG, tie_word_embeddings=True)),
                        targets=["q_proj", "lm_head", "embed_tokens"], bias="none", grads=True),
+    "llama_tied_lm_head": dict(spec=dict(cls="Llama", seed=3002, proj_std=0.08,
+                                         config=dict(LLAMA_CFG, tie_word_embeddings=True)),
+                               targets=["q_proj", "lm_head"], bias="none", grads=True, base_from="llama_tied"),
     "qwen2_bias_all": dict(spec=dict(cls="Qwen2", seed=3003, proj_std=0.08, config=QWEN2_CFG),
                            targets=["q_proj", "v_proj"], bias="all", grads=True),
     "qwen2_bias_lora_only": dict(spec=dict(cls="Qwen2", seed=3003, proj_std=0.08, config=QWEN2_CFG),
@@ -105,6 +112,7 @@ def run(name, case, out_root, vers):
                 p.add_(0.05 * torch.randn(p.shape, generator=gen))
             trainable[pname.replace(".default", "")] = p
     model.save_pretrained(adapter_dir)
+    os.remove(os.path.join(adapter_dir, "README.md"))  # PEFT's model card: not read by anything here
     saved = sorted(load_file(os.path.join(adapter_dir, "adapter_model.safetensors")).keys())
     V = spec["config"]["vocab_size"]
     ids, lengths, mask, labels = make_inputs(V, spec["seed"] + 7)

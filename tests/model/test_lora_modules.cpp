@@ -72,7 +72,7 @@ struct Case {
   }
 };
 
-const char* kCases[] = {"llama_lm_embed", "llama_tied", "qwen2_bias_all", "qwen2_bias_lora_only"};
+const char* kCases[] = {"llama_lm_embed", "llama_tied", "llama_tied_lm_head", "qwen2_bias_all", "qwen2_bias_lora_only"};
 
 }  // namespace
 
@@ -161,22 +161,23 @@ TEST(LoraModules, MergeEqualsMergeAndUnload) {
 }
 
 // Training gradients of every trainable tensor (LoRA A/B and, with bias "all", every bias) against PEFT's
-// autograd in float64: relative to the largest gradient, 1e-9 (float64 rounding; the inputs are the fp32 values
-// both sides use).
-TEST(LoraModules, BiasAllGradientsMatchPeft) {
-  const Case c("qwen2_bias_all");
+// autograd in float64, relative to each tensor's largest gradient: the golden is stored as fp32 (relative
+// rounding 6e-8) and HF's RoPE angles are fp32 (a few 1e-9): 1e-6.
+void expect_gradients_match(const std::string& name, size_t bias_slots, int tensors) {
+  SCOPED_TRACE(name);
+  const Case c(name);
   auto w = model::load_llama_weights(c.base, core::DType::F64, core::DType::F64);
   const model::LoadedAdapter a = model::load_adapter_for_model(w.config, c.adapter);
   const model::LoraLayout& layout = *a.layout;
-  ASSERT_EQ(layout.bias_slots().size(), 6u);  // q, k, v of 2 layers
+  ASSERT_EQ(layout.bias_slots().size(), bias_slots);
   std::vector<double> params(a.params.begin(), a.params.end()), grads(params.size(), 0.0);
   model::LlamaModel<double> m(w, &layout);
   const int64_t ntok = c.info["num_target_tokens"].get<int64_t>();
   m.forward_backward(c.input(), params.data(), grads.data(), 1.0 / double(ntok), 0);
-  auto check = [&](const std::string& name, int64_t offset, int64_t n) {
-    SCOPED_TRACE(name);
-    ASSERT_TRUE(c.golden.has("grad." + name));
-    const core::Tensor g = c.golden.load("grad." + name, core::DType::F32);
+  auto check = [&](const std::string& tensor, int64_t offset, int64_t n) {
+    SCOPED_TRACE(tensor);
+    ASSERT_TRUE(c.golden.has("grad." + tensor));
+    const core::Tensor g = c.golden.load("grad." + tensor, core::DType::F32);
     ASSERT_EQ(g.numel(), n);
     double gmax = 0, err = 0;
     for (int64_t i = 0; i < n; ++i) {
@@ -184,7 +185,7 @@ TEST(LoraModules, BiasAllGradientsMatchPeft) {
       err = std::max(err, std::abs(grads[size_t(offset + i)] - double(g.data<float>()[i])));
     }
     ASSERT_GT(gmax, 1e-6);
-    EXPECT_LE(err / gmax, 1e-6);  // the golden gradients are stored as fp32 (relative rounding 6e-8)
+    EXPECT_LE(err / gmax, 1e-6);
   };
   int checked = 0;
   for (const auto& s : layout.slots()) {
@@ -196,7 +197,17 @@ TEST(LoraModules, BiasAllGradientsMatchPeft) {
     check(b.peft_name(), b.offset, b.n);
     checked += 1;
   }
-  EXPECT_EQ(checked, 8 + 6);
+  EXPECT_EQ(checked, tensors);
+}
+
+TEST(LoraModules, BiasAllGradientsMatchPeft) {
+  expect_gradients_match("qwen2_bias_all", 6, 8 + 6);  // q, v LoRA of 2 layers; q, k, v biases of 2 layers
+}
+
+// A tied lm_head's LoRA (PEFT wraps lm_head around the shared embedding): before, LoraLayout refused lm_head on
+// tied models.
+TEST(LoraModules, TiedLmHeadGradientsMatchPeft) {
+  expect_gradients_match("llama_tied_lm_head", 0, 4 + 2);  // q of 2 layers, lm_head
 }
 
 // Saving writes PEFT's key names: bias "all" every bias (".base_layer.bias" on adapted projections), lora_only

@@ -210,7 +210,7 @@ TEST(Merge, RefusesAnAdapterOfAnotherModel) {
   expect_no_output(tmp / "out");
 }
 
-TEST(Merge, RefusesAMissingModuleAndLmHeadOnATiedBase) {
+TEST(Merge, RefusesAMissingModuleAndMergesLmHeadIntoATiedBase) {
   test::TempDir tmp;
   const io::HfConfig c = write_base(tmp / "base");
   // adapter_config lists k_proj, but the tensors hold only q_proj
