@@ -170,8 +170,8 @@ struct Shape {
 };
 
 struct Problem {
-  Shape s;
-  int64_t M;
+  Shape s{};
+  int64_t M = 0;
   kernels::FrozenWeight w, wp;  // plain; prepacked (oneDNN blocked copy) when prepack() did anything
   bool has_packed = false;
   std::vector<float> x, dy, y, dx;
@@ -180,7 +180,9 @@ struct Problem {
 };
 
 Problem make(const Shape& s, int64_t M) {
-  Problem p{s, M};
+  Problem p;
+  p.s = s;
+  p.M = M;
   auto src = bench::fast_random_source();
   core::Tensor W = src(std::string("w.") + s.name, DType::BF16, {s.N, s.K});
   p.w = kernels::FrozenWeight::make(W);
