@@ -8,6 +8,7 @@
 #include "cli/text_streamer.h"
 #include "core/error.h"
 #include "core/runtime.h"
+#include "kernels/context.h"
 #include "data/templates.h"
 #include "model/adapter_io.h"
 #include "model/generate.h"
@@ -37,13 +38,21 @@ int cmd_chat(int argc, char** argv) {
   fs.add(train::seed_flag(seed).with_help("sampling seed"));
   fs.add(train::bf16_flag(bf16).with_help("bf16 frozen weights"));
   fs.add(train::num_threads_flag(threads).with_help("threads, 0 = OMP_NUM_THREADS if set, else the cores this process may run on"));
+  std::string device = "auto";
+  fs.add(train::choice_flag("device", device, {"auto", "cpu", "cuda"},
+                            "where generation runs: cuda (GPU 0), cpu, or auto = cuda when a GPU is visible and the "
+                            "build has CUDA"));
   if (!parse_flags(fs, argc, argv)) return 0;
   core::set_num_threads(int(threads));
+  std::string device_line;
+  const std::unique_ptr<kernels::CudaContext> gpu = model::open_generation_device(device, &device_line);
+  if (gpu) std::fprintf(stderr, "device: %s\n", device_line.c_str());
   const data::TemplateStyle style = data::find_template(conv_template);
   auto tok = tokenizer::load_tokenizer(model_dir);
   auto weights = model::load_llama_weights(model_dir, core::DType::F32, bf16 ? core::DType::BF16 : core::DType::F32);
   const model::LoadedAdapter adapter = model::load_adapter_for_model(weights.config, adapter_dir);
-  model::KvCacheDecoder<float> decoder(weights, adapter.layout.get(), adapter.data());
+  model::KvCacheDecoder<float> decoder(weights, adapter.layout.get(), adapter.data(),
+                                       gpu ? gpu->ctx() : kernels::host());
   model::GenerationOptions go;
   go.max_new_tokens = max_new_tokens;
   go.sampling.temperature = temperature;

@@ -8,6 +8,7 @@
 #include "cli/text_streamer.h"
 #include "core/error.h"
 #include "core/runtime.h"
+#include "kernels/context.h"
 #include "model/adapter_io.h"
 #include "model/generate.h"
 #include "model/lora.h"
@@ -40,12 +41,19 @@ int cmd_generate(int argc, char** argv) {
   fs.add(train::bool_flag("ignore_eos", ignore_eos, "do not stop at the model's EOS ids"));
   fs.add(train::bf16_flag(bf16).with_help("store frozen weights in bf16 (compute in fp32)"));
   fs.add(train::num_threads_flag(threads).with_help("threads, 0 = OMP_NUM_THREADS if set, else the cores this process may run on"));
+  std::string device = "auto";
+  fs.add(train::choice_flag("device", device, {"auto", "cpu", "cuda"},
+                            "where generation runs: cuda (GPU 0), cpu, or auto = cuda when a GPU is visible and the "
+                            "build has CUDA"));
   if (!parse_flags(fs, argc, argv)) return 0;
   if (fs.given("ids") && fs.given("prompt"))
     throw train::FlagError("--ids/--prompt", "both are given", "pass either --ids 1,2,3 or --prompt TEXT");
   if (ids_text.empty() && prompt.empty())
     throw train::FlagError("zerolora generate", "no prompt", "give --ids 1,2,3 or --prompt TEXT");
   core::set_num_threads(int(threads));
+  std::string device_line;
+  const std::unique_ptr<kernels::CudaContext> gpu = model::open_generation_device(device, &device_line);
+  if (gpu) std::fprintf(stderr, "device: %s\n", device_line.c_str());
 
   auto weights = model::load_llama_weights(dir, core::DType::F32, bf16 ? core::DType::BF16 : core::DType::F32);
   std::unique_ptr<tokenizer::Tokenizer> tok;
@@ -66,7 +74,8 @@ int cmd_generate(int argc, char** argv) {
     for (int32_t id : parse_token_ids(stop_text, "--stop_ids")) options.stop_ids.push_back(id);
 
   const model::LoadedAdapter adapter = model::load_adapter_for_model(weights.config, adapter_dir);
-  model::KvCacheDecoder<float> decoder(weights, adapter.layout.get(), adapter.data());
+  model::KvCacheDecoder<float> decoder(weights, adapter.layout.get(), adapter.data(),
+                                       gpu ? gpu->ctx() : kernels::host());
 
   model::GenerationResult result;
   if (tok) {
