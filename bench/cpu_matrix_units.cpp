@@ -187,7 +187,9 @@ Problem make(const Shape& s, int64_t M) {
   core::Tensor W = src(std::string("w.") + s.name, DType::BF16, {s.N, s.K});
   p.w = kernels::FrozenWeight::make(W);
   p.wp = kernels::FrozenWeight::make(W.to(DType::F32).to(DType::BF16));
+  kernels::cpu::set_amx_gemm_enabled(false);  // prepack() packs only for the oneDNN path
   p.has_packed = p.wp.prepack(M);
+  kernels::cpu::set_amx_gemm_enabled(true);
   auto fill = [&](std::vector<float>& v, size_t n, const char* name) {
     core::Tensor t = src(name, DType::F32, {int64_t(n)});
     v.assign(t.data<float>(), t.data<float>() + n);

@@ -207,3 +207,19 @@ TEST(LinearAmx, NonFiniteInputsPropagate) {
       else EXPECT_TRUE(std::isfinite(v)) << m << "," << n;
     }
 }
+
+// The AMX kernels multiply the plain weight, so prepack() of a BF16 weight makes no blocked copy where they run
+// (it would only cost memory); with them off (oneDNN's path) it packs as before where oneDNN's layout is blocked.
+TEST(LinearAmx, PrepackIsANoOpForBf16WhereAmxKernelsRun) {
+  SKIP_WITHOUT_AMX();
+  const int64_t N = 64, K = 96;
+  core::Tensor Wt = core::Tensor::zeros(DType::BF16, {N, K});
+  FrozenWeight w = FrozenWeight::make(Wt);
+  EXPECT_FALSE(w.prepack(512));
+  EXPECT_EQ(w.packed, nullptr);
+  cpu::set_amx_gemm_enabled(false);
+  FrozenWeight v = FrozenWeight::make(Wt);
+  const bool did = v.prepack(512);
+  cpu::set_amx_gemm_enabled(true);
+  EXPECT_EQ(did, v.packed != nullptr);
+}

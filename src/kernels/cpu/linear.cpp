@@ -323,8 +323,8 @@ bool FrozenWeight::prepack(int64_t m_hint) {
   memory::data_type dt;
   if (weight.dtype() == DType::F32)
     dt = memory::data_type::f32;
-  else if (weight.dtype() == DType::BF16 && cpu::bf16_native_available())
-    dt = memory::data_type::bf16;
+  else if (weight.dtype() == DType::BF16 && cpu::bf16_native_available() && !cpu::amx_gemm_in_use())
+    dt = memory::data_type::bf16;  // (the AMX kernels multiply the plain weight: a blocked copy would be unused)
   else
     return false;
   if (m_hint <= 0) m_hint = 2048;
