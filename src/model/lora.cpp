@@ -153,23 +153,6 @@ std::vector<std::pair<int64_t, std::vector<int64_t>>> LoraLayout::flat_tensors()
   return t;
 }
 
-std::vector<std::pair<int64_t, std::vector<int64_t>>> LoraLayout::peft_parameter_order() const {
-  std::vector<std::pair<int64_t, std::vector<int64_t>>> t;
-  auto lora = [&](const LoraSlot* s) {
-    if (!s) return;
-    t.push_back({s->a_offset, {s->r, s->in}});
-    t.push_back({s->b_offset, {s->out, s->r}});
-  };
-  lora(find(-1, Proj::Embed));
-  for (int l = 0; l < int(index_.size()); ++l)
-    for (int p = 0; p < int(Proj::LmHead); ++p) {
-      if (const BiasSlot* b = find_bias(l, Proj(p))) t.push_back({b->offset, {b->n}});
-      lora(find(l, Proj(p)));
-    }
-  lora(find(-1, Proj::LmHead));
-  return t;
-}
-
 const BiasSlot* LoraLayout::find_bias(int layer, Proj proj) const {
   if (layer < 0 || layer >= int(bias_index_.size()) || int(proj) > int(Proj::O)) return nullptr;
   const int i = bias_index_[layer][int(proj)];

@@ -84,9 +84,11 @@ class LoraLayout {
   double scale() const { return lora_.scale(); }
   // Every trainable tensor as (offset, shape), in the flat buffer's order (contiguous from 0 to numel()).
   std::vector<std::pair<int64_t, std::vector<int64_t>>> flat_tensors() const;
-  // The same tensors in PEFT's named_parameters() order (what HF Trainer's optimizer.pt indexes): module by
-  // module, embed_tokens first, lm_head last; in a module its base_layer.bias (or .bias), then lora_A, lora_B.
-  std::vector<std::pair<int64_t, std::vector<int64_t>>> peft_parameter_order() const;
+  // The same tensors in the order HF Trainer's optimizer.pt numbers them: its weight-decay group (every
+  // lora_A / lora_B in PEFT's module order: embed_tokens, the layers, lm_head) then its no-decay group (the
+  // parameters named "bias", in module order). That is the flat buffer's order; the first 2 * slots().size()
+  // are the decay group.
+  std::vector<std::pair<int64_t, std::vector<int64_t>>> peft_parameter_order() const { return flat_tensors(); }
   // slot for (layer, proj), or nullptr when that projection is not adapted
   const LoraSlot* find(int layer, Proj proj) const;
   // bias slot for (layer, proj), or nullptr when that bias does not train

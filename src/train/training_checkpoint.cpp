@@ -48,8 +48,8 @@ double scheduled_lr(const nlohmann::json& scheduler, int64_t step) {
   return base_lr;
 }
 
-// PEFT's trainable parameters in named_parameters() order: (offset, shape) of lora_A then lora_B per slot, with
-// a module's trainable bias (--lora_bias) before them.
+// PEFT's trainable parameters as HF Trainer's optimizer numbers them: (offset, shape) of lora_A then lora_B per
+// slot (the weight-decay group), then the --lora_bias biases (the no-decay group).
 std::vector<std::pair<int64_t, std::vector<int64_t>>> peft_parameters(const model::LoraLayout& layout) {
   return layout.peft_parameter_order();
 }
@@ -72,7 +72,7 @@ io::PtValue adamw_state_dict(const TrainingSnapshot& s, const model::LoraLayout&
   using io::PtValue;
   const auto params = peft_parameters(layout);
   PtValue state = PtValue::dict();
-  PtValue indices = PtValue::list();
+  PtValue indices = PtValue::list(), no_decay = PtValue::list();  // HF's two groups: biases take no weight decay
   for (size_t i = 0; i < params.size(); ++i) {
     const auto& [offset, shape] = params[i];
     const int64_t n = numel_of(shape);
@@ -84,7 +84,7 @@ io::PtValue adamw_state_dict(const TrainingSnapshot& s, const model::LoraLayout&
     st.set(PtValue::string("exp_avg_sq"), PtValue::tensor(io::PtTensor::from_f32(
                                               {s.exp_avg_sq.begin() + offset, s.exp_avg_sq.begin() + offset + n}, shape)));
     state.set(PtValue::integer(int64_t(i)), std::move(st));
-    indices.push_back(PtValue::integer(int64_t(i)));
+    (i < 2 * layout.slots().size() ? indices : no_decay).push_back(PtValue::integer(int64_t(i)));
   }
   auto group = [&](PtValue params_list, double weight_decay) {
     PtValue g = PtValue::dict();
@@ -105,7 +105,7 @@ io::PtValue adamw_state_dict(const TrainingSnapshot& s, const model::LoraLayout&
   PtValue sd = PtValue::dict();
   sd.set(PtValue::string("state"), std::move(state));
   sd.set(PtValue::string("param_groups"),
-         PtValue::list({group(std::move(indices), s.adamw.weight_decay), group(PtValue::list(), 0.0)}));
+         PtValue::list({group(std::move(indices), s.adamw.weight_decay), group(std::move(no_decay), 0.0)}));
   return sd;
 }
 

@@ -12,6 +12,7 @@
 #include "e2e_util.h"
 #include "io/hf_config.h"
 #include "io/safetensors.h"
+#include "io/torch_pickle.h"
 
 using namespace zerolora;
 using namespace zerolora::test;
@@ -83,6 +84,16 @@ TEST(LoraBiasE2E, AllTrainsAndSavesEveryBias) {
     EXPECT_GT(moved, 1e-5) << key << " did not train";
   }
   EXPECT_EQ(read_json_file(fs::path(out) / "adapter_config.json")["bias"], "all");
+  // optimizer.pt as HF Trainer's: the LoRA tensors in the weight-decay group, the biases (numbered after them)
+  // in the no-decay group (measured with transformers 4.44.2: Trainer.create_optimizer on a PEFT bias="all" model)
+  const io::PtValue opt = io::load_torch_file(out + "/checkpoint-6/optimizer.pt");
+  const auto& groups = opt.at("param_groups", "optimizer.pt").items("param_groups");
+  ASSERT_EQ(groups.size(), 2u);
+  const auto& decay = groups[0].at("params", "g0").items("g0");
+  const auto& no_decay = groups[1].at("params", "g1").items("g1");
+  EXPECT_EQ(int64_t(decay.size()), 2 * 2 * c.num_hidden_layers);  // lora_A, lora_B of q and v
+  ASSERT_EQ(int64_t(no_decay.size()), 4 * c.num_hidden_layers);
+  EXPECT_EQ(no_decay.front().as_int("g1"), int64_t(decay.size()));
 }
 
 TEST(LoraBiasE2E, LoraOnlySavesNoBiasAsPeft) {
