@@ -49,6 +49,8 @@ void nf4_dequantize(void* out, bool bf16, const DeviceNf4& w, CudaState& s);
 
 // --- element-wise, norms, rope, loss, optimizer (kernels/cuda/*.cu)
 void embedding_forward(float* out, const int32_t* ids, const core::Tensor& table, int64_t M, CudaState& s);
+void embedding_backward(float* dtable, const int32_t* ids, const float* dout, int64_t M, int64_t V, int64_t C,
+                        CudaState& s);
 void rmsnorm_forward(float* out, float* rstd, const float* inp, const float* weight, int64_t M, int64_t C,
                      double eps, CudaState& s);
 void rmsnorm_backward(float* dinp, const float* dout, const float* inp, const float* weight, const float* rstd,

@@ -54,6 +54,13 @@ void embedding_forward(S* out, const int32_t* ids, const core::Tensor& table, in
 }
 
 template <typename S>
+void embedding_backward(S* dtable, const int32_t* ids, const S* dout, int64_t M, int64_t V, int64_t C,
+                        const Context& ctx) {
+  ZL_ON_CUDA(ctx, embedding_backward, dtable, ids, dout, M, V, C)
+  embedding_backward<S>(dtable, ids, dout, M, V, C);
+}
+
+template <typename S>
 void rmsnorm_forward(S* out, S* rstd, const S* inp, const S* weight, int64_t M, int64_t C, double eps,
                      const Context& ctx) {
   ZL_ON_CUDA(ctx, rmsnorm_forward, out, rstd, inp, weight, M, C, eps)
@@ -169,6 +176,7 @@ void scale(float* x, int64_t n, double factor, const Context& ctx) {
   template void linear_forward<S>(S*, const S*, const FrozenWeight&, int64_t, const Context&);                    \
   template void linear_backward_input<S>(S*, const S*, const FrozenWeight&, int64_t, const Context&);             \
   template void embedding_forward<S>(S*, const int32_t*, const core::Tensor&, int64_t, const Context&);           \
+  template void embedding_backward<S>(S*, const int32_t*, const S*, int64_t, int64_t, int64_t, const Context&);   \
   template void rmsnorm_forward<S>(S*, S*, const S*, const S*, int64_t, int64_t, double, const Context&);         \
   template void rmsnorm_backward<S>(S*, const S*, const S*, const S*, const S*, int64_t, int64_t, const Context&); \
   template void rope_forward<S>(S*, const S*, const int32_t*, int64_t, int64_t, int64_t, const Context&);         \

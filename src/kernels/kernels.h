@@ -88,6 +88,10 @@ void linear_backward_input(S* dinp, const S* dout, const FrozenWeight& w, int64_
 // core::Error naming the id. (Frozen: no backward.)
 template <typename S>
 void embedding_forward(S* out, const int32_t* ids, const core::Tensor& table, int64_t M);
+// The gather's backward for a trainable table (embed_tokens' LoRA): dtable[ids[m], :] += dout[m, :] for m in
+// [0, M), dtable [V, C]. Deterministic: each column sums its rows in m order. Ids outside [0, V) throw (CPU).
+template <typename S>
+void embedding_backward(S* dtable, const int32_t* ids, const S* dout, int64_t M, int64_t V, int64_t C);
 
 // ---------------------------------------------------------------------------------------------
 // RMSNorm (HF LlamaRMSNorm): out = inp * rstd * weight, rstd = 1/sqrt(mean(inp^2) + eps), per row.
@@ -202,6 +206,9 @@ template <typename S>
 void linear_backward_input(S* dinp, const S* dout, const FrozenWeight& w, int64_t M, const Context& ctx);
 template <typename S>
 void embedding_forward(S* out, const int32_t* ids, const core::Tensor& table, int64_t M, const Context& ctx);
+template <typename S>
+void embedding_backward(S* dtable, const int32_t* ids, const S* dout, int64_t M, int64_t V, int64_t C,
+                        const Context& ctx);
 template <typename S>
 void rmsnorm_forward(S* out, S* rstd, const S* inp, const S* weight, int64_t M, int64_t C, double eps,
                      const Context& ctx);

@@ -256,7 +256,7 @@ void LlamaModel<S>::release_part() {
 // The flat LoRA buffer is in forward order (layer by layer, lm_head last), so once block l's backward
 // is done every slot from block l's first one to the end is final.
 // Bias slots sit after every LoRA slot, and each layer adds into them: with any, nothing is final before
-// block 0's backward. embed_tokens' slot (first in the buffer) is never trained (forward_backward refuses it).
+// block 0's backward. embed_tokens' slot (first in the buffer) is final last, after the embedding's backward.
 template <typename S>
 void LlamaModel<S>::report_gradients_final(int first_final_layer) {
   if (!grad_ready_ || !lora_) return;
@@ -352,9 +352,6 @@ LossResult LlamaModel<S>::forward_backward(const ModelInput& in, const S* params
                                            uint64_t dropout_seed) {
   core::check(in.labels != nullptr, "model input", "labels are required for a loss");
   const bool training = grads != nullptr;
-  core::check(!training || !lora_ || !lora_->find(-1, Proj::Embed), "--lora_target_modules",
-              "training LoRA on embed_tokens is not implemented (adapters with it load for eval, forward, generate "
-              "and merge)", "drop embed_tokens from the targets");
   if (stream_) stream_->begin_pass(training);
   forward_layers(in, params, training, dropout_seed);
   Arena& a = *a_;
@@ -422,6 +419,11 @@ LossResult LlamaModel<S>::forward_backward(const ModelInput& in, const S* params
     backward_layer(l, W, params, grads, dropout_seed);
     release_part();
     report_gradients_final(l);
+  }
+  if (a.emb_at) {  // embed_tokens' LoRA: a.dres is d loss / d (embedding output)
+    embedding_lora_backward<S>(grads, a.dres, inputs_.ids, lora_branch(-1, Proj::Embed, true, dropout_seed), params,
+                               a.emb_u, a.lora_du, a.emb_at, a.identity, M, *ctx_);
+    if (grad_ready_) grad_ready_(0);
   }
   if (stream_) stream_->end_pass();
   return result;

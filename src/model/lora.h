@@ -2,7 +2,8 @@
 //   y = W x (+ b) + scale * B (A (dropout(x))),  A [r, in], B [out, r],  scale = alpha / r
 //   (rsLoRA: alpha / sqrt(r)); dropout only on the LoRA branch input; A ~ U(+-1/sqrt(in)), B = 0.
 // embed_tokens (PEFT's lora.Embedding): y = E[ids] + scale * A^T[ids] B^T with lora_embedding_A [r, V] and
-// lora_embedding_B [C, r], no dropout; PEFT initialises A = 0, B ~ N(0, 1).
+// lora_embedding_B [C, r], no dropout; PEFT initialises A = 0, B ~ N(0, 1). dA is the embedding's scatter-add
+// (kernels::embedding_backward) of du = scale * dy B.
 // --lora_bias all | lora_only (PEFT's `bias`): the projections' biases train too (every bias, or those of
 // the adapted projections); they are bias slots in the same flat buffer, initialised from the base model.
 // All trainable values live in one flat buffer (DESIGN decision 2): ZeRO partitions, checkpoints and

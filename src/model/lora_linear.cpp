@@ -47,6 +47,31 @@ void embedding_lora_forward(S* out, const int32_t* ids, const LoraBranch& lora, 
 }
 
 template <typename S>
+void embedding_lora_backward(S* grads, const S* dout, const int32_t* ids, const LoraBranch& lora, const S* params,
+                             const S* u, S* du, S* dat, const S* identity, int64_t M, const kernels::Context& ctx) {
+  if (!lora.slot || !grads) return;
+  core::OpTimer t(core::Op::Lora);
+  const LoraSlot& s = *lora.slot;  // in = V, out = C
+  const S* B = params + s.b_offset;  // [C, r]
+  const S sc = S(lora.scale);
+  // dB [C, r] += scale * dout^T u
+  kernels::gemm<S>(true, false, s.out, s.r, M, sc, dout, s.out, u, s.r, S(1), grads + s.b_offset, s.r, ctx);
+  // du [M, r] = scale * dout B
+  kernels::gemm<S>(false, false, M, s.r, s.out, sc, dout, s.out, B, s.r, S(0), du, s.r, ctx);
+  // dA^T [V, r]: du's rows added at their ids; then dA [r, V] += I_r (dA^T)^T (exact: products by 1 and 0)
+  kernels::fill_zero<S>(dat, s.in * s.r, ctx);
+  kernels::embedding_backward<S>(dat, ids, du, M, s.in, s.r, ctx);
+  kernels::gemm<S>(false, true, s.r, s.in, s.r, S(1), identity, s.r, dat, s.r, S(1), grads + s.a_offset, s.in, ctx);
+}
+
+template void embedding_lora_backward<float>(float*, const float*, const int32_t*, const LoraBranch&, const float*,
+                                             const float*, float*, float*, const float*, int64_t,
+                                             const kernels::Context&);
+template void embedding_lora_backward<double>(double*, const double*, const int32_t*, const LoraBranch&,
+                                              const double*, const double*, double*, double*, const double*, int64_t,
+                                              const kernels::Context&);
+
+template <typename S>
 void embedding_lora_forward(S* out, const int32_t* ids, const LoraBranch& lora, const S* params, int64_t M,
                             const kernels::Context& ctx) {
   if (!lora.slot) return;

@@ -55,7 +55,13 @@ using kernels::DropoutMask;
 template <typename S>
 void embedding_lora_forward(S* out, const int32_t* ids, const LoraBranch& lora, const S* params, S* at, S* u,
                             const S* identity, int64_t M, const kernels::Context& ctx = kernels::host());
-// The same with its scratch allocated for this call (the KV-cache decoder: a few rows per call). Nothing when
+// Its backward (training embed_tokens' LoRA): dB [C, r] += scale * dout^T u, du = scale * dout B [M, r],
+// dA [r, V] += (scatter of du's rows to ids)^T. u: the forward's; du [M, r], dat [V, r] scratch.
+template <typename S>
+void embedding_lora_backward(S* grads, const S* dout, const int32_t* ids, const LoraBranch& lora, const S* params,
+                             const S* u, S* du, S* dat, const S* identity, int64_t M,
+                             const kernels::Context& ctx = kernels::host());
+// The forward with its scratch allocated for this call (the KV-cache decoder: a few rows per call). Nothing when
 // the branch has no slot.
 template <typename S>
 void embedding_lora_forward(S* out, const int32_t* ids, const LoraBranch& lora, const S* params, int64_t M,

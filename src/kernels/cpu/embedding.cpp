@@ -1,4 +1,4 @@
-// embedding_forward: out[M,C] = table[ids[m], :] for F32/F64/BF16 tables.
+// embedding_forward: out[M,C] = table[ids[m], :] for F32/F64/BF16 tables; embedding_backward: its scatter-add.
 #include <string>
 #include <type_traits>
 
@@ -39,6 +39,21 @@ void embedding_forward(S* out, const int32_t* ids, const core::Tensor& table, in
   }
 }
 
+template <typename S>
+void embedding_backward(S* dtable, const int32_t* ids, const S* dout, int64_t M, int64_t V, int64_t C) {
+  for (int64_t m = 0; m < M; ++m)
+    core::check(ids[m] >= 0 && ids[m] < V, "embedding_backward",
+                "token id " + std::to_string(ids[m]) + " at position " + std::to_string(m) +
+                    " is outside the vocabulary [0, " + std::to_string(V) + ")",
+                "check that the tokenizer matches the model (vocab_size " + std::to_string(V) + ")");
+  // columns split across threads, rows in order within a column: the same sums for any thread count
+#pragma omp parallel for schedule(static) if (M * C > 65536)
+  for (int64_t c = 0; c < C; ++c)
+    for (int64_t m = 0; m < M; ++m) dtable[int64_t(ids[m]) * C + c] += dout[m * C + c];
+}
+
+template void embedding_backward<float>(float*, const int32_t*, const float*, int64_t, int64_t, int64_t);
+template void embedding_backward<double>(double*, const int32_t*, const double*, int64_t, int64_t, int64_t);
 template void embedding_forward<float>(float*, const int32_t*, const core::Tensor&, int64_t);
 template void embedding_forward<double>(double*, const int32_t*, const core::Tensor&, int64_t);
 

@@ -40,6 +40,17 @@ __global__ void embedding_kernel(float* out, const int32_t* ids, const T* table,
   }
 }
 
+// ---- embedding_backward: one thread per column, rows in m order (the CPU's sums; no atomics, so deterministic).
+// Ids outside [0, V) are skipped (the forward gave them a zero row).
+__global__ void embedding_backward_kernel(float* dtable, const int32_t* ids, const float* dout, int64_t M, int64_t V,
+                                          int64_t C) {
+  for (int64_t c = first_index(); c < C; c += grid_stride())
+    for (int64_t m = 0; m < M; ++m) {
+      const int64_t id = ids[m];
+      if (id >= 0 && id < V) dtable[id * C + c] = __fadd_rn(dtable[id * C + c], dout[m * C + c]);
+    }
+}
+
 // ---- SwiGLU (kernels/cpu/swiglu.cpp; expf here vs the CPU's Cephes exp: both within 2 ulp)
 
 __global__ void swiglu_forward_kernel(float* out, const float* gate, const float* up, int64_t n) {
@@ -80,6 +91,13 @@ __global__ void dropout_kernel(float* out, const float* x, int64_t n, DropoutMas
 }
 
 }  // namespace
+
+void embedding_backward(float* dtable, const int32_t* ids, const float* dout, int64_t M, int64_t V, int64_t C,
+                        CudaState& s) {
+  if (M <= 0 || C <= 0) return;
+  const int64_t blocks = (C + kThreads - 1) / kThreads;
+  embedding_backward_kernel<<<unsigned(blocks), kThreads, 0, s.stream>>>(dtable, ids, dout, M, V, C);
+}
 
 void embedding_forward(float* out, const int32_t* ids, const core::Tensor& table, int64_t M, CudaState& s) {
   core::check(table.ndim() == 2, "embedding",

@@ -31,6 +31,7 @@ void linear_forward(float*, const float*, const FrozenWeight&, int64_t, CudaStat
 void linear_backward_input(float*, const float*, const FrozenWeight&, int64_t, CudaState&) { unavailable(); }
 void nf4_dequantize(void*, bool, const DeviceNf4&, CudaState&) { unavailable(); }
 void embedding_forward(float*, const int32_t*, const core::Tensor&, int64_t, CudaState&) { unavailable(); }
+void embedding_backward(float*, const int32_t*, const float*, int64_t, int64_t, int64_t, CudaState&) { unavailable(); }
 void rmsnorm_forward(float*, float*, const float*, const float*, int64_t, int64_t, double, CudaState&) { unavailable(); }
 void rmsnorm_backward(float*, const float*, const float*, const float*, const float*, int64_t, int64_t, CudaState&) {
   unavailable();
