@@ -1,4 +1,5 @@
 #include "train/args.h"
+#include "train/tensorboard.h"
 
 #include <algorithm>
 #include <cmath>
@@ -184,16 +185,17 @@ void add_flags(FlagSet& fs, TrainArgs& a, const std::set<std::string>* only) {
   custom.shown_default = a.eval_steps ? show_number(*a.eval_steps) : "None";
   custom.set = [&a](const FlagValues& v) { a.eval_steps = parse_float("eval_steps", v.front()); };
   add(custom, kLogging);
-  custom = list_flag("report_to", a.report_to, "none", "integrations: none only (metrics go to --metrics_file)");
+  custom = list_flag("report_to", a.report_to, "none",
+                     "tensorboard (event files in --logging_dir), all (= tensorboard) or none; every log entry also "
+                     "goes to --metrics_file");
   custom.set = [&a](const FlagValues& v) {
-    for (const auto& item : v)
-      if (!item.empty() && lower_ascii(item) != "none")
-        throw Error("--report_to",
-                    "'" + item + "' is not available: zerolora has no wandb/tensorboard/mlflow integration",
-                    "pass --report_to none; metrics are written as JSON lines to --metrics_file");
+    report_to_tensorboard(v);  // wandb, mlflow, ...: an error naming tensorboard as the offline alternative
     a.report_to = v;
   };
   add(custom, kLogging);
+  add(string_flag("logging_dir", a.logging_dir, "DIR",
+                  "TensorBoard folder for --report_to tensorboard; \"\" = <output_dir>/runs/<date>_<host> (HF's)"),
+      kLogging);
   // zerolora extras
   add(conv_template_flag(a.conv_template)
           .with_help("conversation template (FastChat's preprocess always uses vicuna_v1.1)"),
@@ -229,7 +231,6 @@ void add_flags(FlagSet& fs, TrainArgs& a, const std::set<std::string>* only) {
   // HF flags that FastChat users pass and that change nothing here
   add(compat_flag(a, "do_train", Arity::OptionalValue, "train_lora always trains"), kCompat);
   add(compat_flag(a, "do_eval", Arity::OptionalValue, "evaluation follows --evaluation_strategy"), kCompat);
-  add(compat_flag(a, "logging_dir", Arity::One, "there is no TensorBoard output; see --metrics_file"), kCompat);
   add(compat_flag(a, "run_name", Arity::One, "there is no experiment tracker"), kCompat);
   add(compat_flag(a, "disable_tqdm", Arity::OptionalValue, "progress is one log line per logging step"), kCompat);
   add(compat_flag(a, "ddp_timeout", Arity::One, "MPI has no collective timeout"), kCompat);

@@ -111,6 +111,7 @@ struct TrainArgs {
   IntervalStrategy evaluation_strategy = IntervalStrategy::No;
   std::optional<double> eval_steps;  // after parsing: set whenever evaluation_strategy is Steps
   std::vector<std::string> report_to = {"none"};
+  std::string logging_dir;  // TensorBoard folder; "" = <output_dir>/runs/<date>_<host> when the run starts
   std::string metrics_file;  // ours: JSON lines; after parsing "" became <output_dir>/metrics.jsonl
 
   // Flags given that change nothing here, each with why; the trainer prints them once on rank 0.

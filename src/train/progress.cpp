@@ -34,7 +34,7 @@ bool launched_by_mpirun() {
 
 }  // namespace
 
-Progress::Progress(bool quiet, int64_t total_steps, const std::string& metrics_path)
+Progress::Progress(bool quiet, int64_t total_steps, const std::string& metrics_path, const std::string& tensorboard_dir)
     : quiet_(quiet), tty_(!quiet && isatty(fileno(stdout)) && !launched_by_mpirun()), total_(total_steps),
       metrics_path_(metrics_path),
       last_line_(std::chrono::steady_clock::now()) {
@@ -43,6 +43,8 @@ Progress::Progress(bool quiet, int64_t total_steps, const std::string& metrics_p
     const double s = std::strtod(env, &end);
     if (end != env && *end == '\0' && s >= 0) line_interval_s_ = s;
   }
+  if (!quiet && !tensorboard_dir.empty())
+    tensorboard_ = std::make_unique<EventWriter>(EventWriter::open(tensorboard_dir, wall_time_now()));
 }
 
 void Progress::clear_bar() {
@@ -94,6 +96,7 @@ void Progress::log(const nlohmann::json& entry) {
     std::ofstream f(metrics_path_, std::ios::app);
     f << entry.dump() << "\n";
   }
+  if (tensorboard_) tensorboard_->add_log_entry(entry, entry.value("step", int64_t(0)), wall_time_now());
 }
 
 void Progress::message(const std::string& text) {

@@ -7,17 +7,21 @@
 #include <chrono>
 #include <cstdint>
 #include <cstdio>
+#include <memory>
 #include <string>
 #include <vector>
 
 #include <nlohmann/json.hpp>
 
+#include "train/tensorboard.h"
+
 namespace zerolora::train {
 
 class Progress {
  public:
-  // quiet: not rank 0 (prints nothing). metrics_path "" = no metrics file.
-  Progress(bool quiet, int64_t total_steps, const std::string& metrics_path);
+  // quiet: not rank 0 (prints nothing). metrics_path "" = no metrics file. tensorboard_dir: where every log
+  // entry's scalars also go as TensorBoard events (HF's TensorBoardCallback); "" = none.
+  Progress(bool quiet, int64_t total_steps, const std::string& metrics_path, const std::string& tensorboard_dir = "");
   // After every optimizer step: the bar on a terminal is redrawn; otherwise a plain line when the interval
   // has passed since the last one (or since the start).
   void step(int64_t step, double loss, double lr, double tokens_per_second, double seconds_left);
@@ -34,6 +38,7 @@ class Progress {
   bool bar_shown_ = false;
   double line_interval_s_ = 30;
   std::chrono::steady_clock::time_point last_line_;
+  std::unique_ptr<EventWriter> tensorboard_;
 };
 
 // Writes an SVG with the training loss (and eval loss) and the learning rate against the step, from

@@ -463,6 +463,8 @@ TrainResult run_training(TrainArgs a, dist::Comm& comm) {
 
   // Every rank must run the same configuration, or collectives would mismatch later.
   dist::check_same_on_all_ranks(comm, "training arguments", args_json(a, world, "", "").dump());
+  // Every rank must read the same model and data files: a node with a stale copy would train on other data.
+  dist::check_same_files_on_all_ranks(comm, dist::training_input_files(a.model_name_or_path, {a.data_path, a.eval_data_path}));
 
   const bool fp16 = ds ? ds->fp16 : a.fp16;
   Loaded L = load_everything(a, true, log, ds ? &*ds : nullptr, &comm);
@@ -598,6 +600,14 @@ TrainResult run_training(TrainArgs a, dist::Comm& comm) {
     if (snap.scheduler.contains("loss_scaler"))
       scaler = DynamicLossScaler::from_json(snap.scheduler["loss_scaler"], resume_dir + "/scheduler.json");
     log.message("resumed from " + resume_dir + " at step " + std::to_string(state.global_step));
+    if (snap.from_hf_trainer) {  // an HF Trainer checkpoint: its schedule should be this run's
+      const double ours = schedule.lr(state.global_step - skipped_steps), hf = snap.scheduler.value("last_lr", ours);
+      if (std::abs(hf - ours) > 1e-6 * std::max(std::abs(ours), 1e-12))
+        log.message("note: " + resume_dir + "/scheduler.pt has learning rate " + std::to_string(hf) + " at step " +
+                    std::to_string(state.global_step) + ", this run's schedule " + std::to_string(ours) +
+                    "; training continues with this run's (--learning_rate, --lr_scheduler_type, --warmup_steps, "
+                    "--max_steps)");
+    }
   }
   state.max_steps = plan.total_steps;
   state.logging_steps = plan.logging_steps, state.eval_steps = plan.eval_steps, state.save_steps = plan.save_steps;
@@ -623,7 +633,11 @@ TrainResult run_training(TrainArgs a, dist::Comm& comm) {
   if (rank == 0) fs::create_directories(a.output_dir);
   comm.barrier();
   if (rank == 0) trim_metrics_file(a.metrics_file, state.global_step);
-  Progress progress(rank != 0, plan.total_steps, rank == 0 ? a.metrics_file : "");
+  const std::string tensorboard_dir =
+      rank == 0 && report_to_tensorboard(a.report_to)
+          ? (a.logging_dir.empty() ? default_tensorboard_dir(a.output_dir, std::time(nullptr)) : a.logging_dir)
+          : "";
+  Progress progress(rank != 0, plan.total_steps, rank == 0 ? a.metrics_file : "", tensorboard_dir);
   char buf[512];
   std::snprintf(buf, sizeof buf,
                 "training: %zu samples, %lld steps (%lld per epoch, %lld epochs), global batch %lld (%lld x %lld "
@@ -659,6 +673,7 @@ TrainResult run_training(TrainArgs a, dist::Comm& comm) {
       snap.exp_avg.assign(m.begin(), m.begin() + numel);
       snap.exp_avg_sq.assign(v.begin(), v.begin() + numel);
       snap.optimizer_steps = opt.steps();
+      snap.adamw = adam;  // optimizer.pt's param_groups (HF's optimizer takes betas/eps/weight decay from there)
       snap.state = state;
       snap.state.zerolora["train_loss_sum"] = run_loss_sum, snap.state.zerolora["train_loss_steps"] = run_steps;
       // as HF's _save_checkpoint stores the TrainerControl (should_save set; training stops at the last step)
@@ -947,6 +962,7 @@ double run_evaluation(const TrainArgs& a, const std::string& adapter_dir, dist::
   Progress log(comm.rank() != 0, 0, "");
   TrainArgs e = a;
   if (e.eval_data_path.empty()) e.eval_data_path = e.data_path;
+  dist::check_same_files_on_all_ranks(comm, dist::training_input_files(e.model_name_or_path, {e.eval_data_path}));
   Loaded L = load_everything(e, false, log);
   const model::LoadedAdapter adapter = model::load_adapter_for_model(L.config, adapter_dir);
   std::unique_ptr<kernels::CudaContext> gpu = open_device(a.device, comm.rank(), log);

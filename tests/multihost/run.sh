@@ -175,6 +175,18 @@ for stage in 2 3; do
     "$(( (sent1[1] - sent1[0]) / (STEPS_LONG - STEPS) ))" "$(( (sent2[1] - sent2[0]) / (STEPS_LONG - STEPS) ))"
 done
 
+# ---- 1b. a stale copy of the data on one host: training refuses at start-up on every rank, naming that host.
+stale=$WORK/stale; mkdir -p "$stale/h1" "$stale/h2"
+cp "$DATA" "$stale/h1/data.json"; sed 's/Hello/Hellp/' "$DATA" > "$stale/h2/data.json"
+stale_args="train --model_name_or_path $MODEL --data_path data.json --output_dir $stale/out --max_steps 2 --model_max_length 192 --save_strategy no --num_threads 1 --device cpu"
+# shellcheck disable=SC2086
+cluster_mpirun 120 "$stale.log" -np 1 -wdir "$stale/h1" "$BIN" $stale_args : -np 1 -wdir "$stale/h2" "$BIN" $stale_args
+rc=$?
+if [ "$rc" -ne 0 ] && [ "$rc" -ne 124 ] && [ "$rc" -ne 137 ] &&
+   grep -q "error: data.json: differs between ranks: rank 0 has .* (host ${P}h1); rank 1 has .* (host ${P}h2)" "$stale.log"; then
+  ok "stale copy: training refused at start-up on every rank, naming host ${P}h2 (exit $rc)"
+else fail "stale copy: expected a start-up error naming ${P}h2 (exit $rc, log: $stale.log)"; tail -n 10 "$stale.log"; fi
+
 # ---- 2 and 3: failures end every process -------------------------------------------------------------------------
 LONG=100000  # steps: far more than the test waits for
 wait_for_training() {  # wait_for_training LOG PID: until rank 0 has logged step 3 (mid-run), at most 120 s

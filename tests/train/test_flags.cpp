@@ -115,8 +115,8 @@ TEST(FlagSet, SharedDefinitionsCheckTheirRanges) {
   fs.add(num_threads_flag(threads));
   fs.add(model_max_length_flag(length));
   EXPECT_EQ(error_of([&] { fs.parse(std::vector<std::string>{"--num_threads", "-2"}); }),
-            "--num_threads: -2 is out of range: must be >= 0 (0 = all cores) (fix: pass a value that is >= 0 (0 = "
-            "all cores))");
+            "--num_threads: -2 is out of range: must be >= 0 (0 = the default) (fix: pass a value that is >= 0 (0 = "
+            "the default))");
   EXPECT_NE(error_of([&] { fs.parse(std::vector<std::string>{"--model_max_length", "1"}); })
                 .find("--model_max_length: 1 is out of range: must be >= 2"),
             std::string::npos);
