@@ -67,8 +67,8 @@ void add_flags(FlagSet& fs, TrainArgs& a, const std::set<std::string>* only) {
   add(lora_alpha_flag(a.lora_alpha), kLora);
   add(lora_dropout_flag(a.lora_dropout), kLora);
   add(list_flag("lora_target_modules", a.lora_target_modules, "NAME...",
-                "projections to adapt, space-separated: q_proj k_proj v_proj o_proj gate_proj up_proj down_proj "
-                "lm_head"),
+                "modules to adapt, space-separated: q_proj k_proj v_proj o_proj gate_proj up_proj down_proj "
+                "lm_head embed_tokens"),
       kLora);
   add(string_flag("lora_weight_path", a.lora_weight_path, "PATH",
                   "PEFT adapter folder to start from (FastChat parses it but never reads it; we do); its "
@@ -77,7 +77,8 @@ void add_flags(FlagSet& fs, TrainArgs& a, const std::set<std::string>* only) {
       kLora);
   add(choice_flag<LoraBias>("lora_bias", a.lora_bias,
                             {{"none", LoraBias::None}, {"all", LoraBias::All}, {"lora_only", LoraBias::LoraOnly}},
-                            "which biases train (LLaMA has none, so all three are the same)"),
+                            "which projection biases train, as PEFT (LLaMA has none, so all three are the same; "
+                            "lora_only's trained biases are not saved in the adapter, as PEFT's)"),
       kLora);
   add(bool_flag("q_lora", a.q_lora,
                 "QLoRA: projections stored as NF4 + double quant (bitsandbytes' format), bf16 compute"),
@@ -268,8 +269,8 @@ void validate_interval(const std::string& flag, double steps, IntervalStrategy s
 }  // namespace
 
 const std::vector<std::string>& lora_target_module_names() {
-  static const std::vector<std::string> names = {"q_proj",    "k_proj",  "v_proj",    "o_proj",
-                                                 "gate_proj", "up_proj", "down_proj", "lm_head"};
+  static const std::vector<std::string> names = {"q_proj",    "k_proj",    "v_proj",  "o_proj",      "gate_proj",
+                                                 "up_proj",   "down_proj", "lm_head", "embed_tokens"};
   return names;
 }
 
