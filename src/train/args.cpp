@@ -473,6 +473,11 @@ void adopt_adapter_lora_config(TrainArgs& a, const std::set<std::string>& given)
     throw disagree("lora_target_modules", show_list(a.lora_target_modules), show_list(saved.target_modules));
   if (ours != theirs) taken.push_back("target_modules " + show_list(saved.target_modules));
   a.lora_target_modules = saved.target_modules;
+  // bias (PEFT's none / all / lora_only): which biases train, and whether the file holds them
+  const std::string ours_bias = to_string(a.lora_bias);
+  if (given.count("lora_bias") && ours_bias != saved.bias) throw disagree("lora_bias", ours_bias, saved.bias);
+  if (ours_bias != saved.bias) taken.push_back("bias " + saved.bias);
+  a.lora_bias = saved.bias == "all" ? LoraBias::All : saved.bias == "lora_only" ? LoraBias::LoraOnly : LoraBias::None;
   if (!taken.empty())
     a.notes.push_back("--lora_weight_path: " + [&] {
       std::string s;

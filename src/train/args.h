@@ -124,8 +124,8 @@ struct TrainArgs {
 // the adapter's adapter_config.json (adopt_adapter_lora_config).
 TrainArgs parse_train_args(const std::vector<std::string>& argv);
 
-// --lora_weight_path: the adapter decides r, lora_alpha, use_rslora and target_modules (matched as sets: PEFT
-// writes them in no fixed order). A flag in `given` (set on the command line) that disagrees is a FlagError
+// --lora_weight_path: the adapter decides r, lora_alpha, use_rslora, target_modules (matched as sets: PEFT
+// writes them in no fixed order) and bias (--lora_bias). A flag in `given` (set on the command line) that disagrees is a FlagError
 // naming both values; the others take the adapter's, with a note saying which changed. run_training uses the
 // TrainArgs it is given: code that builds TrainArgs with a lora_weight_path calls this first (as parse does).
 void adopt_adapter_lora_config(TrainArgs& args, const std::set<std::string>& given);

@@ -373,3 +373,16 @@ TEST(TrainArgsErrors, LoraWeightPathWithoutAdapterConfig) {
   argv.insert(argv.end(), {"--lora_weight_path", dir.str()});
   EXPECT_THROW(parse_train_args(argv), FlagError);
 }
+
+// --lora_weight_path: the adapter's PEFT `bias` is taken too (an adapter with bias "all" holds the trained biases,
+// and a layout without bias slots would have no place for them); a --lora_bias that disagrees is an error.
+TEST(TrainArgs, LoraWeightPathTakesTheAdaptersBias) {
+  TempDir dir;
+  write_file(dir / "adapter_config.json",
+             R"({"peft_type": "LORA", "r": 8, "lora_alpha": 16, "bias": "all", "target_modules": ["q_proj", "v_proj"]})");
+  TrainArgs a = parse_with_required({"--lora_weight_path", dir.str()});
+  EXPECT_EQ(a.lora_bias, LoraBias::All);
+  EXPECT_TRUE(has_note(a, "bias all"));
+  EXPECT_ERROR_HAS(({"--lora_weight_path", dir.str(), "--lora_bias", "none"}),
+                   "--lora_bias: is none but the adapter in --lora_weight_path has all");
+}
