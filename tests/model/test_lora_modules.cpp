@@ -18,6 +18,7 @@
 
 #include "core/error.h"
 #include "io/safetensors.h"
+#include "kernels/context.h"
 #include "model/adapter_io.h"
 #include "model/generate.h"
 #include "model/llama.h"
@@ -284,4 +285,66 @@ TEST(LoraModules, Refusals) {
   const std::string msg = test::error_of([&] { model::load_adapter_for_model(w.config, (tmp / "adapter").string()); });
   EXPECT_NE(msg.find("lm_head.base_layer.weight"), std::string::npos) << msg;
   EXPECT_NE(msg.find("differs from the base model"), std::string::npos) << msg;
+}
+
+// The same adapters on the CUDA backend (embed_tokens' gather/scatter, the trainable biases as the GEMM epilogue's
+// bias, lm_head's LoRA; skips without a GPU): loss, every gradient and the logits against the CPU's fp32 engine,
+// 1e-4 of the largest value (CudaModel.Fp32StepMatchesCpu's bound: fp32 sums in other orders), and the
+// decoder's logits against the golden.
+TEST(CudaLoraModules, AdaptersMatchTheCpu) {
+  if (kernels::cuda_device_count() == 0) GTEST_SKIP() << "no GPU visible: CUDA LoRA-modules test skipped";
+  kernels::CudaContext gpu(0);
+  const kernels::Context& dev = gpu.ctx();
+  for (const char* name : {"llama_lm_embed", "llama_tied", "qwen2_bias_all"}) {
+    SCOPED_TRACE(name);
+    const Case c(name);
+    auto w = model::load_llama_weights(c.base, core::DType::F32, core::DType::F32);
+    const model::LoadedAdapter a = model::load_adapter_for_model(w.config, c.adapter);
+    const model::LoraLayout& layout = *a.layout;
+    const int64_t n = layout.numel(), nl = c.B * c.T * c.V;
+    model::TrainOptions opt;
+    opt.bf16_attention = false;
+    opt.loss_chunk_rows = 8;
+    struct Out {
+      model::LossResult loss;
+      std::vector<float> grads, logits;
+    };
+    auto run = [&](const kernels::Context& ctx) {
+      const model::LlamaWeights dw = model::to_device(w, ctx);
+      kernels::DeviceArray<float> p(n, ctx), g(n, ctx), logits(nl, ctx);
+      kernels::copy_to_device(p.data(), a.params.data(), size_t(n) * sizeof(float), ctx);
+      kernels::fill_zero<float>(g.data(), n, ctx);
+      model::LlamaModel<float> m(ctx.on_cuda() ? dw : w, &layout, opt, ctx);
+      Out o;
+      o.loss = m.forward_backward(c.input(), p.data(), g.data(), 1.0 / 16, 0);
+      m.forward_logits(c.input(), p.data(), logits.data());
+      o.grads.resize(size_t(n));
+      o.logits.resize(size_t(nl));
+      kernels::copy_to_host(o.grads.data(), g.data(), size_t(n) * sizeof(float), ctx);
+      kernels::copy_to_host(o.logits.data(), logits.data(), size_t(nl) * sizeof(float), ctx);
+      return o;
+    };
+    const Out cpu = run(kernels::host()), gpu_out = run(dev);
+    auto rel = [](const std::vector<float>& x, const std::vector<float>& y) {
+      double d = 0, s = 0;
+      for (size_t i = 0; i < y.size(); ++i) {
+        d = std::max(d, double(std::abs(x[i] - y[i])));
+        s = std::max(s, double(std::abs(y[i])));
+      }
+      return d / std::max(s, 1e-30);
+    };
+    EXPECT_NEAR(gpu_out.loss.loss_sum, cpu.loss.loss_sum, 1e-5 * std::abs(cpu.loss.loss_sum));
+    EXPECT_LT(rel(gpu_out.grads, cpu.grads), 1e-4);
+    EXPECT_LT(rel(gpu_out.logits, cpu.logits), 1e-4);
+    // the decoder on the device: row 0 token by token
+    model::KvCacheDecoder<float> decoder(w, &layout, a.data(), dev);
+    std::vector<float> step(size_t(c.V));
+    double err = 0;
+    for (int64_t t = 0; t < c.len(0); ++t) {
+      decoder.feed(c.ids.data<int32_t>() + t, 1, step.data());
+      for (int64_t v = 0; v < c.V; ++v)
+        err = std::max(err, std::abs(double(step[size_t(v)]) - double(c.logits.data<float>()[t * c.V + v])));
+    }
+    EXPECT_LE(err, 1e-4);
+  }
 }
