@@ -25,8 +25,10 @@
 
 // GCC 12 reports the _mm512_undefined_* inside its own unpack/shuffle intrinsics as uninitialised (a false
 // positive of the inlined headers), once per use of transpose16.
+#if defined(__GNUC__) && !defined(__clang__)
 #pragma GCC diagnostic ignored "-Wuninitialized"
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#endif
 
 #define ZL_AMX_TARGET __attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16,amx-tile,amx-bf16")))
 
