@@ -310,7 +310,9 @@ TEST(Linear, PrepackedMatchesPlain) {
     auto packed = plain;
     bool did = packed.prepack(64);
     EXPECT_EQ(did, packed.packed != nullptr);
-    if (even_if_plain && dt == DType::F32) EXPECT_TRUE(did);
+    if (even_if_plain && dt == DType::F32) {
+      EXPECT_TRUE(did);
+    }
     if (!did && !even_if_plain)
       std::printf("[ INFO     ] prepack(%s) is a no-op on this CPU\n", core::dtype_name(dt));
     for (int64_t M : {64, 17, 1}) {
