@@ -262,8 +262,10 @@ void amx_linear_backward_input(float* dinp, const float* dout, const uint16_t* W
 
 namespace {
 
-ZL_AMX_TARGET void forward_pass(float* out, const float* x, const uint16_t* W, int64_t M, int64_t N, int64_t K,
-                                bool accumulate) {
+// The body of the parallel region is a function of its own: clang 14 does not give OpenMP's outlined region
+// the enclosing function's target attribute (AMX and AVX-512 intrinsics may not appear in the region itself).
+ZL_AMX_TARGET void forward_pass_thread(float* out, const float* x, const uint16_t* W, int64_t M, int64_t N, int64_t K,
+                                       bool accumulate, uint32_t* xp) {
   if (M <= 0 || N <= 0) return;
   const int64_t Mp = round_up(M, 32), Kp = round_up(std::max<int64_t>(K, 1), 32);
   const int64_t mblocks = Mp / 32, panels = (N + 31) / 32, ksteps = Kp / 32;
@@ -272,160 +274,179 @@ ZL_AMX_TARGET void forward_pass(float* out, const float* x, const uint16_t* W, i
   const int64_t kc = std::max<int64_t>(1, blk.k_chunk / 32);  // k steps per pass
   // W's rows are read in place when a 32-row panel and all K columns lie inside W; else a padded copy
   const bool k_exact = K % 32 == 0;
+  pack_x_vnni(xp, x, M, K, Mp, Kp);  // ends with the omp for's barrier
+  int64_t p0, p1;
+  thread_range(panels, omp_get_thread_num(), omp_get_num_threads(), p0, p1);
+  static thread_local Scratch acc_s, pad_s;
+  float* acc = static_cast<float*>(acc_s.get(size_t(G * 2 * (Mp / 16)) * 1024));
+  uint16_t* pad = nullptr;
+  static thread_local std::vector<const std::byte*> a_panel;
+  static thread_local std::vector<int64_t> a_ld;
+  a_panel.resize(size_t(G));
+  a_ld.resize(size_t(G));
+  configure_tiles();
+  for (int64_t g0 = p0; g0 < p1; g0 += G) {
+    const int64_t gn = std::min(G, p1 - g0);
+    for (int64_t k0 = 0; k0 < ksteps; k0 += kc) {
+      const int64_t steps = std::min(kc, ksteps - k0);
+      // the group's weight panels for this chunk: in place, or a zero-padded copy at an edge
+      for (int64_t g = 0; g < gn; ++g) {
+        const int64_t n0 = (g0 + g) * 32;
+        if (k_exact && n0 + 32 <= N) {
+          a_panel[g] = reinterpret_cast<const std::byte*>(W + n0 * K + k0 * 32);
+          a_ld[g] = K * 2;
+        } else {  // rows n0.. of this chunk into a zero-padded 32 x (steps*32) panel
+          if (!pad) pad = static_cast<uint16_t*>(pad_s.get(size_t(G * 32 * kc * 32) * 2));
+          const int64_t w = steps * 32;
+          uint16_t* panel = pad + g * 32 * kc * 32;
+          for (int64_t i = 0; i < 32; ++i) {
+            uint16_t* d = panel + i * w;
+            const int64_t n = n0 + i, kbeg = k0 * 32, kn = n < N ? std::clamp<int64_t>(K - kbeg, 0, w) : 0;
+            if (kn > 0) std::memcpy(d, W + n * K + kbeg, size_t(kn) * 2);
+            std::memset(d + kn, 0, size_t(w - kn) * 2);
+          }
+          a_panel[g] = reinterpret_cast<const std::byte*>(panel);
+          a_ld[g] = w * 2;
+        }
+      }
+      // B-stationary: one 32-row block of x (32 KiB at a 512 chunk) stays in L1 while the group's weight
+      // panels stream past it from L2 (10-15 % faster than weight-stationary in bench runs)
+      for (int64_t mb = 0; mb < mblocks; ++mb) {
+        const std::byte* b0 = reinterpret_cast<const std::byte*>(xp + ((2 * mb) * (Kp / 2) + k0 * 16) * 16);
+        for (int64_t g = 0; g < gn; ++g) {
+          float* c = acc + ((g * mblocks + mb) * 4) * 256;  // tiles (n-tile i, m-tile j) at (2i + j)
+          load_c(c, k0 == 0);
+          kernel_2x2(a_panel[g], a_panel[g] + 16 * a_ld[g], a_ld[g], b0, b0 + (Kp / 2) * 64, steps);
+          store_c(c);
+        }
+      }
+    }
+    // acc tiles hold out^T: transpose into out, row block by row block (each row gets gn * 128 bytes)
+    for (int64_t mb = 0; mb < mblocks; ++mb)
+      for (int j = 0; j < 2; ++j)
+        for (int64_t g = 0; g < gn; ++g)
+          for (int i = 0; i < 2; ++i) {
+            const int64_t n = (g0 + g) * 32 + i * 16, m = mb * 32 + j * 16;
+            if (n >= N || m >= M) continue;
+            write_tile(out + m * N + n, N, acc + ((g * mblocks + mb) * 4 + 2 * i + j) * 256,
+                       std::min<int64_t>(16, M - m), std::min<int64_t>(16, N - n), true, accumulate);
+          }
+  }
+  _tile_release();
+}
+
+ZL_AMX_TARGET void forward_pass(float* out, const float* x, const uint16_t* W, int64_t M, int64_t N, int64_t K,
+                                bool accumulate) {
+  if (M <= 0 || N <= 0) return;
+  const int64_t Mp = round_up(M, 32), Kp = round_up(std::max<int64_t>(K, 1), 32);
   static thread_local Scratch xs;
   uint32_t* xp = static_cast<uint32_t*>(xs.get(size_t(Mp * Kp) * 2));
 #pragma omp parallel
-  {
-    pack_x_vnni(xp, x, M, K, Mp, Kp);  // ends with the omp for's barrier
-    int64_t p0, p1;
-    thread_range(panels, omp_get_thread_num(), omp_get_num_threads(), p0, p1);
-    static thread_local Scratch acc_s, pad_s;
-    float* acc = static_cast<float*>(acc_s.get(size_t(G * 2 * (Mp / 16)) * 1024));
-    uint16_t* pad = nullptr;
-    static thread_local std::vector<const std::byte*> a_panel;
-    static thread_local std::vector<int64_t> a_ld;
-    a_panel.resize(size_t(G));
-    a_ld.resize(size_t(G));
-    configure_tiles();
-    for (int64_t g0 = p0; g0 < p1; g0 += G) {
-      const int64_t gn = std::min(G, p1 - g0);
-      for (int64_t k0 = 0; k0 < ksteps; k0 += kc) {
-        const int64_t steps = std::min(kc, ksteps - k0);
-        // the group's weight panels for this chunk: in place, or a zero-padded copy at an edge
-        for (int64_t g = 0; g < gn; ++g) {
-          const int64_t n0 = (g0 + g) * 32;
-          if (k_exact && n0 + 32 <= N) {
-            a_panel[g] = reinterpret_cast<const std::byte*>(W + n0 * K + k0 * 32);
-            a_ld[g] = K * 2;
-          } else {  // rows n0.. of this chunk into a zero-padded 32 x (steps*32) panel
-            if (!pad) pad = static_cast<uint16_t*>(pad_s.get(size_t(G * 32 * kc * 32) * 2));
-            const int64_t w = steps * 32;
-            uint16_t* panel = pad + g * 32 * kc * 32;
-            for (int64_t i = 0; i < 32; ++i) {
-              uint16_t* d = panel + i * w;
-              const int64_t n = n0 + i, kbeg = k0 * 32, kn = n < N ? std::clamp<int64_t>(K - kbeg, 0, w) : 0;
-              if (kn > 0) std::memcpy(d, W + n * K + kbeg, size_t(kn) * 2);
-              std::memset(d + kn, 0, size_t(w - kn) * 2);
-            }
-            a_panel[g] = reinterpret_cast<const std::byte*>(panel);
-            a_ld[g] = w * 2;
+  forward_pass_thread(out, x, W, M, N, K, accumulate, xp);
+}
+
+// The group's 32-column weight panels over n steps s0..s0+steps, as B tiles: two weight rows' 16 columns
+// interleaved per tile row (panel g, n step s, k-tile j at ((g nc + s) 2 + j) KiB of wv). A function of its own,
+// not inline in backward_pass's parallel region: clang 14 does not give OpenMP's outlined region the enclosing
+// function's target attribute, so AVX-512 values may not live in the region itself.
+ZL_AMX_TARGET void interleave_weight_group(uint32_t* wv, const uint16_t* W, int64_t N, int64_t K, int64_t g0,
+                                           int64_t gn, int64_t s0, int64_t steps, int64_t nc) {
+  // interleave index: out[2j] = a[j], out[2j+1] = b[j] (a, b = two weight rows' 16 columns)
+  alignas(64) static const uint16_t kInterleave[32] = {0, 32, 1, 33, 2, 34, 3, 35, 4, 36, 5, 37, 6, 38, 7, 39,
+                                                       8, 40, 9, 41, 10, 42, 11, 43, 12, 44, 13, 45, 14, 46, 15, 47};
+  const __m512i idx = _mm512_load_si512(kInterleave);
+  for (int64_t g = 0; g < gn; ++g) {
+    const int64_t kcol = (g0 + g) * 32;
+    const bool full_cols = kcol + 32 <= K;
+    uint32_t* wg = wv + g * nc * 512;
+    for (int64_t s = 0; s < steps; ++s)
+      for (int p = 0; p < 16; ++p) {
+        const int64_t n = (s0 + s) * 32 + 2 * p;
+        for (int j = 0; j < 2; ++j) {
+          const int64_t k = kcol + 16 * j;
+          __m256i r0 = _mm256_setzero_si256(), r1 = _mm256_setzero_si256();
+          if (full_cols) {
+            if (n < N) r0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(W + n * K + k));
+            if (n + 1 < N) r1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(W + (n + 1) * K + k));
+          } else {
+            const int64_t cn = std::clamp<int64_t>(K - k, 0, 16);
+            const __mmask16 m = __mmask16((1u << cn) - 1);
+            if (n < N && cn) r0 = _mm256_maskz_loadu_epi16(m, W + n * K + k);
+            if (n + 1 < N && cn) r1 = _mm256_maskz_loadu_epi16(m, W + (n + 1) * K + k);
           }
-        }
-        // B-stationary: one 32-row block of x (32 KiB at a 512 chunk) stays in L1 while the group's weight
-        // panels stream past it from L2 (10-15 % faster than weight-stationary in bench runs)
-        for (int64_t mb = 0; mb < mblocks; ++mb) {
-          const std::byte* b0 = reinterpret_cast<const std::byte*>(xp + ((2 * mb) * (Kp / 2) + k0 * 16) * 16);
-          for (int64_t g = 0; g < gn; ++g) {
-            float* c = acc + ((g * mblocks + mb) * 4) * 256;  // tiles (n-tile i, m-tile j) at (2i + j)
-            load_c(c, k0 == 0);
-            kernel_2x2(a_panel[g], a_panel[g] + 16 * a_ld[g], a_ld[g], b0, b0 + (Kp / 2) * 64, steps);
-            store_c(c);
-          }
+          __m512i v = _mm512_permutex2var_epi16(_mm512_castsi256_si512(r0), idx, _mm512_castsi256_si512(r1));
+          _mm512_store_si512(wg + (2 * s + j) * 256 + p * 16, v);
         }
       }
-      // acc tiles hold out^T: transpose into out, row block by row block (each row gets gn * 128 bytes)
-      for (int64_t mb = 0; mb < mblocks; ++mb)
-        for (int j = 0; j < 2; ++j)
-          for (int64_t g = 0; g < gn; ++g)
-            for (int i = 0; i < 2; ++i) {
-              const int64_t n = (g0 + g) * 32 + i * 16, m = mb * 32 + j * 16;
-              if (n >= N || m >= M) continue;
-              write_tile(out + m * N + n, N, acc + ((g * mblocks + mb) * 4 + 2 * i + j) * 256,
-                         std::min<int64_t>(16, M - m), std::min<int64_t>(16, N - n), true, accumulate);
-            }
-    }
-    _tile_release();
   }
 }
 
-ZL_AMX_TARGET void backward_pass(float* dinp, const float* dout, const uint16_t* W, int64_t M, int64_t N,
-                                 int64_t K) {
+ZL_AMX_TARGET void backward_pass_thread(float* dinp, const float* dout, const uint16_t* W, int64_t M, int64_t N,
+                                        int64_t K, uint16_t* dp) {
   if (M <= 0 || N <= 0 || K <= 0) return;
   const int64_t Mp = round_up(M, 32), Np = round_up(N, 32);
   const int64_t mblocks = Mp / 32, panels = (K + 31) / 32, nsteps = Np / 32;
   const AmxBlocking blk = amx_blocking();
   const int64_t G = std::max<int64_t>(1, blk.panels_per_group);
   const int64_t nc = std::max<int64_t>(1, blk.k_chunk / 32);
-  static thread_local Scratch ds;
-  uint16_t* dp = static_cast<uint16_t*>(ds.get(size_t(Mp * Np) * 2));
-  // interleave index: out[2j] = a[j], out[2j+1] = b[j] (a, b = two weight rows' 16 columns)
-  alignas(64) static const uint16_t kInterleave[32] = {0, 32, 1, 33, 2, 34, 3, 35, 4, 36, 5, 37, 6, 38, 7, 39,
-                                                       8, 40, 9, 41, 10, 42, 11, 43, 12, 44, 13, 45, 14, 46, 15, 47};
-#pragma omp parallel
-  {
-    pack_rows_bf16(dp, dout, M, N, Mp, Np);
-    int64_t p0, p1;
-    thread_range(panels, omp_get_thread_num(), omp_get_num_threads(), p0, p1);
-    static thread_local Scratch acc_s, wv_s;
-    float* acc = static_cast<float*>(acc_s.get(size_t(G * 2 * (Mp / 16)) * 1024));
-    // B tiles of the group's 32-column panels over one n chunk: panel g, n step s, k-tile j at
-    // ((g nc + s) 2 + j) KiB
-    uint32_t* wv = static_cast<uint32_t*>(wv_s.get(size_t(G * nc * 2) * 1024));
-    const __m512i idx = _mm512_load_si512(kInterleave);
-    configure_tiles();
-    for (int64_t g0 = p0; g0 < p1; g0 += G) {
-      const int64_t gn = std::min(G, p1 - g0);
-      for (int64_t s0 = 0; s0 < nsteps; s0 += nc) {
-        const int64_t steps = std::min(nc, nsteps - s0);
+  pack_rows_bf16(dp, dout, M, N, Mp, Np);
+  int64_t p0, p1;
+  thread_range(panels, omp_get_thread_num(), omp_get_num_threads(), p0, p1);
+  static thread_local Scratch acc_s, wv_s;
+  float* acc = static_cast<float*>(acc_s.get(size_t(G * 2 * (Mp / 16)) * 1024));
+  // B tiles of the group's 32-column panels over one n chunk: panel g, n step s, k-tile j at
+  // ((g nc + s) 2 + j) KiB
+  uint32_t* wv = static_cast<uint32_t*>(wv_s.get(size_t(G * nc * 2) * 1024));
+  configure_tiles();
+  for (int64_t g0 = p0; g0 < p1; g0 += G) {
+    const int64_t gn = std::min(G, p1 - g0);
+    for (int64_t s0 = 0; s0 < nsteps; s0 += nc) {
+      const int64_t steps = std::min(nc, nsteps - s0);
+      interleave_weight_group(wv, W, N, K, g0, gn, s0, steps, nc);
+      // A-stationary: one 32-row block of bf16(dy) over this chunk stays in L1 while the group's interleaved
+      // weight panels stream past it from L2
+      for (int64_t mb = 0; mb < mblocks; ++mb) {
+        const std::byte* a0 = reinterpret_cast<const std::byte*>(dp + (mb * 32) * Np + s0 * 32);
         for (int64_t g = 0; g < gn; ++g) {
-          const int64_t kcol = (g0 + g) * 32;
-          const bool full_cols = kcol + 32 <= K;
-          uint32_t* wg = wv + g * nc * 512;
-          for (int64_t s = 0; s < steps; ++s)
-            for (int p = 0; p < 16; ++p) {
-              const int64_t n = (s0 + s) * 32 + 2 * p;
-              for (int j = 0; j < 2; ++j) {
-                const int64_t k = kcol + 16 * j;
-                __m256i r0 = _mm256_setzero_si256(), r1 = _mm256_setzero_si256();
-                if (full_cols) {
-                  if (n < N) r0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(W + n * K + k));
-                  if (n + 1 < N) r1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(W + (n + 1) * K + k));
-                } else {
-                  const int64_t cn = std::clamp<int64_t>(K - k, 0, 16);
-                  const __mmask16 m = __mmask16((1u << cn) - 1);
-                  if (n < N && cn) r0 = _mm256_maskz_loadu_epi16(m, W + n * K + k);
-                  if (n + 1 < N && cn) r1 = _mm256_maskz_loadu_epi16(m, W + (n + 1) * K + k);
-                }
-                __m512i v = _mm512_permutex2var_epi16(_mm512_castsi256_si512(r0), idx, _mm512_castsi256_si512(r1));
-                _mm512_store_si512(wg + (2 * s + j) * 256 + p * 16, v);
-              }
-            }
-        }
-        // A-stationary: one 32-row block of bf16(dy) over this chunk stays in L1 while the group's interleaved
-        // weight panels stream past it from L2
-        for (int64_t mb = 0; mb < mblocks; ++mb) {
-          const std::byte* a0 = reinterpret_cast<const std::byte*>(dp + (mb * 32) * Np + s0 * 32);
-          for (int64_t g = 0; g < gn; ++g) {
-            float* c = acc + ((g * mblocks + mb) * 4) * 256;  // tiles (m-tile i, k-tile j) at (2i + j)
-            load_c(c, s0 == 0);
-            const std::byte* bw = reinterpret_cast<const std::byte*>(wv + g * nc * 512);
-            // B tiles of step s are 2 KiB apart here (both k-tiles of a step side by side)
-            for (int64_t s = 0; s < steps; ++s) {
-              _tile_loadd(4, a0 + s * 64, Np * 2);
-              _tile_loadd(6, bw + s * 2048, 64);
-              _tile_dpbf16ps(0, 4, 6);
-              _tile_loadd(7, bw + s * 2048 + 1024, 64);
-              _tile_dpbf16ps(1, 4, 7);
-              _tile_loadd(5, a0 + 16 * Np * 2 + s * 64, Np * 2);
-              _tile_dpbf16ps(2, 5, 6);
-              _tile_dpbf16ps(3, 5, 7);
-            }
-            store_c(c);
+          float* c = acc + ((g * mblocks + mb) * 4) * 256;  // tiles (m-tile i, k-tile j) at (2i + j)
+          load_c(c, s0 == 0);
+          const std::byte* bw = reinterpret_cast<const std::byte*>(wv + g * nc * 512);
+          // B tiles of step s are 2 KiB apart here (both k-tiles of a step side by side)
+          for (int64_t s = 0; s < steps; ++s) {
+            _tile_loadd(4, a0 + s * 64, Np * 2);
+            _tile_loadd(6, bw + s * 2048, 64);
+            _tile_dpbf16ps(0, 4, 6);
+            _tile_loadd(7, bw + s * 2048 + 1024, 64);
+            _tile_dpbf16ps(1, 4, 7);
+            _tile_loadd(5, a0 + 16 * Np * 2 + s * 64, Np * 2);
+            _tile_dpbf16ps(2, 5, 6);
+            _tile_dpbf16ps(3, 5, 7);
           }
+          store_c(c);
         }
       }
-      for (int64_t mb = 0; mb < mblocks; ++mb)
-        for (int i = 0; i < 2; ++i)
-          for (int64_t g = 0; g < gn; ++g)
-            for (int j = 0; j < 2; ++j) {
-              const int64_t m = mb * 32 + i * 16, k = (g0 + g) * 32 + j * 16;
-              if (m >= M || k >= K) continue;
-              write_tile(dinp + m * K + k, K, acc + ((g * mblocks + mb) * 4 + 2 * i + j) * 256,
-                         std::min<int64_t>(16, M - m), std::min<int64_t>(16, K - k), false, true);
-            }
     }
-    _tile_release();
+    for (int64_t mb = 0; mb < mblocks; ++mb)
+      for (int i = 0; i < 2; ++i)
+        for (int64_t g = 0; g < gn; ++g)
+          for (int j = 0; j < 2; ++j) {
+            const int64_t m = mb * 32 + i * 16, k = (g0 + g) * 32 + j * 16;
+            if (m >= M || k >= K) continue;
+            write_tile(dinp + m * K + k, K, acc + ((g * mblocks + mb) * 4 + 2 * i + j) * 256,
+                       std::min<int64_t>(16, M - m), std::min<int64_t>(16, K - k), false, true);
+          }
   }
+  _tile_release();
+}
+
+ZL_AMX_TARGET void backward_pass(float* dinp, const float* dout, const uint16_t* W, int64_t M, int64_t N,
+                                 int64_t K) {
+  if (M <= 0 || N <= 0 || K <= 0) return;
+  const int64_t Mp = round_up(M, 32), Np = round_up(N, 32);
+  static thread_local Scratch ds;
+  uint16_t* dp = static_cast<uint16_t*>(ds.get(size_t(Mp * Np) * 2));
+#pragma omp parallel
+  backward_pass_thread(dinp, dout, W, M, N, K, dp);
 }
 
 }  // namespace
