@@ -8,7 +8,7 @@
 #include "core/error.h"
 #include "dist/comm.h"
 #include "train/args.h"
-#include "train/demo.h"
+#include "cli/demo.h"
 #include "train/trainer.h"
 
 namespace zerolora::cli {
@@ -78,7 +78,7 @@ int cmd_demo(int argc, char** argv) {
                 fs.help().c_str());
     return 0;
   }
-  return train::run_demo(std::vector<std::string>(argv + 1, argv + argc));
+  return run_demo(std::vector<std::string>(argv + 1, argv + argc));
 }
 
 }  // namespace zerolora::cli

@@ -10,7 +10,7 @@
 #include "model/random_model.h"
 #include "test_util.h"
 #include "tokenizer/bpe_trainer.h"
-#include "train/demo.h"
+#include "cli/demo.h"
 
 namespace zerolora::test {
 
@@ -20,7 +20,7 @@ struct TinyRun {
   TinyRun(size_t samples = 64) {
     model = (dir / "model").string();
     data = (dir / "data.json").string();
-    const std::string json = train::synthetic_conversations_json(samples, 5);
+    const std::string json = cli::synthetic_conversations_json(samples, 5);
     write_file(data, json);
     std::vector<std::string> corpus;
     for (const auto& r : nlohmann::json::parse(json))

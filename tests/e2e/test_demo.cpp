@@ -12,9 +12,9 @@ using namespace zerolora::test;
 namespace fs = std::filesystem;
 
 TEST(Demo, HeldOutQuestionsAppearNowhereInTheTrainingData) {
-  const train::DemoData d = train::make_demo_data(train::kDemoTrainConversations, train::kDemoHeldOut, 7);
-  ASSERT_EQ(d.held_out.size(), train::kDemoHeldOut);
-  ASSERT_EQ(d.train.size(), train::kDemoTrainConversations);
+  const cli::DemoData d = cli::make_demo_data(cli::kDemoTrainConversations, cli::kDemoHeldOut, 7);
+  ASSERT_EQ(d.held_out.size(), cli::kDemoHeldOut);
+  ASSERT_EQ(d.train.size(), cli::kDemoTrainConversations);
   const std::string all = d.train.dump();
   std::set<std::string> distinct;
   for (const auto& q : d.held_out) {
@@ -35,7 +35,7 @@ TEST(Demo, FineTuningAnswersTheHeldOutQuestions) {
   const int total = score["held_out"].get<int>();
   const int before = score["correct_before"].get<int>(), after = score["correct_after"].get<int>();
   std::printf("held-out exact answers: %d/%d before -> %d/%d after\n", before, total, after, total);
-  EXPECT_EQ(total, int(train::kDemoHeldOut));
+  EXPECT_EQ(total, int(cli::kDemoHeldOut));
   // a random model answers (next to) none; the fine-tuned adapter (next to) all: 18 of 20 leaves room for a
   // CPU whose summation order tips one or two greedy choices, not for a run that did not learn the skill
   EXPECT_LE(before, 1) << log;

@@ -1,4 +1,4 @@
-// `zerolora demo`: the README's main job. With no arguments it makes everything it needs itself — a small
+// `zerolora demo`: the README's main job, a client of the library (it lives in cli/, not in train/). With no arguments it makes everything it needs itself — a small
 // random Llama model, a byte-level BPE tokenizer, a synthetic conversation set ("Repeat after me: river lamp
 // stone") as FastChat JSON and 20 questions held out of it — then asks the held-out questions (the random
 // model answers none), fine-tunes LoRA, asks them again (the adapter answers them), and names the loss curve,
@@ -10,7 +10,7 @@
 
 #include <nlohmann/json.hpp>
 
-namespace zerolora::train {
+namespace zerolora::cli {
 
 // Deterministic synthetic ShareGPT rows: short questions about a small invented world (colours,
 // numbers, capitals) whose answers follow from the question, so a model can learn them.
@@ -43,4 +43,4 @@ DemoScore score_demo_questions(const std::string& model_dir, const std::string& 
 
 int run_demo(const std::vector<std::string>& argv);
 
-}  // namespace zerolora::train
+}  // namespace zerolora::cli

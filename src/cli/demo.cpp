@@ -1,4 +1,4 @@
-#include "train/demo.h"
+#include "cli/demo.h"
 
 #include <cstdio>
 #include <filesystem>
@@ -25,7 +25,9 @@
 #include "train/args.h"
 #include "train/trainer.h"
 
-namespace zerolora::train {
+namespace zerolora::cli {
+
+using namespace zerolora::train;  // the demo is a client of the training library
 
 namespace fs = std::filesystem;
 
@@ -300,4 +302,4 @@ int run_demo(const std::vector<std::string>& argv) {
   return 0;
 }
 
-}  // namespace zerolora::train
+}  // namespace zerolora::cli
