@@ -537,9 +537,11 @@ class TrainingRun {
   std::optional<Loaded> L_;
   data::Dataset* train_set_ = nullptr;
   std::optional<model::LoraLayout> layout_;
-  std::unique_ptr<ZeroEngine> engine_;
+  // declared before what holds device memory (the engine's mirrors, the device weights, the model): the context
+  // is destroyed after them
   std::unique_ptr<kernels::CudaContext> gpu_;
   const kernels::Context* ctx_ = &kernels::host();
+  std::unique_ptr<ZeroEngine> engine_;
   struct SyncReset {
     ~SyncReset() { core::set_op_timer_sync(nullptr); }
   } sync_reset_;
