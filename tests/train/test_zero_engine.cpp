@@ -1,6 +1,6 @@
 // ZeroEngine on one rank: the step it takes is AdamW over the clipped flat gradient, bit for bit as the
 // optimizer alone takes it; its checkpoint state round-trips through load_state; the traffic shape names its
-// stage and the padded buffer. (Several ranks: ZeroMpi.* and Zero3Mpi.* run the whole trainer.)
+// stage and the padded buffer. (Several ranks: ZeroMpi.* run the whole trainer on 2-4 ranks and stages 0-3.)
 #include "train/zero_engine.h"
 
 #include <gtest/gtest.h>
