@@ -17,7 +17,6 @@
 #include "data/dataset.h"
 #include "dist/consistency.h"
 #include "dist/zero_cost.h"
-#include "dist/zero_partition.h"
 #include "io/checkpoint_dir.h"
 #include "kernels/context.h"
 #include "kernels/kernels.h"
@@ -32,8 +31,9 @@
 #include "train/progress.h"
 #include "train/step.h"
 #include "train/training_checkpoint.h"
-#include "train/gradient_sync.h"
+#include "train/objective.h"
 #include "train/zero3_weights.h"
+#include "train/zero_engine.h"
 
 namespace zerolora::train {
 
@@ -293,7 +293,7 @@ struct EvalSums {
   double loss(bool token_weighted) const { return token_weighted ? token_mean() : batch_mean(); }
 };
 
-EvalSums evaluate(model::LlamaModel<float>& m, const float* params, data::Dataset& ds, const TrainArgs& a,
+EvalSums evaluate(Objective& objective, const float* params, data::Dataset& ds, const TrainArgs& a,
                   int32_t pad_id, dist::Comm& comm) {
   EpochBatchOptions o;
   o.world = comm.size(), o.rank = comm.rank(), o.seed = uint64_t(a.seed);
@@ -303,10 +303,7 @@ EvalSums evaluate(model::LlamaModel<float>& m, const float* params, data::Datase
   const auto padding = a.padding == PaddingMode::Longest ? data::Padding::Longest : data::Padding::MaxLength;
   for (const auto& plan : epoch_micro_batches(ds, 0, o)) {
     data::Batch b = collate_micro_batch(ds, plan, padding, a.model_max_length, pad_id, false);
-    model::ModelInput in;
-    in.B = b.B, in.T = b.T, in.input_ids = b.input_ids.data(), in.labels = b.labels.data();
-    in.lengths = b.lengths.data(), in.positions = b.positions.data();
-    auto r = m.forward_backward(in, params, nullptr, 1.0, 0);
+    const ObjectiveLoss r = objective.forward_backward(b, params, nullptr, 1.0, 0);
     e.token_loss_sum += r.loss_sum;
     e.tokens += r.tokens;
     if (r.tokens > 0) {
@@ -417,544 +414,666 @@ nlohmann::json report_traffic(const StepTraffic& t, const dist::ZeroStepVolume& 
           {"predicted_all_gather", predicted.all_gather_bytes}};
 }
 
-}  // namespace
+// ------------------------------------------------------------------------------------------------
+// Checkpoints
+
+// What moves from step to step and a checkpoint records besides the ZeRO engine's state.
+struct RunCounters {
+  TrainerState state;
+  DynamicLossScaler scaler;
+  int64_t skipped_steps = 0;  // fp16 overflow steps: counted in global_step, not in the LR schedule
+  // the training loss over the whole run, resumes included (continued from the checkpoint's sum, so that a
+  // resumed run adds the same numbers in the same order as an uninterrupted one)
+  double run_loss_sum = 0;
+  int64_t run_steps = 0;
+  int64_t loss_steps_before = 0;  // run_steps when this process started (a resume's)
+};
+
+// The fixed facts of a run that its checkpoints are written with.
+struct CheckpointSetting {
+  const TrainArgs& args;
+  const model::LoraLayout& layout;
+  const TrainingPlan& plan;
+  const nlohmann::json& run_args;
+  double base_lr = 0;
+};
+
+// checkpoint-<step> in output_dir; every rank calls it (the engine gathers the sharded moments). Returns false
+// when the save failed and --continue_on_save_error let training go on. A save for a stop signal (stopping)
+// must succeed: its failure always ends the run with the error.
+bool save_checkpoint(const CheckpointSetting& c, ZeroEngine& engine, const RunCounters& r, int64_t step,
+                     bool stopping, Progress& progress, dist::Comm& comm) {
+  const TrainArgs& a = c.args;
+  bool saved_ok = true;
+  FullOptimizerState full = engine.gather_state();
+  if (comm.rank() == 0) {
+    TrainingSnapshot snap;
+    snap.params = std::move(full.params);
+    snap.exp_avg = std::move(full.exp_avg);
+    snap.exp_avg_sq = std::move(full.exp_avg_sq);
+    snap.optimizer_steps = full.steps;
+    snap.adamw = engine.adamw();  // optimizer.pt's param_groups (HF's optimizer takes betas/eps/weight decay from there)
+    snap.state = r.state;
+    snap.state.zerolora["train_loss_sum"] = r.run_loss_sum, snap.state.zerolora["train_loss_steps"] = r.run_steps;
+    // as HF's _save_checkpoint stores the TrainerControl (should_save set; training stops at the last step)
+    snap.state.stateful_callbacks = trainer_control_callbacks(true, step >= c.plan.total_steps);
+    snap.scheduler = {{"type", to_string(a.lr_scheduler_type)}, {"base_lr", c.base_lr},
+                      {"total_steps", c.plan.total_steps}, {"warmup_steps", c.plan.warmup_steps}, {"last_step", step},
+                      {"skipped_steps", r.skipped_steps}, {"loss_scaler", r.scaler.to_json()}};
+    snap.args = c.run_args;
+    const std::string dir = (fs::path(a.output_dir) / ("checkpoint-" + std::to_string(step))).string();
+    try {
+      save_training_checkpoint(dir, snap, c.layout, a.model_name_or_path);
+      write_loss_curve_svg(r.state.log_history, (fs::path(a.output_dir) / "loss_curve.svg").string());
+      if (a.save_total_limit) io::rotate_checkpoints(a.output_dir, *a.save_total_limit);
+      progress.message("saved " + dir);
+    } catch (const core::Error& e) {
+      // nothing of it is left (the temp folder is removed), the previous checkpoint is untouched
+      if (!a.continue_on_save_error || stopping) throw;
+      saved_ok = false;
+      const std::string last = io::find_last_checkpoint(a.output_dir);
+      progress.message("warning: checkpoint-" + std::to_string(step) + " was not saved (" + e.what() +
+                       "); training continues (--continue_on_save_error), the last complete checkpoint is " +
+                       (last.empty() ? std::string("none") : last));
+    }
+  }
+  comm.barrier();
+  return saved_ok;
+}
 
 // ------------------------------------------------------------------------------------------------
+// One training run: the constructor is the set-up, run() the loop of named steps.
 
-TrainResult run_training(TrainArgs a, dist::Comm& comm) {
-  take_stop_signals(true);  // the zerolora binary did this in main(); a library caller gets it here
-  const int world = comm.size(), rank = comm.rank();
+class TrainingRun {
+ public:
+  TrainingRun(TrainArgs a, dist::Comm& comm);
+  TrainingRun(const TrainingRun&) = delete;
+  TrainingRun& operator=(const TrainingRun&) = delete;
+  TrainResult run();
+
+ private:
+  // set-up, in this order
+  void configure();        // output_dir, DeepSpeed config, sequence length, the same configuration on every rank
+  void load();             // tokenizer, data, the frozen model
+  void build_trainable();  // LoRA layout and the ZeRO engine (initialised or --lora_weight_path)
+  void open_device_and_model();
+  void plan();             // steps, schedule, the run's fingerprint
+  void resume();           // continue from a checkpoint when there is one
+  std::optional<TrainingSnapshot> find_checkpoint();
+  void continue_from(const TrainingSnapshot& snapshot);
+  void open_progress();    // metrics file, TensorBoard, the run's summary line
+
+  // the loop
+  struct Window {  // one optimizer step's micro-batches: micro[k0, k1) of an epoch
+    const std::vector<MicroBatchPlan>& micro;
+    int64_t epoch = 0, w = 0, windows = 0, k0 = 0, k1 = 0;
+    bool epoch_end() const { return w + 1 == windows; }
+  };
+  struct StepOutcome {
+    bool skipped = false;  // fp16 overflow: no update
+    double loss = 0, grad_norm = 0, loss_scale = 0;
+  };
+  StepOutcome train_step(const Window& win);
+  void log_skipped_step(double scale_was);
+  void log_step(const StepOutcome& s);
+  bool evaluation_due(const Window& win) const;
+  void evaluate_now();
+  bool checkpoint_or_stop(const Window& win);  // true: a stop signal ends the run (its checkpoint saved)
+  TrainResult stopped(const std::string& why);
+  TrainResult finish();
+  void log_final_loss();
+  void log_resources();
+  void save_final();
+
+  TrainArgs a_;
+  dist::Comm& comm_;
+  const int world_, rank_;
+  Progress log_;
+  std::optional<ResolvedDeepSpeedConfig> ds_;
+  io::HfConfig peek_;
+  double clip_ = 0, base_lr_ = 0;
+  AdamWConfig adam_;
+  bool fp16_ = false;
+  std::optional<Loaded> L_;
+  data::Dataset* train_set_ = nullptr;
+  std::optional<model::LoraLayout> layout_;
+  // declared before what holds device memory (the engine's mirrors, the device weights, the model): the context
+  // is destroyed after them
+  std::unique_ptr<kernels::CudaContext> gpu_;
+  const kernels::Context* ctx_ = &kernels::host();
+  std::unique_ptr<ZeroEngine> engine_;
+  struct SyncReset {
+    ~SyncReset() { core::set_op_timer_sync(nullptr); }
+  } sync_reset_;
+  model::LlamaWeights device_weights_;
+  std::unique_ptr<model::LlamaModel<float>> model_;
+  std::unique_ptr<Objective> objective_, eval_objective_;
+  EpochBatchOptions ebo_;
+  TrainingPlan plan_;
+  std::optional<LrSchedule> schedule_;
+  data::Padding padding_ = data::Padding::MaxLength;
+  nlohmann::json run_args_;
+  std::string resume_dir_;
+  RunCounters r_;
+  std::unique_ptr<Progress> progress_;
+  // per log interval
+  double logged_loss_sum_ = 0;
+  int64_t logged_steps_ = 0, tokens_since_ = 0;
+  double flos_per_input_id_ = 0;
+  TrainResult result_;
+  StepTraffic traffic_;
+  core::Timer since_log_, run_timer_;
+  int64_t start_step_ = 0;
+};
+
+TrainingRun::TrainingRun(TrainArgs a, dist::Comm& comm)
+    : a_(std::move(a)), comm_(comm), world_(comm.size()), rank_(comm.rank()), log_(rank_ != 0, 0, "") {
+  configure();
+  load();
+  build_trainable();
+  open_device_and_model();
+  plan();
+  resume();
+  engine_->upload_params();  // the initial or resumed adapter, to the GPU mirror
+  open_progress();
+}
+
+void TrainingRun::configure() {
   // first of all: a run that could not save anything must not spend minutes loading and tokenising
-  const std::string out_problem = rank == 0 ? output_dir_problem(a.output_dir) : "";
-  if (comm.all_reduce(int64_t(out_problem.empty() ? 0 : 1), dist::ScalarOp::Max) > 0)
-    throw core::Error("--output_dir " + a.output_dir, rank == 0 ? out_problem : "is not usable (rank 0 says why)",
+  const std::string out_problem = rank_ == 0 ? output_dir_problem(a_.output_dir) : "";
+  if (comm_.all_reduce(int64_t(out_problem.empty() ? 0 : 1), dist::ScalarOp::Max) > 0)
+    throw core::Error("--output_dir " + a_.output_dir, rank_ == 0 ? out_problem : "is not usable (rank 0 says why)",
                       "pass a writable folder path (it is created when missing)");
-  core::set_num_threads(int(a.num_threads));
-  Progress log(rank != 0, 0, "");
-  for (const auto& n : a.notes) log.message("note: " + n);
+  core::set_num_threads(int(a_.num_threads));
+  for (const auto& n : a_.notes) log_.message("note: " + n);
 
   // DeepSpeed config: batch rule against the real world size, "auto" from the flags.
-  std::optional<ResolvedDeepSpeedConfig> ds;
-  const io::HfConfig peek = io::load_hf_config((fs::path(a.model_name_or_path) / "config.json").string());
-  if (!a.deepspeed.empty()) {
-    ds = resolve_deepspeed_config(load_deepspeed_config(a.deepspeed), a, world, peek.hidden_size);
-    for (const auto& n : ds->notes) log.message("deepspeed: " + n);
+  peek_ = io::load_hf_config((fs::path(a_.model_name_or_path) / "config.json").string());
+  if (!a_.deepspeed.empty()) {
+    ds_ = resolve_deepspeed_config(load_deepspeed_config(a_.deepspeed), a_, world_, peek_.hidden_size);
+    for (const auto& n : ds_->notes) log_.message("deepspeed: " + n);
   }
   // As HF's tokenizer warns past the model's maximum length: positions beyond max_position_embeddings were
   // never trained (train_lora.py does not scale RoPE, train.py does). Padding every row to such a length
   // would only cost time and memory (padded positions change nothing), so rows are padded to the longest.
-  if (a.model_max_length > peek.max_position_embeddings) {
-    log.message("warning: --model_max_length " + std::to_string(a.model_max_length) + " is longer than the "
-                "model's max_position_embeddings " + std::to_string(peek.max_position_embeddings) + " (" +
-                a.model_name_or_path + "/config.json): positions past it were never trained, and running such "
-                "sequences may give poor results" +
-                (a.padding == PaddingMode::MaxLength ? "; rows are padded to the longest of each batch, not to "
-                                                       "--model_max_length" : ""));
-    a.padding = PaddingMode::Longest;
+  if (a_.model_max_length > peek_.max_position_embeddings) {
+    log_.message("warning: --model_max_length " + std::to_string(a_.model_max_length) + " is longer than the "
+                 "model's max_position_embeddings " + std::to_string(peek_.max_position_embeddings) + " (" +
+                 a_.model_name_or_path + "/config.json): positions past it were never trained, and running such "
+                 "sequences may give poor results" +
+                 (a_.padding == PaddingMode::MaxLength ? "; rows are padded to the longest of each batch, not to "
+                                                         "--model_max_length" : ""));
+    a_.padding = PaddingMode::Longest;
   }
-  model::check_attention_span(peek, a.model_max_length, "--model_max_length",
-                              "use --model_max_length <= " + std::to_string(peek.sliding_window));
-  const int zero_stage = ds ? int(ds->zero.stage) : 0;
-  const double clip = ds ? ds->gradient_clipping : a.max_grad_norm;
-  const double base_lr = ds ? ds->learning_rate : a.learning_rate;
-  AdamWConfig adam{a.adam_beta1, a.adam_beta2, a.adam_epsilon, a.weight_decay};
-  if (ds) adam = ds->adamw;
-  refuse_bias_training(a, peek, adam.weight_decay);
+  model::check_attention_span(peek_, a_.model_max_length, "--model_max_length",
+                              "use --model_max_length <= " + std::to_string(peek_.sliding_window));
+  clip_ = ds_ ? ds_->gradient_clipping : a_.max_grad_norm;
+  base_lr_ = ds_ ? ds_->learning_rate : a_.learning_rate;
+  adam_ = ds_ ? ds_->adamw : AdamWConfig{a_.adam_beta1, a_.adam_beta2, a_.adam_epsilon, a_.weight_decay};
+  refuse_bias_training(a_, peek_, adam_.weight_decay);
 
   // Every rank must run the same configuration, or collectives would mismatch later.
-  dist::check_same_on_all_ranks(comm, "training arguments", args_json(a, world, "", "").dump());
+  dist::check_same_on_all_ranks(comm_, "training arguments", args_json(a_, world_, "", "").dump());
   // Every rank must read the same model and data files: a node with a stale copy would train on other data.
-  dist::check_same_files_on_all_ranks(comm, dist::training_input_files(a.model_name_or_path, {a.data_path, a.eval_data_path}));
+  dist::check_same_files_on_all_ranks(comm_,
+                                      dist::training_input_files(a_.model_name_or_path, {a_.data_path, a_.eval_data_path}));
+}
 
-  const bool fp16 = ds ? ds->fp16 : a.fp16;
-  Loaded L = load_everything(a, true, log, ds ? &*ds : nullptr, &comm);
-  if (fp16) {
-    if (!L.zero3) model::round_frozen_weights_to_fp16(L.resident);  // stage 3 rounds while loading
-    log.message("fp16: frozen weights and GEMM inputs in IEEE half (fp32 accumulation, fp32 master weights), "
-                "dynamic loss scaling with DeepSpeed's rules");
+void TrainingRun::load() {
+  fp16_ = ds_ ? ds_->fp16 : a_.fp16;
+  L_.emplace(load_everything(a_, true, log_, ds_ ? &*ds_ : nullptr, &comm_));
+  if (fp16_) {
+    if (!L_->zero3) model::round_frozen_weights_to_fp16(L_->resident);  // stage 3 rounds while loading
+    log_.message("fp16: frozen weights and GEMM inputs in IEEE half (fp32 accumulation, fp32 master weights), "
+                 "dynamic loss scaling with DeepSpeed's rules");
   }
-  DynamicLossScaler scaler(ds ? ds->loss_scale : LossScaleConfig{});
-  int64_t skipped_steps = 0;  // fp16 overflow steps: counted in global_step, not in the LR schedule
-  data::Dataset& train_set = *L.train;
-  core::check(train_set.size() > 0, a.data_path, "holds no samples", "check the file");
-  if (train_set.report().samples_processed == train_set.size()) check_something_trains(train_set.report(), a);
-  dist::check_same_on_all_ranks(comm, "training data size", std::to_string(train_set.size()));
+  r_.scaler = DynamicLossScaler(ds_ ? ds_->loss_scale : LossScaleConfig{});
+  train_set_ = &*L_->train;
+  core::check(train_set_->size() > 0, a_.data_path, "holds no samples", "check the file");
+  if (train_set_->report().samples_processed == train_set_->size()) check_something_trains(train_set_->report(), a_);
+  dist::check_same_on_all_ranks(comm_, "training data size", std::to_string(train_set_->size()));
+}
 
-  model::LoraLayout layout(L.config, lora_config_from(a));
-  const int64_t numel = layout.numel();
-  dist::FlatPartition part(numel, world);
-  const int64_t padded = part.padded_numel();
-  const dist::Range shard = zero_stage == 0 ? dist::Range{0, padded} : part.rank_range(rank);
-  std::vector<float> params(size_t(padded), 0.f), grads(size_t(padded), 0.f);
-  model::init_lora_params(layout, params.data(), uint64_t(a.seed));
-  if (!a.lora_weight_path.empty()) {
-    model::LoraConfig saved = model::read_peft_adapter_config(a.lora_weight_path);
-    core::check(saved.r == a.lora_r && saved.target_modules == a.lora_target_modules, "--lora_weight_path",
-                "adapter " + a.lora_weight_path + " has r " + std::to_string(saved.r) + " and other targets than "
+void TrainingRun::build_trainable() {
+  layout_.emplace(L_->config, lora_config_from(a_));
+  ZeroEngineOptions zo;
+  zo.stage = ds_ ? int(ds_->zero.stage) : 0;
+  zo.adamw = adam_;
+  // stages 2/3: DeepSpeed's reduce_bucket_size (default 5e8 elements, "auto" hidden^2) and overlap_comm
+  if (ds_) zo.reduce_bucket_elements = ds_->zero.reduce_bucket_size, zo.overlap_comm = ds_->zero.overlap_comm;
+  engine_ = std::make_unique<ZeroEngine>(comm_, *layout_, zo);
+  model::init_lora_params(*layout_, engine_->host_params(), uint64_t(a_.seed));
+  if (!a_.lora_weight_path.empty()) {
+    model::LoraConfig saved = model::read_peft_adapter_config(a_.lora_weight_path);
+    core::check(saved.r == a_.lora_r && saved.target_modules == a_.lora_target_modules, "--lora_weight_path",
+                "adapter " + a_.lora_weight_path + " has r " + std::to_string(saved.r) + " and other targets than "
                 "--lora_r/--lora_target_modules", "pass the adapter's r and target_modules");
-    model::load_peft_adapter(a.lora_weight_path, layout, params.data());
-    log.message("initialised the adapter from " + a.lora_weight_path);
+    model::load_peft_adapter(a_.lora_weight_path, *layout_, engine_->host_params());
+    log_.message("initialised the adapter from " + a_.lora_weight_path);
   }
-  AdamW opt(shard.size(), adam);
+}
 
-  // --device cuda: weights, activations, LoRA params and grads on the GPU; the optimizer and the ZeRO
-  // collectives stay on the host (the LoRA gradients come down once per step, the params go up once).
-  std::unique_ptr<kernels::CudaContext> gpu =
-      open_device(a.device, rank, log, L.zero3 ? "ZeRO stage 3 (frozen weights sharded across ranks)" : "");
-  if (ds && (ds->zero.offload_optimizer.device == "cpu" || ds->zero.offload_param.device == "cpu"))
-    log.message(gpu ? "deepspeed: offload_optimizer cpu: the optimizer state and step live in host memory (as always "
-                      "with --device cuda in this version); offload_param applies to stage 3, which runs on the CPU"
-                    : "deepspeed: offload to cpu requested: on the CPU all state already lives in host memory");
-  const kernels::Context& ctx = gpu ? gpu->ctx() : kernels::host();
-  const model::LlamaWeights device_weights = gpu ? model::to_device(L.weights(), ctx) : model::LlamaWeights{};
-  if (gpu) core::set_op_timer_sync([&ctx] { kernels::synchronize(ctx); });  // ZEROLORA_PROFILE=1: device time per op
-  struct SyncReset {
-    ~SyncReset() { core::set_op_timer_sync(nullptr); }
-  } sync_reset;
-  kernels::DeviceArray<float> params_dev, grads_dev;
-  if (gpu) {
-    params_dev = kernels::DeviceArray<float>(padded, ctx);
-    grads_dev = kernels::DeviceArray<float>(padded, ctx);
-  }
-  float* model_params = gpu ? params_dev.data() : params.data();
-  float* model_grads = gpu ? grads_dev.data() : grads.data();
-  auto upload_params = [&] {
-    if (gpu) kernels::copy_to_device(params_dev.data(), params.data(), size_t(padded) * sizeof(float), ctx);
-  };
+// --device cuda: weights, activations, LoRA params and grads on the GPU; the optimizer and the ZeRO
+// collectives stay on the host (the engine brings the LoRA gradients down once per step, the params up once).
+void TrainingRun::open_device_and_model() {
+  gpu_ = open_device(a_.device, rank_, log_, L_->zero3 ? "ZeRO stage 3 (frozen weights sharded across ranks)" : "");
+  if (ds_ && (ds_->zero.offload_optimizer.device == "cpu" || ds_->zero.offload_param.device == "cpu"))
+    log_.message(gpu_ ? "deepspeed: offload_optimizer cpu: the optimizer state and step live in host memory (as "
+                        "always with --device cuda in this version); offload_param applies to stage 3, which runs "
+                        "on the CPU"
+                      : "deepspeed: offload to cpu requested: on the CPU all state already lives in host memory");
+  if (gpu_) ctx_ = &gpu_->ctx();
+  const kernels::Context& ctx = *ctx_;
+  if (gpu_) device_weights_ = model::to_device(L_->weights(), ctx);
+  if (gpu_) core::set_op_timer_sync([c = ctx_] { kernels::synchronize(*c); });  // ZEROLORA_PROFILE=1: device time per op
+  if (gpu_) engine_->use_device(ctx);
 
-  // Plan: steps per epoch, total, warmup, intervals (HF arithmetic).
-  EpochBatchOptions ebo;
-  ebo.world = world, ebo.rank = rank, ebo.seed = uint64_t(a.seed);
-  ebo.per_device_batch_size = a.per_device_train_batch_size, ebo.packing = a.packing;
-  ebo.model_max_length = a.model_max_length;
-  const TrainingPlan plan = plan_training(a, epoch_rows(train_set, 0, ebo), world);
-  const LrSchedule schedule(a.lr_scheduler_type, base_lr, plan.total_steps, plan.warmup_steps);
-  const auto padding = a.padding == PaddingMode::Longest ? data::Padding::Longest : data::Padding::MaxLength;
+  model::TrainOptions mopt;
+  mopt.gradient_checkpointing = a_.gradient_checkpointing;
+  // the GPU takes the lm_head + cross-entropy in chunks of ~1 GiB of logits (few, large GEMMs)
+  if (gpu_) mopt.loss_chunk_rows = std::max<int64_t>(256, (int64_t(1) << 28) / std::max<int64_t>(L_->config.vocab_size, 1));
+  model_ = std::make_unique<model::LlamaModel<float>>(gpu_ ? device_weights_ : L_->weights(), &*layout_, mopt, ctx);
+  if (L_->zero3) model_->set_weight_stream(L_->zero3.get());
+  objective_ = std::make_unique<SupervisedFineTuning>(*model_, a_.packing);
+  eval_objective_ = std::make_unique<SupervisedFineTuning>(*model_, false);
+  // on the GPU the gradients reach the host after the backward pass: no buckets during it
+  if (engine_->reduces_during_backward())
+    model_->set_gradient_ready_hook([this](int64_t from) { engine_->gradients_final_from(from); });
+}
 
-  const std::string model_hash = file_hash((fs::path(a.model_name_or_path) / "config.json").string());
-  const std::string data_hash = file_hash(a.data_path);
-  const nlohmann::json run_args = args_json(a, world, data_hash, model_hash);
+void TrainingRun::plan() {
+  // steps per epoch, total, warmup, intervals (HF arithmetic)
+  ebo_.world = world_, ebo_.rank = rank_, ebo_.seed = uint64_t(a_.seed);
+  ebo_.per_device_batch_size = a_.per_device_train_batch_size, ebo_.packing = a_.packing;
+  ebo_.model_max_length = a_.model_max_length;
+  plan_ = plan_training(a_, epoch_rows(*train_set_, 0, ebo_), world_);
+  schedule_.emplace(a_.lr_scheduler_type, base_lr_, plan_.total_steps, plan_.warmup_steps);
+  padding_ = a_.padding == PaddingMode::Longest ? data::Padding::Longest : data::Padding::MaxLength;
+  const std::string model_hash = file_hash((fs::path(a_.model_name_or_path) / "config.json").string());
+  const std::string data_hash = file_hash(a_.data_path);
+  run_args_ = args_json(a_, world_, data_hash, model_hash);
+}
 
-  // Resume (FastChat: automatically from the highest checkpoint-N; or --resume_from_checkpoint).
-  TrainerState state;
-  double loss_sum_before = 0;  // the training loss summed over the steps before a resume (train_loss)
-  int64_t loss_steps_before = 0;
-  std::string resume_dir;
-  if (rank == 0) io::remove_stale_temp_dirs(a.output_dir);
-  if (a.resume_mode == ResumeMode::Path) {
-    resume_dir = a.resume_from_checkpoint;
-    core::check(fs::is_directory(resume_dir), "--resume_from_checkpoint " + resume_dir,
-                fs::exists(resume_dir) ? "is not a folder" : "does not exist",
+// FastChat resumes automatically from the highest checkpoint-N; or --resume_from_checkpoint.
+void TrainingRun::resume() {
+  if (const std::optional<TrainingSnapshot> snapshot = find_checkpoint()) continue_from(*snapshot);
+  TrainerState& state = r_.state;
+  state.max_steps = plan_.total_steps;
+  state.logging_steps = plan_.logging_steps, state.eval_steps = plan_.eval_steps, state.save_steps = plan_.save_steps;
+  state.train_batch_size = a_.per_device_train_batch_size;
+  state.num_train_epochs = plan_.epochs;
+  state.is_world_process_zero = rank_ == 0;
+  state.zerolora = {{"world_size", world_}, {"zero_stage", engine_->stage()}, {"seed", a_.seed},
+                    {"rng", "stateless: dropout masks and data order derive from (seed, step, micro-batch, rank)"},
+                    {"steps_per_epoch", plan_.steps_per_epoch}, {"fingerprint", run_args_["fingerprint"]}};
+}
+
+// The checkpoint this run continues, read, or none; refuses one of another run.
+std::optional<TrainingSnapshot> TrainingRun::find_checkpoint() {
+  if (rank_ == 0) io::remove_stale_temp_dirs(a_.output_dir);
+  if (a_.resume_mode == ResumeMode::Path) {
+    resume_dir_ = a_.resume_from_checkpoint;
+    core::check(fs::is_directory(resume_dir_), "--resume_from_checkpoint " + resume_dir_,
+                fs::exists(resume_dir_) ? "is not a folder" : "does not exist",
                 "pass a checkpoint-N folder of an earlier run, or True for the last one in --output_dir");
-  } else if (a.resume_mode != ResumeMode::Never) {
-    resume_dir = io::find_last_checkpoint(a.output_dir);
+  } else if (a_.resume_mode != ResumeMode::Never) {
+    resume_dir_ = io::find_last_checkpoint(a_.output_dir);
     // HF's train(resume_from_checkpoint=True) raises this ValueError
-    core::check(!(a.resume_mode == ResumeMode::Latest && resume_dir.empty()), "--resume_from_checkpoint True",
-                "No valid checkpoint found in output directory (" + a.output_dir + ")",
+    core::check(!(a_.resume_mode == ResumeMode::Latest && resume_dir_.empty()), "--resume_from_checkpoint True",
+                "No valid checkpoint found in output directory (" + a_.output_dir + ")",
                 "drop the flag, or pass --resume_from_checkpoint False, to start a fresh run");
   }
   // Found in output_dir without being asked for: it may be another run's, and the user must hear that
-  const bool earlier_run = a.resume_mode == ResumeMode::Auto;
+  const bool earlier_run = a_.resume_mode == ResumeMode::Auto;
   const std::string earlier = "an earlier run's checkpoint found in --output_dir (FastChat resumes the last "
                               "checkpoint-N there automatically)";
   const std::string not_resuming = "--overwrite_output_dir True starts over in this output_dir, "
                                    "--resume_from_checkpoint False starts fresh, or use a new --output_dir";
   std::optional<TrainingSnapshot> snapshot;
-  if (!resume_dir.empty()) {
+  if (!resume_dir_.empty()) {
     // the settings first: another LoRA shape or model would otherwise stop on a tensor shape
     std::string why;
-    if (std::ifstream f(fs::path(resume_dir) / "training_args.json"); f) {
+    if (std::ifstream f(fs::path(resume_dir_) / "training_args.json"); f) {
       nlohmann::json saved = nlohmann::json::parse(f, nullptr, false);  // damaged: load_training_checkpoint says so
-      if (saved.is_object()) why = resume_incompatibility(saved, run_args, resume_dir, log);
+      if (saved.is_object()) why = resume_incompatibility(saved, run_args_, resume_dir_, log_);
     }
-    if (!why.empty() && !(a.overwrite_output_dir && earlier_run))
-      throw core::Error(resume_dir, "cannot resume " + (earlier_run ? earlier : std::string("this checkpoint")) +
-                                        ": this run differs from it in " + why,
+    if (!why.empty() && !(a_.overwrite_output_dir && earlier_run))
+      throw core::Error(resume_dir_, "cannot resume " + (earlier_run ? earlier : std::string("this checkpoint")) +
+                                         ": this run differs from it in " + why,
                         (earlier_run ? not_resuming + "; to continue that run, restore its settings"
                                      : std::string("restore the checkpoint's settings")) +
                             " (global batch = per_device_train_batch_size x gradient_accumulation_steps x ranks "
                             "must stay the same)");
     if (!why.empty()) {
-      log.message("--overwrite_output_dir: " + resume_dir + " belongs to another run (" + why + "); starting over");
+      log_.message("--overwrite_output_dir: " + resume_dir_ + " belongs to another run (" + why + "); starting over");
     } else {
       try {
-        snapshot = load_training_checkpoint(resume_dir, layout);
+        snapshot = load_training_checkpoint(resume_dir_, *layout_);
       } catch (const core::Error& e) {
         if (!earlier_run) throw;
         throw core::Error("cannot resume " + earlier + ": " + e.what() + "; not to resume it: " + not_resuming);
       }
     }
   }
-  if (snapshot) {
-    TrainingSnapshot& snap = *snapshot;
-    std::copy(snap.params.begin(), snap.params.end(), params.begin());
-    // world-size independent: take this rank's slice of the full moments
-    for (int64_t i = shard.begin; i < std::min(shard.end, numel); ++i) {
-      opt.exp_avg()[size_t(i - shard.begin)] = snap.exp_avg[size_t(i)];
-      opt.exp_avg_sq()[size_t(i - shard.begin)] = snap.exp_avg_sq[size_t(i)];
-    }
-    opt.set_steps(snap.optimizer_steps);
-    state = snap.state;
-    std::tie(loss_sum_before, loss_steps_before) = loss_sum_of(snap.state);
-    skipped_steps = snap.scheduler.value("skipped_steps", int64_t(0));
-    if (snap.scheduler.contains("loss_scaler"))
-      scaler = DynamicLossScaler::from_json(snap.scheduler["loss_scaler"], resume_dir + "/scheduler.json");
-    log.message("resumed from " + resume_dir + " at step " + std::to_string(state.global_step));
-    if (snap.from_hf_trainer) {  // an HF Trainer checkpoint: its schedule should be this run's
-      const double ours = schedule.lr(state.global_step - skipped_steps), hf = snap.scheduler.value("last_lr", ours);
-      if (std::abs(hf - ours) > 1e-6 * std::max(std::abs(ours), 1e-12))
-        log.message("note: " + resume_dir + "/scheduler.pt has learning rate " + std::to_string(hf) + " at step " +
-                    std::to_string(state.global_step) + ", this run's schedule " + std::to_string(ours) +
-                    "; training continues with this run's (--learning_rate, --lr_scheduler_type, --warmup_steps, "
-                    "--max_steps)");
-    }
-  }
-  state.max_steps = plan.total_steps;
-  state.logging_steps = plan.logging_steps, state.eval_steps = plan.eval_steps, state.save_steps = plan.save_steps;
-  state.train_batch_size = a.per_device_train_batch_size;
-  state.num_train_epochs = plan.epochs;
-  state.is_world_process_zero = rank == 0;
-  state.zerolora = {{"world_size", world}, {"zero_stage", zero_stage}, {"seed", a.seed},
-                    {"rng", "stateless: dropout masks and data order derive from (seed, step, micro-batch, rank)"},
-                    {"steps_per_epoch", plan.steps_per_epoch}, {"fingerprint", run_args["fingerprint"]}};
+  return snapshot;
+}
 
-  model::TrainOptions mopt;
-  mopt.gradient_checkpointing = a.gradient_checkpointing;
-  // the GPU takes the lm_head + cross-entropy in chunks of ~1 GiB of logits (few, large GEMMs)
-  if (gpu) mopt.loss_chunk_rows = std::max<int64_t>(256, (int64_t(1) << 28) / std::max<int64_t>(L.config.vocab_size, 1));
-  model::LlamaModel<float> model(gpu ? device_weights : L.weights(), &layout, mopt, ctx);
-  if (L.zero3) model.set_weight_stream(L.zero3.get());
-  upload_params();
-  // stages 2/3: DeepSpeed's reduce_bucket_size (default 5e8 elements, "auto" hidden^2) and overlap_comm
-  GradientSync grad_sync(comm, zero_stage, layout, part, ds ? ds->zero.reduce_bucket_size : int64_t(500000000),
-                         ds ? ds->zero.overlap_comm : false);
-  // on the GPU the gradients reach the host after the backward pass: no buckets during it
-  if (!gpu) model.set_gradient_ready_hook([&](int64_t from) { grad_sync.gradients_final_from(from); });
-  if (rank == 0) fs::create_directories(a.output_dir);
-  comm.barrier();
-  if (rank == 0) trim_metrics_file(a.metrics_file, state.global_step);
+void TrainingRun::continue_from(const TrainingSnapshot& snap) {
+  TrainerState& state = r_.state;
+  engine_->load_state(snap);
+  state = snap.state;
+  std::tie(r_.run_loss_sum, r_.run_steps) = loss_sum_of(snap.state);
+  r_.loss_steps_before = r_.run_steps;
+  r_.skipped_steps = snap.scheduler.value("skipped_steps", int64_t(0));
+  if (snap.scheduler.contains("loss_scaler"))
+    r_.scaler = DynamicLossScaler::from_json(snap.scheduler["loss_scaler"], resume_dir_ + "/scheduler.json");
+  log_.message("resumed from " + resume_dir_ + " at step " + std::to_string(state.global_step));
+  if (snap.from_hf_trainer) {  // an HF Trainer checkpoint: its schedule should be this run's
+    const double ours = schedule_->lr(state.global_step - r_.skipped_steps), hf = snap.scheduler.value("last_lr", ours);
+    if (std::abs(hf - ours) > 1e-6 * std::max(std::abs(ours), 1e-12))
+      log_.message("note: " + resume_dir_ + "/scheduler.pt has learning rate " + std::to_string(hf) + " at step " +
+                   std::to_string(state.global_step) + ", this run's schedule " + std::to_string(ours) +
+                   "; training continues with this run's (--learning_rate, --lr_scheduler_type, --warmup_steps, "
+                   "--max_steps)");
+  }
+}
+
+void TrainingRun::open_progress() {
+  if (rank_ == 0) fs::create_directories(a_.output_dir);
+  comm_.barrier();
+  if (rank_ == 0) trim_metrics_file(a_.metrics_file, r_.state.global_step);
   const std::string tensorboard_dir =
-      rank == 0 && report_to_tensorboard(a.report_to)
-          ? (a.logging_dir.empty() ? default_tensorboard_dir(a.output_dir, std::time(nullptr)) : a.logging_dir)
+      rank_ == 0 && report_to_tensorboard(a_.report_to)
+          ? (a_.logging_dir.empty() ? default_tensorboard_dir(a_.output_dir, std::time(nullptr)) : a_.logging_dir)
           : "";
-  Progress progress(rank != 0, plan.total_steps, rank == 0 ? a.metrics_file : "", tensorboard_dir);
+  progress_ = std::make_unique<Progress>(rank_ != 0, plan_.total_steps, rank_ == 0 ? a_.metrics_file : "", tensorboard_dir);
+  const int64_t numel = layout_->numel();
   char buf[512];
   std::snprintf(buf, sizeof buf,
                 "training: %zu samples, %lld steps (%lld per epoch, %lld epochs), global batch %lld (%lld x %lld "
                 "accumulation x %d ranks), ZeRO stage %d, %lld trainable params (%.4f%%), lr %g %s warmup %lld",
-                train_set.size(), (long long)plan.total_steps, (long long)plan.steps_per_epoch,
-                (long long)plan.epochs, (long long)(a.per_device_train_batch_size * a.gradient_accumulation_steps * world),
-                (long long)a.per_device_train_batch_size, (long long)a.gradient_accumulation_steps, world, zero_stage,
-                (long long)numel, 100.0 * double(numel) / double(L.weights().parameter_count()), base_lr,
-                to_string(a.lr_scheduler_type).c_str(), (long long)plan.warmup_steps);
-  progress.message(buf);
-
-  // run_loss_sum / run_steps: over the whole run, resumes included (continued from the checkpoint's sum, so
-  // that a resumed run adds the same numbers in the same order as an uninterrupted one)
-  double logged_loss_sum = 0, run_loss_sum = loss_sum_before;
-  int64_t logged_steps = 0, run_steps = loss_steps_before, tokens_since = 0;
-
-  // Returns false when the save failed and --continue_on_save_error let training go on. A save for a stop
-  // signal (stopping) must succeed: its failure always ends the run with the error.
-  auto save_checkpoint = [&](int64_t step, bool stopping) {
-    bool saved_ok = true;
-    // gather the optimizer moments (sharded under ZeRO >= 1) into full buffers
-    std::vector<float> m(size_t(padded), 0.f), v(size_t(padded), 0.f);
-    if (zero_stage == 0) {
-      std::copy(opt.exp_avg().begin(), opt.exp_avg().end(), m.begin());
-      std::copy(opt.exp_avg_sq().begin(), opt.exp_avg_sq().end(), v.begin());
-    } else {
-      comm.all_gather(std::span<const float>(opt.exp_avg()), std::span<float>(m));
-      comm.all_gather(std::span<const float>(opt.exp_avg_sq()), std::span<float>(v));
-    }
-    if (rank == 0) {
-      TrainingSnapshot snap;
-      snap.params.assign(params.begin(), params.begin() + numel);
-      snap.exp_avg.assign(m.begin(), m.begin() + numel);
-      snap.exp_avg_sq.assign(v.begin(), v.begin() + numel);
-      snap.optimizer_steps = opt.steps();
-      snap.adamw = adam;  // optimizer.pt's param_groups (HF's optimizer takes betas/eps/weight decay from there)
-      snap.state = state;
-      snap.state.zerolora["train_loss_sum"] = run_loss_sum, snap.state.zerolora["train_loss_steps"] = run_steps;
-      // as HF's _save_checkpoint stores the TrainerControl (should_save set; training stops at the last step)
-      snap.state.stateful_callbacks = trainer_control_callbacks(true, step >= plan.total_steps);
-      snap.scheduler = {{"type", to_string(a.lr_scheduler_type)}, {"base_lr", base_lr},
-                        {"total_steps", plan.total_steps}, {"warmup_steps", plan.warmup_steps}, {"last_step", step},
-                        {"skipped_steps", skipped_steps}, {"loss_scaler", scaler.to_json()}};
-      snap.args = run_args;
-      const std::string dir = (fs::path(a.output_dir) / ("checkpoint-" + std::to_string(step))).string();
-      try {
-        save_training_checkpoint(dir, snap, layout, a.model_name_or_path);
-        write_loss_curve_svg(state.log_history, (fs::path(a.output_dir) / "loss_curve.svg").string());
-        if (a.save_total_limit) io::rotate_checkpoints(a.output_dir, *a.save_total_limit);
-        progress.message("saved " + dir);
-      } catch (const core::Error& e) {
-        // nothing of it is left (the temp folder is removed), the previous checkpoint is untouched
-        if (!a.continue_on_save_error || stopping) throw;
-        saved_ok = false;
-        const std::string last = io::find_last_checkpoint(a.output_dir);
-        progress.message("warning: checkpoint-" + std::to_string(step) + " was not saved (" + e.what() +
-                         "); training continues (--continue_on_save_error), the last complete checkpoint is " +
-                         (last.empty() ? std::string("none") : last));
-      }
-    }
-    comm.barrier();
-    return saved_ok;
-  };
+                train_set_->size(), (long long)plan_.total_steps, (long long)plan_.steps_per_epoch,
+                (long long)plan_.epochs, (long long)(a_.per_device_train_batch_size * a_.gradient_accumulation_steps * world_),
+                (long long)a_.per_device_train_batch_size, (long long)a_.gradient_accumulation_steps, world_,
+                engine_->stage(), (long long)numel, 100.0 * double(numel) / double(L_->weights().parameter_count()),
+                base_lr_, to_string(a_.lr_scheduler_type).c_str(), (long long)plan_.warmup_steps);
+  progress_->message(buf);
 
   // HF's total_flos: Trainer adds model.floating_point_ops(inputs) = 6 x input_ids.numel() x
   // num_parameters(exclude_embeddings=True) per micro-batch (summed over ranks); the PEFT-wrapped model counts
   // every parameter but the nn.Embedding ones: the frozen model without embed_tokens (a tied lm_head is that
   // same tensor), the LoRA A/B weights included. QLoRA counts NF4 weights at their logical size, as HF does.
-  const double non_embedding_params = double(L.weights().parameter_count()) -
-                                      double(L.config.vocab_size) * double(L.config.hidden_size) + double(numel);
-  const double flos_per_input_id = 6.0 * non_embedding_params;
-
-  TrainResult result;
-  StepTraffic traffic;
-  const int64_t ga = a.gradient_accumulation_steps;
-  core::Timer since_log, run_timer;
-  const int64_t start_step = state.global_step;
+  const double non_embedding_params = double(L_->weights().parameter_count()) -
+                                      double(L_->config.vocab_size) * double(L_->config.hidden_size) + double(numel);
+  flos_per_input_id_ = 6.0 * non_embedding_params;
+  start_step_ = r_.state.global_step;
   // ZEROLORA_PROFILE=1: wall time per kind of op over the run, logged at the end
   const char* profile_env = std::getenv("ZEROLORA_PROFILE");
   core::set_op_profiling(profile_env && std::string(profile_env) == "1");
   core::reset_op_profile();
+  since_log_.reset(), run_timer_.reset();
+}
 
+TrainResult TrainingRun::run() {
   // a stop signal during start-up (loading, resuming): nothing new to save; the same command resumes
-  if (comm.all_reduce(int64_t(stop_requested() ? 1 : 0), dist::ScalarOp::Max) > 0) {
-    progress.message("stop signal received before the first step: nothing new to save; run the same command again "
-                     "to resume");
-    result.interrupted = true;
-    result.global_step = state.global_step;
-    return result;
-  }
-
-  for (int64_t epoch = state.global_step / std::max<int64_t>(plan.steps_per_epoch, 1);
-       epoch < plan.epochs && state.global_step < plan.total_steps; ++epoch) {
-    const std::vector<MicroBatchPlan> micro = epoch_micro_batches(train_set, epoch, ebo);
+  if (comm_.all_reduce(int64_t(stop_requested() ? 1 : 0), dist::ScalarOp::Max) > 0)
+    return stopped("stop signal received before the first step: nothing new to save; run the same command again "
+                   "to resume");
+  const int64_t ga = a_.gradient_accumulation_steps;
+  TrainerState& state = r_.state;
+  for (int64_t epoch = state.global_step / std::max<int64_t>(plan_.steps_per_epoch, 1);
+       epoch < plan_.epochs && state.global_step < plan_.total_steps; ++epoch) {
+    const std::vector<MicroBatchPlan> micro = epoch_micro_batches(*train_set_, epoch, ebo_);
     const int64_t windows = std::max<int64_t>(int64_t(micro.size()) / ga, 1);
-    const int64_t first_window = state.global_step - epoch * plan.steps_per_epoch;
-    for (int64_t w = std::max<int64_t>(first_window, 0); w < windows && state.global_step < plan.total_steps; ++w) {
+    const int64_t first_window = state.global_step - epoch * plan_.steps_per_epoch;
+    for (int64_t w = std::max<int64_t>(first_window, 0); w < windows && state.global_step < plan_.total_steps; ++w) {
       const int64_t k0 = w * ga;
-      const int64_t k1 = int64_t(micro.size()) < ga ? int64_t(micro.size()) : k0 + ga;
-      std::vector<data::Batch> batches;
-      int64_t window_tokens = 0;
-      for (int64_t k = k0; k < k1; ++k) {
-        batches.push_back(collate_micro_batch(train_set, micro[size_t(k)], padding, a.model_max_length, L.pad_id, a.packing));
-        window_tokens += batches.back().target_tokens;
-      }
-      LossNormalisation norm;
-      norm.token_weighted = a.token_weighted_loss;
-      norm.accumulation_steps = k1 - k0;
-      norm.world_size = world;
-      norm.loss_scale = fp16 ? scaler.scale() : 1.0;
-      if (a.token_weighted_loss) norm.window_tokens_all_ranks = comm.all_reduce(window_tokens, dist::ScalarOp::Sum);
-
-      comm.reset_stats();  // this step's collectives, for the communication report
-      std::fill(grads.begin(), grads.end(), 0.f);
-      if (gpu) kernels::fill_zero<float>(model_grads, padded, ctx);
-      double logged = 0;
-      int64_t step_tokens = 0, step_input_ids = 0;
-      for (size_t k = 0; k < batches.size(); ++k) {
-        const data::Batch& b = batches[k];
-        model::ModelInput in;
-        in.B = b.B, in.T = b.T, in.input_ids = b.input_ids.data(), in.labels = b.labels.data();
-        in.lengths = b.lengths.data(), in.positions = b.positions.data();
-        if (a.packing) in.kv_begin = b.kv_begin.data();
-        const uint64_t seed = uint64_t(a.seed) * 0x9e3779b97f4a7c15ull ^
-                              (uint64_t(state.global_step) << 20) ^ (uint64_t(k) << 8) ^ uint64_t(rank);
-        if (k + 1 == batches.size() && !gpu) grad_sync.begin_last_micro_batch(grads.data());
-        logged += run_micro_batch<float>(model, in, model_params, model_grads, norm, b.target_tokens, seed).logged;
-        for (int32_t len : b.lengths) step_tokens += len;
-        step_input_ids += int64_t(b.input_ids.size());  // padding included, as HF's estimate_tokens
-      }
-      if (gpu) {
-        kernels::copy_to_host(grads.data(), model_grads, size_t(padded) * sizeof(float), ctx);
-        grad_sync.begin_last_micro_batch(grads.data());
-      }
-      const double step_loss = comm.all_reduce(logged, dist::ScalarOp::Sum);
-      // gradients: sum over ranks (the normalisation already divided by what HF divides by)
-      grad_sync.finish();
-      if (fp16) {
-        // the gradients as fp16 would hold them: any value past half's range (or inf/nan) is an overflow
-        int64_t overflow = 0;
-        const float* g = grads.data() + shard.begin;
-        for (int64_t i = 0; i < shard.size() && !overflow; ++i) overflow = !(std::abs(g[i]) <= 65504.0f);
-        if (comm.all_reduce(overflow, dist::ScalarOp::Max) > 0) {
-          const double scale_was = scaler.scale();
-          scaler.update(true);  // throws DeepSpeed's error at the minimum scale
-          state.global_step += 1, skipped_steps += 1;
-          nlohmann::json e = {{"step", state.global_step}, {"skipped", true}, {"loss_scale", scale_was},
-                              {"next_loss_scale", scaler.scale()}, {"epoch", state.epoch}};
-          state.log_history.push_back(e);
-          progress.log(e);
-          continue;
-        }
-        scale_in_place(grads.data() + shard.begin, shard.size(), 1.0 / scaler.scale());
-      }
-      double sq = kernels::sum_squares(grads.data() + shard.begin, shard.size());
-      if (zero_stage > 0) sq = comm.all_reduce(sq, dist::ScalarOp::Sum);
-      const double grad_norm = std::sqrt(sq);
-      if (!std::isfinite(step_loss) || !std::isfinite(grad_norm)) {
-        std::string ids;
-        for (int64_t k = k0; k < k1; ++k)
-          for (const auto& row : micro[size_t(k)])
-            for (size_t i : row) ids += (ids.empty() ? "" : ", ") + train_set.get(i).id;
-        throw core::Error("step " + std::to_string(state.global_step + 1),
-                          "non-finite loss (" + std::to_string(step_loss) + ") or gradient norm (" +
-                              std::to_string(grad_norm) + ") on rank " + std::to_string(rank) + ", samples " + ids,
-                          "lower --learning_rate, check those samples, or resume from the last checkpoint; nothing "
-                          "was saved from this step");
-      }
-      const double lr = schedule.lr(state.global_step - skipped_steps);
-      {
-        core::OpTimer t(core::Op::Optimizer);
-        scale_in_place(grads.data() + shard.begin, shard.size(), clip_coefficient(grad_norm, clip));
-        opt.step(params.data() + shard.begin, grads.data() + shard.begin, lr);
-      }
-      const double loss_scale_used = scaler.scale();
-      if (fp16) scaler.update(false);
-      if (zero_stage > 0 && world > 1) {
-        std::vector<float> mine(params.begin() + shard.begin, params.begin() + shard.end);
-        comm.all_gather(std::span<const float>(mine), std::span<float>(params));
-      }
-      upload_params();
-      add_step_traffic(comm.stats(), &traffic);
-      state.global_step += 1;
-      state.epoch = double(epoch) + double(w + 1) / double(windows);
-      state.num_input_tokens_seen += comm.all_reduce(step_tokens, dist::ScalarOp::Sum);
-      state.total_flos += flos_per_input_id * double(comm.all_reduce(step_input_ids, dist::ScalarOp::Sum));
-      tokens_since += step_tokens;
-      logged_loss_sum += step_loss, logged_steps += 1, run_loss_sum += step_loss, run_steps += 1;
-
-      // HF logs lr_scheduler.get_last_lr() after scheduler.step(): the rate of the NEXT update, lr(global_step)
-      // (0.009667 at step 1 of a 30-step linear decay from 0.01, which step 1 applied)
-      const double logged_lr = schedule.lr(state.global_step - skipped_steps);
-      const double elapsed = run_timer.seconds();
-      const double tps = double(tokens_since) * world / std::max(since_log.seconds(), 1e-9);
-      const double eta = elapsed / double(state.global_step - start_step) * double(plan.total_steps - state.global_step);
-      progress.step(state.global_step, step_loss, logged_lr, tps, eta);
-
-      const bool last = state.global_step >= plan.total_steps;
-      if ((plan.logging_steps > 0 && state.global_step % plan.logging_steps == 0) || last ||
-          (a.logging_first_step && state.global_step == 1)) {
-        nlohmann::json e = {{"loss", logged_loss_sum / double(logged_steps)}, {"grad_norm", grad_norm},
-                            {"learning_rate", logged_lr}, {"epoch", state.epoch}, {"step", state.global_step},
-                            {"tokens_per_second", tps}};
-        if (fp16) e["loss_scale"] = loss_scale_used;
-        state.log_history.push_back(e);
-        progress.log(e);
-        logged_loss_sum = 0, logged_steps = 0, tokens_since = 0;
-        since_log.reset();
-      }
-      const bool epoch_end = w + 1 == windows;
-      if (L.eval && ((plan.eval_steps > 0 && state.global_step % plan.eval_steps == 0) ||
-                     (a.evaluation_strategy == IntervalStrategy::Epoch && epoch_end) || last)) {
-        core::Timer et;
-        const EvalSums sums = evaluate(model, model_params, *L.eval, a, L.pad_id, comm);
-        const double eval_loss = sums.loss(a.eval_token_weighted_loss);
-        nlohmann::json e = {{"eval_loss", eval_loss}, {"eval_perplexity", std::exp(eval_loss)},
-                            {"eval_tokens", sums.tokens}, {"epoch", state.epoch}, {"step", state.global_step}};
-        // HF's speed_metrics("eval", ...): samples = len(eval_dataset), steps = ceil(samples / (batch x world))
-        const int64_t eval_samples = int64_t(L.eval->size());
-        add_speed_metrics(e, "eval", et.seconds(), eval_samples,
-                          (eval_samples + a.per_device_eval_batch_size * world - 1) / (a.per_device_eval_batch_size * world));
-        state.log_history.push_back(e);
-        progress.log(e);
-        result.last_eval_loss = eval_loss;
-      }
+      const Window win{micro, epoch, w, windows, k0, int64_t(micro.size()) < ga ? int64_t(micro.size()) : k0 + ga};
+      const StepOutcome s = train_step(win);
+      if (s.skipped) continue;
+      log_step(s);
+      if (evaluation_due(win)) evaluate_now();
       // --lazy_preprocess: the first epoch has tokenised every sample once (each rank its share)
-      if (a.lazy_preprocess && epoch == 0 && epoch_end && start_step == 0 &&
-          comm.all_reduce(train_set.report().trained_tokens, dist::ScalarOp::Sum) == 0)
-        check_something_trains(train_set.report(), a);
-      const int64_t stop_votes = comm.all_reduce(int64_t(stop_requested() ? 1 : 0), dist::ScalarOp::Max);
-      if ((plan.save_steps > 0 && state.global_step % plan.save_steps == 0) ||
-          (a.save_strategy == IntervalStrategy::Epoch && epoch_end) || stop_votes > 0)
-        save_checkpoint(state.global_step, stop_votes > 0);
-      if (stop_votes > 0) {
-        progress.message("stop signal received: checkpoint-" + std::to_string(state.global_step) +
-                         " saved; run the same command again to resume");
-        result.interrupted = true;
-        result.global_step = state.global_step;
-        return result;
-      }
+      if (a_.lazy_preprocess && epoch == 0 && win.epoch_end() && start_step_ == 0 &&
+          comm_.all_reduce(train_set_->report().trained_tokens, dist::ScalarOp::Sum) == 0)
+        check_something_trains(train_set_->report(), a_);
+      if (checkpoint_or_stop(win))
+        return stopped("stop signal received: checkpoint-" + std::to_string(state.global_step) +
+                       " saved; run the same command again to resume");
     }
   }
+  return finish();
+}
 
-  // Final: the adapter is always written to output_dir (FastChat skips it without a launcher).
-  if (run_steps > loss_steps_before) {
-    // HF's speed_metrics("train", start, num_train_samples, max_steps): num_train_samples is max_steps x the
-    // global batch with --max_steps, else len(train_dataset) x num_train_epochs; both over the whole run's
-    // steps even after a resume, as HF counts them
-    const double num_train_samples =
-        a.max_steps > 0 ? double(a.max_steps * a.per_device_train_batch_size * a.gradient_accumulation_steps * world)
-                        : double(train_set.size()) * a.num_train_epochs;
-    const double runtime = run_timer.seconds();
-    nlohmann::json e = {{"train_loss", run_loss_sum / double(run_steps)}, {"total_flos", state.total_flos},
-                        {"epoch", state.epoch}, {"step", state.global_step}};
-    e["train_runtime"] = round_to(runtime, 4);
-    if (runtime > 0) {
-      e["train_samples_per_second"] = round_to(num_train_samples / runtime, 3);
-      e["train_steps_per_second"] = round_to(double(plan.total_steps) / runtime, 3);
-    }
-    state.log_history.push_back(e);
-    progress.log(e);
+// Forward and backward of the window's micro-batches, the gradient sum over ranks, the update.
+TrainingRun::StepOutcome TrainingRun::train_step(const Window& win) {
+  TrainerState& state = r_.state;
+  std::vector<data::Batch> batches;
+  int64_t window_tokens = 0;
+  for (int64_t k = win.k0; k < win.k1; ++k) {
+    batches.push_back(collate_micro_batch(*train_set_, win.micro[size_t(k)], padding_, a_.model_max_length, L_->pad_id,
+                                          a_.packing));
+    window_tokens += batches.back().target_tokens;
   }
-  {
-    // every rank's peak resident memory so far (weights, activations, buffers; the mapped file pages
-    // are dropped as tensors are read)
-    const auto all = comm.all_gather_bytes(std::to_string(core::peak_rss_bytes()));
-    std::string line = "peak RSS per rank:";
-    nlohmann::json per_rank = nlohmann::json::array();
-    for (size_t r = 0; r < all.size(); ++r) {
-      const int64_t bytes = std::stoll(all[r]);
-      per_rank.push_back(bytes);
-      char b[64];
-      std::snprintf(b, sizeof b, " %s%zu %.2f GiB", r ? "| " : "", r, double(bytes) / double(1 << 30));
-      line += b;
-    }
-    state.zerolora["peak_rss_bytes_per_rank"] = per_rank;
-    if (L.zero3) {
-      const Zero3Memory m = L.zero3->memory();
-      state.zerolora["zero3_frozen_bytes"] = {{"full_model", m.full_model_bytes}, {"sharded", m.sharded_bytes},
-                                              {"persistent", m.persistent_bytes},
-                                              {"gather_buffers", m.gather_buffer_bytes}};
-    }
-    progress.message(line);
-    if (gpu) {
-      const int64_t peak = gpu->peak_allocated();
-      state.zerolora["peak_gpu_bytes"] = peak;
-      char b[160];
-      std::snprintf(b, sizeof b, "peak GPU memory (rank %d, %s): %.2f GiB", rank, gpu->name().c_str(),
-                    double(peak) / double(1 << 30));
-      progress.message(b);
-    }
+  LossNormalisation norm;
+  norm.token_weighted = a_.token_weighted_loss;
+  norm.accumulation_steps = win.k1 - win.k0;
+  norm.world_size = world_;
+  norm.loss_scale = fp16_ ? r_.scaler.scale() : 1.0;
+  if (a_.token_weighted_loss) norm.window_tokens_all_ranks = comm_.all_reduce(window_tokens, dist::ScalarOp::Sum);
+
+  comm_.reset_stats();  // this step's collectives, for the communication report
+  engine_->begin_step();
+  double logged = 0;
+  int64_t step_tokens = 0, step_input_ids = 0;
+  for (size_t k = 0; k < batches.size(); ++k) {
+    const data::Batch& b = batches[k];
+    const uint64_t seed = uint64_t(a_.seed) * 0x9e3779b97f4a7c15ull ^
+                          (uint64_t(state.global_step) << 20) ^ (uint64_t(k) << 8) ^ uint64_t(rank_);
+    engine_->before_micro_batch(k + 1 == batches.size());
+    logged += run_micro_batch(*objective_, b, engine_->model_params(), engine_->model_grads(), norm, seed).logged;
+    for (int32_t len : b.lengths) step_tokens += len;
+    step_input_ids += int64_t(b.input_ids.size());  // padding included, as HF's estimate_tokens
   }
-  if (core::op_profiling()) progress.message("time by op (rank " + std::to_string(rank) + "): " + core::op_profile_summary());
-  if (traffic.steps > 0 && world > 1) {
-    dist::ZeroStepShape shape;
-    shape.stage = zero_stage, shape.world = world, shape.gradient_accumulation_steps = ga;
-    shape.trainable_elements = padded, shape.grad_bytes = 4, shape.trainable_param_bytes = 4;
-    shape.grads_reduced_every_micro_step = false;
-    shape.trainable_persistent_elements = padded;
-    if (L.zero3) {
-      const auto per_use = L.zero3->gathered_bytes_per_use();
-      shape.frozen_gathered_elements = per_use.blocks, shape.frozen_forward_only_elements = per_use.forward_only;
-      shape.frozen_param_bytes = 1;  // counted in bytes already
+  StepOutcome s;
+  s.loss = comm_.all_reduce(logged, dist::ScalarOp::Sum);
+  engine_->reduce_gradients();
+  if (fp16_) {
+    if (engine_->gradients_overflow()) {
+      const double scale_was = r_.scaler.scale();
+      r_.scaler.update(true);  // throws DeepSpeed's error at the minimum scale
+      log_skipped_step(scale_was);
+      s.skipped = true;
+      return s;
     }
-    state.zerolora["communication"] = report_traffic(traffic, dist::zero_step_volume(shape), progress);
+    engine_->unscale_gradients(1.0 / r_.scaler.scale());
   }
-  if (rank == 0) {
-    save_final_adapter(a.output_dir, layout, params.data(), a.model_name_or_path);
-    state.stateful_callbacks = trainer_control_callbacks(false, true);  // HF's save_state after train()
-    save_trainer_state(state, (fs::path(a.output_dir) / "trainer_state.json").string());
-    write_loss_curve_svg(state.log_history, (fs::path(a.output_dir) / "loss_curve.svg").string());
-    progress.message("adapter written to " + a.output_dir + " (adapter_config.json, adapter_model.safetensors)");
+  s.grad_norm = engine_->grad_norm();
+  if (!std::isfinite(s.loss) || !std::isfinite(s.grad_norm)) {
+    std::string ids;
+    for (int64_t k = win.k0; k < win.k1; ++k)
+      for (const auto& row : win.micro[size_t(k)])
+        for (size_t i : row) ids += (ids.empty() ? "" : ", ") + train_set_->get(i).id;
+    throw core::Error("step " + std::to_string(state.global_step + 1),
+                      "non-finite loss (" + std::to_string(s.loss) + ") or gradient norm (" +
+                          std::to_string(s.grad_norm) + ") on rank " + std::to_string(rank_) + ", samples " + ids,
+                      "lower --learning_rate, check those samples, or resume from the last checkpoint; nothing "
+                      "was saved from this step");
   }
-  comm.barrier();
-  result.global_step = state.global_step;
-  result.train_loss = run_steps > 0 ? run_loss_sum / double(run_steps) : 0;
-  return result;
+  engine_->optimizer_step(schedule_->lr(state.global_step - r_.skipped_steps), clip_coefficient(s.grad_norm, clip_));
+  s.loss_scale = r_.scaler.scale();
+  if (fp16_) r_.scaler.update(false);
+  add_step_traffic(comm_.stats(), &traffic_);
+  state.global_step += 1;
+  state.epoch = double(win.epoch) + double(win.w + 1) / double(win.windows);
+  state.num_input_tokens_seen += comm_.all_reduce(step_tokens, dist::ScalarOp::Sum);
+  state.total_flos += flos_per_input_id_ * double(comm_.all_reduce(step_input_ids, dist::ScalarOp::Sum));
+  tokens_since_ += step_tokens;
+  logged_loss_sum_ += s.loss, logged_steps_ += 1, r_.run_loss_sum += s.loss, r_.run_steps += 1;
+  return s;
+}
+
+// an fp16 overflow: counted in global_step, not in the LR schedule
+void TrainingRun::log_skipped_step(double scale_was) {
+  TrainerState& state = r_.state;
+  state.global_step += 1, r_.skipped_steps += 1;
+  nlohmann::json e = {{"step", state.global_step}, {"skipped", true}, {"loss_scale", scale_was},
+                      {"next_loss_scale", r_.scaler.scale()}, {"epoch", state.epoch}};
+  state.log_history.push_back(e);
+  progress_->log(e);
+}
+
+void TrainingRun::log_step(const StepOutcome& s) {
+  TrainerState& state = r_.state;
+  // HF logs lr_scheduler.get_last_lr() after scheduler.step(): the rate of the NEXT update, lr(global_step)
+  // (0.009667 at step 1 of a 30-step linear decay from 0.01, which step 1 applied)
+  const double logged_lr = schedule_->lr(state.global_step - r_.skipped_steps);
+  const double elapsed = run_timer_.seconds();
+  const double tps = double(tokens_since_) * world_ / std::max(since_log_.seconds(), 1e-9);
+  const double eta = elapsed / double(state.global_step - start_step_) * double(plan_.total_steps - state.global_step);
+  progress_->step(state.global_step, s.loss, logged_lr, tps, eta);
+
+  const bool last = state.global_step >= plan_.total_steps;
+  if (!((plan_.logging_steps > 0 && state.global_step % plan_.logging_steps == 0) || last ||
+        (a_.logging_first_step && state.global_step == 1)))
+    return;
+  nlohmann::json e = {{"loss", logged_loss_sum_ / double(logged_steps_)}, {"grad_norm", s.grad_norm},
+                      {"learning_rate", logged_lr}, {"epoch", state.epoch}, {"step", state.global_step},
+                      {"tokens_per_second", tps}};
+  if (fp16_) e["loss_scale"] = s.loss_scale;
+  state.log_history.push_back(e);
+  progress_->log(e);
+  logged_loss_sum_ = 0, logged_steps_ = 0, tokens_since_ = 0;
+  since_log_.reset();
+}
+
+bool TrainingRun::evaluation_due(const Window& win) const {
+  const int64_t step = r_.state.global_step;
+  return L_->eval && ((plan_.eval_steps > 0 && step % plan_.eval_steps == 0) ||
+                      (a_.evaluation_strategy == IntervalStrategy::Epoch && win.epoch_end()) || step >= plan_.total_steps);
+}
+
+void TrainingRun::evaluate_now() {
+  TrainerState& state = r_.state;
+  core::Timer et;
+  const EvalSums sums = evaluate(*eval_objective_, engine_->model_params(), *L_->eval, a_, L_->pad_id, comm_);
+  const double eval_loss = sums.loss(a_.eval_token_weighted_loss);
+  nlohmann::json e = {{"eval_loss", eval_loss}, {"eval_perplexity", std::exp(eval_loss)},
+                      {"eval_tokens", sums.tokens}, {"epoch", state.epoch}, {"step", state.global_step}};
+  // HF's speed_metrics("eval", ...): samples = len(eval_dataset), steps = ceil(samples / (batch x world))
+  const int64_t eval_samples = int64_t(L_->eval->size());
+  add_speed_metrics(e, "eval", et.seconds(), eval_samples,
+                    (eval_samples + a_.per_device_eval_batch_size * world_ - 1) / (a_.per_device_eval_batch_size * world_));
+  state.log_history.push_back(e);
+  progress_->log(e);
+  result_.last_eval_loss = eval_loss;
+}
+
+bool TrainingRun::checkpoint_or_stop(const Window& win) {
+  const int64_t step = r_.state.global_step;
+  const int64_t stop_votes = comm_.all_reduce(int64_t(stop_requested() ? 1 : 0), dist::ScalarOp::Max);
+  if ((plan_.save_steps > 0 && step % plan_.save_steps == 0) ||
+      (a_.save_strategy == IntervalStrategy::Epoch && win.epoch_end()) || stop_votes > 0)
+    save_checkpoint(CheckpointSetting{a_, *layout_, plan_, run_args_, base_lr_}, *engine_, r_, step, stop_votes > 0,
+                    *progress_, comm_);
+  return stop_votes > 0;
+}
+
+TrainResult TrainingRun::stopped(const std::string& why) {
+  progress_->message(why);
+  result_.interrupted = true;
+  result_.global_step = r_.state.global_step;
+  return result_;
+}
+
+// The end of the run: the adapter is always written to output_dir (FastChat skips it without a launcher).
+TrainResult TrainingRun::finish() {
+  log_final_loss();
+  log_resources();
+  save_final();
+  comm_.barrier();
+  result_.global_step = r_.state.global_step;
+  result_.train_loss = r_.run_steps > 0 ? r_.run_loss_sum / double(r_.run_steps) : 0;
+  return result_;
+}
+
+void TrainingRun::log_final_loss() {
+  if (r_.run_steps <= r_.loss_steps_before) return;
+  TrainerState& state = r_.state;
+  // HF's speed_metrics("train", start, num_train_samples, max_steps): num_train_samples is max_steps x the
+  // global batch with --max_steps, else len(train_dataset) x num_train_epochs; both over the whole run's
+  // steps even after a resume, as HF counts them
+  const double num_train_samples =
+      a_.max_steps > 0 ? double(a_.max_steps * a_.per_device_train_batch_size * a_.gradient_accumulation_steps * world_)
+                       : double(train_set_->size()) * a_.num_train_epochs;
+  const double runtime = run_timer_.seconds();
+  nlohmann::json e = {{"train_loss", r_.run_loss_sum / double(r_.run_steps)}, {"total_flos", state.total_flos},
+                      {"epoch", state.epoch}, {"step", state.global_step}};
+  e["train_runtime"] = round_to(runtime, 4);
+  if (runtime > 0) {
+    e["train_samples_per_second"] = round_to(num_train_samples / runtime, 3);
+    e["train_steps_per_second"] = round_to(double(plan_.total_steps) / runtime, 3);
+  }
+  state.log_history.push_back(e);
+  progress_->log(e);
+}
+
+// Peak memory per rank, time per op, and the measured communication beside the ZeRO formula's.
+void TrainingRun::log_resources() {
+  TrainerState& state = r_.state;
+  // every rank's peak resident memory so far (weights, activations, buffers; the mapped file pages
+  // are dropped as tensors are read)
+  const auto all = comm_.all_gather_bytes(std::to_string(core::peak_rss_bytes()));
+  std::string line = "peak RSS per rank:";
+  nlohmann::json per_rank = nlohmann::json::array();
+  for (size_t r = 0; r < all.size(); ++r) {
+    const int64_t bytes = std::stoll(all[r]);
+    per_rank.push_back(bytes);
+    char b[64];
+    std::snprintf(b, sizeof b, " %s%zu %.2f GiB", r ? "| " : "", r, double(bytes) / double(1 << 30));
+    line += b;
+  }
+  state.zerolora["peak_rss_bytes_per_rank"] = per_rank;
+  if (L_->zero3) {
+    const Zero3Memory m = L_->zero3->memory();
+    state.zerolora["zero3_frozen_bytes"] = {{"full_model", m.full_model_bytes}, {"sharded", m.sharded_bytes},
+                                            {"persistent", m.persistent_bytes},
+                                            {"gather_buffers", m.gather_buffer_bytes}};
+  }
+  progress_->message(line);
+  if (gpu_) {
+    const int64_t peak = gpu_->peak_allocated();
+    state.zerolora["peak_gpu_bytes"] = peak;
+    char b[160];
+    std::snprintf(b, sizeof b, "peak GPU memory (rank %d, %s): %.2f GiB", rank_, gpu_->name().c_str(),
+                  double(peak) / double(1 << 30));
+    progress_->message(b);
+  }
+  if (core::op_profiling()) progress_->message("time by op (rank " + std::to_string(rank_) + "): " + core::op_profile_summary());
+  if (traffic_.steps > 0 && world_ > 1) {
+    const dist::ZeroStepShape shape = engine_->traffic_shape(a_.gradient_accumulation_steps, L_->zero3.get());
+    state.zerolora["communication"] = report_traffic(traffic_, dist::zero_step_volume(shape), *progress_);
+  }
+}
+
+void TrainingRun::save_final() {
+  if (rank_ != 0) return;
+  TrainerState& state = r_.state;
+  save_final_adapter(a_.output_dir, *layout_, engine_->host_params(), a_.model_name_or_path);
+  state.stateful_callbacks = trainer_control_callbacks(false, true);  // HF's save_state after train()
+  save_trainer_state(state, (fs::path(a_.output_dir) / "trainer_state.json").string());
+  write_loss_curve_svg(state.log_history, (fs::path(a_.output_dir) / "loss_curve.svg").string());
+  progress_->message("adapter written to " + a_.output_dir + " (adapter_config.json, adapter_model.safetensors)");
+}
+
+}  // namespace
+
+// ------------------------------------------------------------------------------------------------
+
+TrainResult run_training(TrainArgs a, dist::Comm& comm) {
+  take_stop_signals(true);  // the zerolora binary did this in main(); a library caller gets it here
+  TrainingRun run(std::move(a), comm);
+  return run.run();
 }
 
 double run_evaluation(const TrainArgs& a, const std::string& adapter_dir, dist::Comm& comm) {
@@ -976,7 +1095,8 @@ double run_evaluation(const TrainArgs& a, const std::string& adapter_dir, dist::
     adapter_params = adapter_dev.data();
   }
   model::LlamaModel<float> m(gpu ? device_weights : L.weights(), adapter.layout.get(), {}, ctx);
-  const EvalSums sums = evaluate(m, adapter_params, *L.eval, e, L.pad_id, comm);
+  SupervisedFineTuning sft(m, false);
+  const EvalSums sums = evaluate(sft, adapter_params, *L.eval, e, L.pad_id, comm);
   core::check(sums.tokens > 0, e.eval_data_path, "has no trained tokens to evaluate", "check the data and template");
   const double loss = sums.loss(e.eval_token_weighted_loss);
   char buf[256];
