@@ -76,13 +76,12 @@ enum class Product { QK, PV, dOV, dSK, dOP, QdS };
 constexpr const char* kProductName[] = {"S = Q K^T", "O += P V", "dP = dO V^T", "dQ = dS K", "dV^T += dO^T P",
                                         "dK^T += Q^T dS"};
 
-// Primitives by shape, created on first use; one attention call at a time (g_mutex) uses them, the
-// scratch buffers and the record below.
+// Primitives by shape, created on first use; one attention call at a time (g_mutex) uses them and the
+// record below.
 std::mutex g_mutex;
 std::map<MatmulKey, NativeMatmul> g_native;
 std::map<std::string, std::vector<std::string>> g_used;  // product -> kernels it ran on
 double g_product_seconds = 0;                            // wall time inside the products, since the start
-std::vector<float> g_wide_a, g_wide_b;
 
 void note_kernel(Product p, const std::string& impl) {
   auto& v = g_used[kProductName[int(p)]];
@@ -162,19 +161,24 @@ void matmul_untimed(Product p, const MatmulKey& k, const uint16_t* A, const uint
   }
   // widened: the same bf16 values as f32, dense, then sgemm
   const int64_t brows = k.trans_b ? k.N : k.K, bcols = k.trans_b ? k.K : k.N;
-  g_wide_a.resize(size_t(k.batch * k.M * k.K));
-  g_wide_b.resize(size_t(k.batch * brows * bcols));
+  // the calling thread's scratch (no global buffer); the workers below write through the pointers, never
+  // through their own thread_local copies
+  static thread_local std::vector<float> wide_a, wide_b;
+  wide_a.resize(size_t(k.batch * k.M * k.K));
+  wide_b.resize(size_t(k.batch * brows * bcols));
+  float* const wa = wide_a.data();
+  float* const wb = wide_b.data();
 #pragma omp parallel
   {
 #pragma omp for schedule(static) nowait
     for (int64_t i = 0; i < k.batch * k.M; ++i) {
       const uint16_t* src = A + (i / k.M) * k.sa + (i % k.M) * k.lda;
-      for (int64_t j = 0; j < k.K; ++j) g_wide_a[size_t(i * k.K + j)] = get(src[j]);
+      for (int64_t j = 0; j < k.K; ++j) wa[size_t(i * k.K + j)] = get(src[j]);
     }
 #pragma omp for schedule(static)
     for (int64_t i = 0; i < k.batch * brows; ++i) {
       const uint16_t* src = B + (i / brows) * k.sb + (i % brows) * k.ldb;
-      for (int64_t j = 0; j < bcols; ++j) g_wide_b[size_t(i * bcols + j)] = get(src[j]);
+      for (int64_t j = 0; j < bcols; ++j) wb[size_t(i * bcols + j)] = get(src[j]);
     }
   }
   MatmulKey dense = k;
@@ -182,7 +186,7 @@ void matmul_untimed(Product p, const MatmulKey& k, const uint16_t* A, const uint
   dense.sa = k.M * k.K;
   dense.ldb = bcols;
   dense.sb = brows * bcols;
-  sgemm(dense, g_wide_a.data(), g_wide_b.data(), C);
+  sgemm(dense, wa, wb, C);
 }
 
 template <typename E>
