@@ -37,11 +37,9 @@ int cmd_chat(int argc, char** argv) {
   fs.add(train::float_flag("top_p", top_p, "nucleus sampling"));
   fs.add(train::seed_flag(seed).with_help("sampling seed"));
   fs.add(train::bf16_flag(bf16).with_help("bf16 frozen weights"));
-  fs.add(train::num_threads_flag(threads).with_help("threads, 0 = OMP_NUM_THREADS if set, else the cores this process may run on"));
+  add_threads_flag(fs, threads);
   std::string device = "auto";
-  fs.add(train::choice_flag("device", device, {"auto", "cpu", "cuda"},
-                            "where generation runs: cuda (GPU 0), cpu, or auto = cuda when a GPU is visible and the "
-                            "build has CUDA"));
+  add_generation_device_flag(fs, device);
   if (!parse_flags(fs, argc, argv)) return 0;
   core::set_num_threads(int(threads));
   std::string device_line;

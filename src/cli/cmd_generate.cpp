@@ -40,11 +40,9 @@ int cmd_generate(int argc, char** argv) {
   fs.add(train::string_flag("stop_ids", stop_text, "IDS", "extra comma-separated token ids that end generation"));
   fs.add(train::bool_flag("ignore_eos", ignore_eos, "do not stop at the model's EOS ids"));
   fs.add(train::bf16_flag(bf16).with_help("store frozen weights in bf16 (compute in fp32)"));
-  fs.add(train::num_threads_flag(threads).with_help("threads, 0 = OMP_NUM_THREADS if set, else the cores this process may run on"));
+  add_threads_flag(fs, threads);
   std::string device = "auto";
-  fs.add(train::choice_flag("device", device, {"auto", "cpu", "cuda"},
-                            "where generation runs: cuda (GPU 0), cpu, or auto = cuda when a GPU is visible and the "
-                            "build has CUDA"));
+  add_generation_device_flag(fs, device);
   if (!parse_flags(fs, argc, argv)) return 0;
   if (fs.given("ids") && fs.given("prompt"))
     throw train::FlagError("--ids/--prompt", "both are given", "pass either --ids 1,2,3 or --prompt TEXT");

@@ -26,7 +26,7 @@ int cmd_merge(int argc, char** argv) {
       .with_default_shown("");
   fs.add(train::string_flag("max_shard_size", shard_size, "SIZE", "largest safetensors file, e.g. 5GB, 500MB, 2GiB"));
   fs.add(train::bool_flag("overwrite", overwrite, "replace --out if it exists and is not empty"));
-  fs.add(train::num_threads_flag(threads).with_help("threads, 0 = OMP_NUM_THREADS if set, else the cores this process may run on"));
+  add_threads_flag(fs, threads);
   if (!parse_flags(fs, argc, argv)) return 0;
   core::set_num_threads(int(threads));
   model::MergeOptions options;

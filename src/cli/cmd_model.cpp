@@ -132,7 +132,7 @@ int cmd_forward(int argc, char** argv) {
   fs.add(train::adapter_flag(adapter_dir));
   fs.add(train::string_flag("ids", ids_text, "IDS", "comma-separated token ids, e.g. 1,403,407")).mark_required("1,2,3");
   fs.add(train::bf16_flag(bf16).with_help("store frozen weights in bf16 (compute in fp32)"));
-  fs.add(train::num_threads_flag(threads).with_help("threads, 0 = OMP_NUM_THREADS if set, else the cores this process may run on"));
+  add_threads_flag(fs, threads);
   if (!parse_flags(fs, argc, argv)) return 0;
   core::set_num_threads(int(threads));
   std::vector<int32_t> ids = parse_token_ids(ids_text, "--ids");

@@ -31,6 +31,11 @@ int cmd_help_markdown(int argc, char** argv);
 // (the command then exits 0); deprecated spellings print their note on stderr.
 bool parse_flags(train::FlagSet& flags, int argc, char** argv);
 
+// The flags the model-running commands (forward, merge, generate, chat, inspect) share, with their help.
+void add_threads_flag(train::FlagSet& flags, int64_t& threads);
+// --device auto|cpu|cuda for generate and chat (model::open_generation_device reads it).
+void add_generation_device_flag(train::FlagSet& flags, std::string& device);
+
 // "1,403,407" -> token ids; anything else is a FlagError naming flag.
 std::vector<int32_t> parse_token_ids(const std::string& text, const std::string& flag);
 

@@ -106,6 +106,17 @@ bool parse_flags(train::FlagSet& flags, int argc, char** argv) {
   return true;
 }
 
+void add_threads_flag(train::FlagSet& flags, int64_t& threads) {
+  flags.add(train::num_threads_flag(threads).with_help(
+      "threads, 0 = OMP_NUM_THREADS if set, else the cores this process may run on"));
+}
+
+void add_generation_device_flag(train::FlagSet& flags, std::string& device) {
+  flags.add(train::choice_flag("device", device, {"auto", "cpu", "cuda"},
+                               "where generation runs: cuda (GPU 0), cpu, or auto = cuda when a GPU is visible and "
+                               "the build has CUDA"));
+}
+
 std::vector<int32_t> parse_token_ids(const std::string& text, const std::string& flag) {
   std::vector<int32_t> ids;
   size_t pos = 0;
