@@ -251,7 +251,9 @@ TEST(ReliabilityE2E, ResumeKeepsMetricsRowsUniqueAndTrainLossOverTheWholeRun) {
   EXPECT_EQ(steps, (std::vector<int64_t>{1, 2, 3, 4, 5, 6})) << read_file(out / "metrics.jsonl");
   ASSERT_EQ(got.size(), want.size()) << read_file(out / "metrics.jsonl");
   for (size_t i = 0; i < got.size(); ++i)
-    if (got[i].contains("loss")) EXPECT_EQ(got[i]["loss"], want[i]["loss"]) << i;
+    if (got[i].contains("loss")) {
+      EXPECT_EQ(got[i]["loss"], want[i]["loss"]) << i;
+    }
   EXPECT_EQ(got.back().count("train_loss"), 1u);
 
   // the same doubles added in the same order: equal, not merely close
