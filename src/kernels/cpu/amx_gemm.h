@@ -23,8 +23,9 @@ bool amx_supported();
 
 // amx_supported(), oneDNN's effective ISA includes AVX512_CORE_AMX (ONEDNN_MAX_CPU_ISA caps the whole CPU
 // backend: a cap below AMX runs what a CPU without AMX runs), ZEROLORA_AMX_GEMM is unset or 1 (0: the frozen
-// linears go through oneDNN's own AMX matmul instead, the engine before these kernels; scripts/test-variants.sh
-// runs that variant too; any other value throws core::Error) and not switched off by set_amx_gemm_enabled.
+// linears go through oneDNN's own AMX matmul instead, and the bf16 attention products through oneDNN's bf16
+// matmul, the engine before these kernels; scripts/test-variants.sh runs that variant too; any other value
+// throws core::Error) and not switched off by set_amx_gemm_enabled.
 bool amx_gemm_in_use();
 
 // Tests and bench/: switch the AMX kernels off (true = the default) so the oneDNN path runs on an AMX CPU.
@@ -37,6 +38,20 @@ void amx_linear_forward(float* out, const float* x, const uint16_t* W, int64_t M
 // dinp[M,K] += bf16(dout)[M,N] W. Needs amx_supported().
 void amx_linear_backward_input(float* dinp, const float* dout, const uint16_t* W, int64_t M, int64_t N,
                                int64_t K);
+
+// Batched bf16 GEMM with fp32 accumulation on the AMX tiles, for attention's products (attention_blocked.cpp):
+// for i < batch, C_i[M,N] (= or, with accumulate, +=) A_i[M,K] op(B_i), where X_i = X + i * sX; A row-major
+// (lda); B [K,N] (ldb) or, with trans_b, [N,K] (ldb); C row-major fp32 (ldc). A and B are bf16 bits (already
+// rounded by the caller): the products and the sums are fp32 in the tile unit, nothing else is rounded, so the
+// result differs from another fp32-accumulating bf16 GEMM only in the order of the fp32 sums. B is packed per
+// call into the tile unit's pair-interleaved layout (O(K N) per batch element, against O(M K N) products);
+// A is read in place when M and K are multiples of 32, else through a zero-padded copy. Threads: the calling
+// thread's OpenMP team splits the batch x 32-row x 32-column blocks. Needs amx_supported().
+struct AmxGemmShape {
+  int64_t batch, M, N, K, lda, ldb, ldc, sa, sb, sc;
+  bool trans_b, accumulate;
+};
+void amx_gemm_bf16(const AmxGemmShape& g, const uint16_t* A, const uint16_t* B, float* C);
 
 // Blocking of both kernels (bench_cpu_matrix_units --amx-blocking P,KC tunes it). Of 4,256 / 4,512 / 8,512 /
 // 8,1024 / 16,512 / 2,1024 on the TinyLlama products (1 thread, M 512, Sapphire Rapids VM, loaded), 8,512 beat

@@ -35,6 +35,7 @@
 #include <vector>
 
 #include "core/error.h"
+#include "kernels/cpu/amx_gemm.h"
 #include "kernels/cpu/attention_variants.h"
 #include "kernels/cpu/common.h"
 #include "kernels/cpu/onednn.h"
@@ -143,6 +144,12 @@ void sgemm(const MatmulKey& k, const float* A, const float* B, float* C) {
 void matmul_untimed(Product, const MatmulKey& k, const float* A, const float* B, float* C) { sgemm(k, A, B, C); }
 
 void matmul_untimed(Product p, const MatmulKey& k, const uint16_t* A, const uint16_t* B, float* C) {
+  if (cpu::bf16_use_native() && cpu::amx_gemm_in_use()) {  // AMX: zerolora's tile kernel (amx_gemm.h)
+    note_kernel(p, "zerolora AMX tiles");
+    cpu::amx_gemm_bf16({k.batch, k.M, k.N, k.K, k.lda, k.ldb, k.ldc, k.sa, k.sb, k.sc, k.trans_b, k.accumulate}, A, B,
+                       C);
+    return;
+  }
   if (cpu::bf16_use_native()) {
     const NativeMatmul& n = native_matmul(k);
     note_kernel(p, n.ok ? n.impl : "widened bf16 through sgemm (oneDNN offers " + (n.impl.empty() ? "none" : n.impl) + ")");
