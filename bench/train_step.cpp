@@ -282,8 +282,9 @@ int main(int argc, char** argv) {
 
     if (!o.json_only) {
       if (gpu)
-        std::printf("  device cuda:0 %s, peak GPU memory %.2f GiB\n", gpu->name().c_str(),
-                    double(gpu->peak_allocated()) / (1024.0 * 1024.0 * 1024.0));
+        std::printf("  device cuda:0 %s, peak GPU memory %.2f GiB; attention: %s (%lld cuDNN executions)\n",
+                    gpu->name().c_str(), double(gpu->peak_allocated()) / (1024.0 * 1024.0 * 1024.0),
+                    kernels::cuda_attention_library().c_str(), (long long)kernels::cuda_cudnn_attention_runs());
       std::printf("train_step %s %s layers=%lld B=%lld T=%lld lora=%s ckpt=%d threads=%d\n", o.preset.c_str(),
                   o.dtype.c_str(), (long long)config.num_hidden_layers, (long long)B, (long long)T, lora_name.c_str(),
                   int(o.checkpointing), core::num_threads());

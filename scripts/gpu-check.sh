@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Every GPU test and the GPU benchmark, on a machine with an NVIDIA GPU, from the binaries scripts/gpu-pack.sh
 # packed elsewhere (.gpucarry/carry.tar.xz): builds nothing. Prints a summary; raw output goes to $OUT (or
-# ./gpu-check-out) when that is writable. Needs the driver, cuBLASLt 13 (a CUDA 13 toolkit or PyTorch's
-# nvidia-cublas wheel), and python3 with torch + transformers + peft for the peer benchmark.
+# ./gpu-check-out) when that is writable. Needs the driver, cuBLASLt 13 and cuDNN 9 (a CUDA 13 toolkit or
+# PyTorch's nvidia-cublas / nvidia-cudnn-cu13 wheels), and python3 with torch + transformers + peft for the peer benchmark.
 #   bash scripts/gpu-check.sh [SECTION...]   sections: tests tinyllama qlora llama3-8b (default: all)
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -12,7 +12,9 @@ D=/tmp/zerolora-gpu; rm -rf "$D"; mkdir -p "$D"
 tar -C "$D" -xJf .gpucarry/carry.tar.xz || { echo "no .gpucarry/carry.tar.xz: run scripts/gpu-pack.sh first"; exit 2; }
 cublas=$(find /usr/local /opt /usr/lib -xdev \( -name 'libcublasLt.so.13' -o -name 'libcublasLt.so.13.*' \) -not -path '/proc/*' 2>/dev/null | head -1)
 [ -n "$cublas" ] || { echo "libcublasLt.so.13 not found on this machine"; exit 2; }
-export LD_LIBRARY_PATH="$D/lib:$(dirname "$cublas"):${LD_LIBRARY_PATH:-}"
+cudnn=$(find /usr/local /opt /usr/lib -xdev -name 'libcudnn.so.9' -not -path '/proc/*' 2>/dev/null | head -1)
+[ -n "$cudnn" ] || { echo "libcudnn.so.9 not found on this machine (the CUDA build links cuDNN 9)"; exit 2; }
+export LD_LIBRARY_PATH="$D/lib:$(dirname "$cublas"):$(dirname "$cudnn"):${LD_LIBRARY_PATH:-}"
 export ZEROLORA_BINARY="$D/bin/zerolora" OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
 summary=()
 step() {  # step NAME TIMEOUT CMD...: runs, logs, records pass/fail
@@ -22,7 +24,7 @@ step() {  # step NAME TIMEOUT CMD...: runs, logs, records pass/fail
   tail -n 25 "$O/$name.log"
   summary+=("$(printf '%-28s rc=%-3s %4ss' "$name" "$rc" $((SECONDS - s)))")
 }
-echo "== machine"; nvidia-smi -L; "$D/bin/zerolora" --version 2>/dev/null | head -5; date
+echo "== machine"; nvidia-smi -L; "$D/bin/zerolora" --version 2>&1 | grep -E "^zerolora|CUDA|GPUs|Attention"; date
 want_tests() { [ ${#SECTIONS[@]} -eq 0 ] || [[ " ${SECTIONS[*]} " == *" tests "* ]]; }
 if want_tests; then
   step kernel-tests 60 "$D/bin/test_kernels" --gtest_filter='Cuda*'
@@ -34,6 +36,8 @@ S="--preset tinyllama-1.1b --dtype bf16 --lora-r 16 --lora-alpha 32 --lora-targe
 want() { [ ${#SECTIONS[@]} -eq 0 ] || [[ " ${SECTIONS[*]} " == *" $1 "* ]]; }
 if want tinyllama; then
   step bench-ours-b8-t2048 150 "$D/bin/bench_train_step" $S --batch 8 --seq 2048 --device cuda
+  # the same step with zerolora's own attention kernels instead of cuDNN's fused attention
+  step bench-ours-b8-t2048-nocudnn 120 env ZEROLORA_CUDNN_SDPA=0 "$D/bin/bench_train_step" $S --batch 8 --seq 2048 --device cuda --no-gemm
   step bench-peer-b8-t2048 180 python3 bench/peer_pytorch.py $S --batch 8 --seq 2048 --device cuda
   step bench-ours-b8-t2048-ckpt 120 "$D/bin/bench_train_step" $S --batch 8 --seq 2048 --device cuda --checkpointing --no-gemm
   step bench-peer-b8-t2048-ckpt 180 python3 bench/peer_pytorch.py $S --batch 8 --seq 2048 --device cuda --checkpointing

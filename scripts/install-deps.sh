@@ -5,7 +5,8 @@ set -euo pipefail
 PKGS=(build-essential cmake ninja-build pkg-config
       libdnnl-dev ocl-icd-opencl-dev libopenmpi-dev openmpi-bin nlohmann-json3-dev
       libsentencepiece-dev libgtest-dev libgmock-dev libbenchmark-dev
-      clang libclang-rt-14-dev libomp-14-dev)  # clang: the libFuzzer targets (scripts/fuzz.sh)
+      clang libclang-rt-14-dev libomp-14-dev  # clang: the libFuzzer targets (scripts/fuzz.sh)
+      unzip)  # scripts/fetch-cudnn-frontend.sh (CUDA builds)
 missing=()
 for p in "${PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

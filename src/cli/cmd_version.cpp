@@ -56,7 +56,10 @@ int cmd_version(int argc, char** argv) {
   if (auto nl = m.find_first_of(",\n"); nl != std::string::npos) m.resize(nl);
   std::printf("MPI:          %s\n", m.c_str());
   std::printf("CUDA backend: %s%s\n", kernels::cuda_built() ? "built, " : "", ZEROLORA_CUDA_BUILD);
-  if (kernels::cuda_built()) std::printf("GPUs:         %s\n", kernels::cuda_devices_summary().c_str());
+  if (kernels::cuda_built()) {
+    std::printf("GPUs:         %s\n", kernels::cuda_devices_summary().c_str());
+    std::printf("Attention:    %s\n", kernels::cuda_attention_library().c_str());
+  }
   return 0;
 }
 

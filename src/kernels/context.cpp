@@ -18,6 +18,8 @@ const Context& host() {
 bool cuda_built() { return cuda::built(); }
 int cuda_device_count() { return cuda::built() ? cuda::device_count() : 0; }
 std::string cuda_devices_summary() { return cuda::devices_summary(); }
+std::string cuda_attention_library() { return cuda::attention_library(); }
+int64_t cuda_cudnn_attention_runs() { return cuda::cudnn_attention_runs(); }
 
 CudaContext::CudaContext(int index) : index_(index) {
   ctx_.device = Device::Cuda;

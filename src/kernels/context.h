@@ -38,6 +38,10 @@ bool cuda_built();
 int cuda_device_count();
 // One line per visible GPU ("0: NVIDIA H200, 139.8 GiB, sm_90"), or why there is none.
 std::string cuda_devices_summary();
+// The GPU's attention kernels for --bf16 ("cuDNN fused attention (cuDNN 9.19.0, frontend 1.16.0) ..." or why not),
+// and how many cuDNN attention executions this process has run (tests: proof the cuDNN path ran).
+std::string cuda_attention_library();
+int64_t cuda_cudnn_attention_runs();
 
 // A CUDA execution context on GPU `index`; throws core::Error when the build has no CUDA backend or the
 // GPU cannot be used.

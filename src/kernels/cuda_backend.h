@@ -83,6 +83,10 @@ void attention_forward(float* out, float* lse, const float* q, const float* k, c
 void attention_backward(float* dq, float* dk, float* dv, const float* dout, const float* q, const float* k,
                         const float* v, const float* out, const float* lse, const AttentionShape& shape,
                         const int32_t* lengths, const int32_t* kv_begin, CudaState& s);
+// Which kernels run shape.bf16 attention (cuDNN's fused attention where the build has it and it covers the case),
+// and how many cuDNN attention graphs this process has executed.
+std::string attention_library();
+int64_t cudnn_attention_runs();
 // --- generation against a KV cache (kernels/cuda/decode.cu): fp32, any GQA ratio, HD <= 256, sliding window
 void attention_decode(float* out, const float* q, const float* k_cache, const float* v_cache, int64_t n, int64_t p0,
                       int64_t NH, int64_t NKV, int64_t HD, int64_t window, CudaState& s);

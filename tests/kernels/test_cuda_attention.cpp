@@ -13,13 +13,15 @@
 // T <= 300 softmax-weighted terms add at most ~T ulp of the largest entry, so fp32 errors of 1e-7..1e-6 of
 // the buffer's scale are expected and 1e-5 is a bound with margin, not a fit to one run.
 // Padded rows and keys no valid query sees must be exactly zero (written, not left over).
-// shape.bf16 with HD 64 or 128 runs the bf16 tensor-core kernels (the Bf16* tests): bf16 tolerances, see
-// expect_bf16_matches_cpu.
+// shape.bf16 with HD 64 or 128 runs the bf16 tensor-core kernels, or cuDNN's fused attention where the build has
+// it and there is no packing (the Bf16* tests): bf16 tolerances, see expect_bf16_matches_cpu.
 #include <gtest/gtest.h>
 
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstdio>
+#include <cstdlib>
 #include <limits>
 #include <memory>
 #include <string>
@@ -319,6 +321,34 @@ TEST_F(CudaAttention, SlidingWindow) {
     expect_matches_cpu(make_case(s, {}, {}, 160 + uint64_t(w)), what + " HD 128 fp32");
     if (w >= 8) expect_bf16_matches_cpu(make_case(s, {}, {}, 170 + uint64_t(w)), what + " HD 128");
   }
+}
+
+// ---- cuDNN's fused attention: builds with the cuDNN frontend run shape.bf16 without packing through it ------
+// Same arithmetic class as the tensor-core kernels (bf16 products, fp32 softmax and accumulation), so the same
+// bf16 bounds against the CPU in double; cuDNN's execution counter proves it ran (a shape it refuses falls back to
+// the tensor-core kernels and is said on stderr), and ZEROLORA_CUDNN_SDPA=0 runs the tensor-core kernels on the
+// same case within the same bounds, without cuDNN.
+TEST_F(CudaAttention, Bf16CudnnFusedAttention) {
+  const std::string lib = cuda_attention_library();
+  if (lib.rfind("cuDNN", 0) != 0) GTEST_SKIP() << "no cuDNN attention in this build or process: " << lib;
+  std::printf("attention: %s\n", lib.c_str());
+  const int64_t before = cuda_cudnn_attention_runs();
+  expect_bf16_matches_cpu(make_case({2, 300, 4, 2, 128}, {300, 211}, {}, 201), "cuDNN T 300 HD 128 GQA 4/2 padded");
+  expect_bf16_matches_cpu(make_case({3, 100, 8, 1, 64}, {100, 0, 57}, {}, 202), "cuDNN HD 64 GQA 8/1, a length 0");
+  expect_bf16_matches_cpu(make_case({1, 257, 2, 2, 64}, {}, {}, 203), "cuDNN T 257 no lengths");
+  const int64_t ran = cuda_cudnn_attention_runs() - before;
+  std::printf("cuDNN attention executions for 3 forward + 3 backward: %lld\n", (long long)ran);
+  EXPECT_EQ(ran, 6) << "cuDNN refused a plain causal shape (its reason is on stderr)";
+  AttentionShape w{2, 300, 4, 2, 64};
+  w.window = 100;
+  const int64_t before_window = cuda_cudnn_attention_runs();
+  expect_bf16_matches_cpu(make_case(w, {300, 180}, {}, 204), "cuDNN window 100 padded");
+  std::printf("sliding window through cuDNN: %s\n", cuda_cudnn_attention_runs() > before_window ? "yes" : "no (refused)");
+  setenv("ZEROLORA_CUDNN_SDPA", "0", 1);
+  const int64_t off = cuda_cudnn_attention_runs();
+  expect_bf16_matches_cpu(make_case({2, 300, 4, 2, 128}, {300, 211}, {}, 201), "ZEROLORA_CUDNN_SDPA=0");
+  EXPECT_EQ(cuda_cudnn_attention_runs(), off) << "ZEROLORA_CUDNN_SDPA=0 did not switch cuDNN off";
+  unsetenv("ZEROLORA_CUDNN_SDPA");
 }
 
 TEST_F(CudaAttention, EmptyShapesAndBadHeadSize) {

@@ -31,6 +31,9 @@
 
 #include "kernels/cuda/common.cuh"
 #include "kernels/cuda_backend.h"
+#if ZEROLORA_WITH_CUDNN
+#include "kernels/cuda/cudnn_attention.h"
+#endif
 
 namespace zerolora::kernels::cuda {
 namespace {
@@ -1031,6 +1034,97 @@ void launch_backward_bf16(float* dq, float* dk, float* dv, const float* dout, co
   ZL_CUDA_LAUNCHED();
 }
 
+// ---- cuDNN's fused attention for shape.bf16 (kernels/cuda/cudnn_attention.cpp) --------------------------
+// The same problems as the tensor-core kernels above (bf16 products, fp32 softmax and accumulation; head sizes 64
+// and 128, so shape.bf16 means the same arithmetic whichever runs) without packing, which cuDNN's masks cannot
+// express. The fp32 activations are rounded to bf16 copies (as the tensor-core kernels round them when they load
+// them), cuDNN's bf16 results widened back; rows past a sequence's length are zeroed, as the kernels above leave them.
+#if ZEROLORA_WITH_CUDNN
+
+__global__ void to_bf16_kernel(__nv_bfloat16* __restrict__ out, const float* __restrict__ in, int64_t n) {
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x)
+    out[i] = __float2bfloat16_rn(in[i]);
+}
+
+__global__ void to_f32_kernel(float* __restrict__ out, const __nv_bfloat16* __restrict__ in, int64_t n) {
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x)
+    out[i] = __bfloat162float(in[i]);
+}
+
+// x viewed as [B][H][T][W]: entries of rows t >= lengths[b] (clamped to [0, T]) set to 0
+__global__ void zero_padded_rows_kernel(float* __restrict__ x, const int32_t* __restrict__ lengths, int64_t B,
+                                        int64_t H, int64_t T, int64_t W) {
+  const int64_t n = B * H * T * W;
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t t = i / W % T, b = i / (W * T * H);
+    const int64_t len = min(max(int64_t(lengths[b]), int64_t(0)), T);
+    if (t >= len) x[i] = 0.f;
+  }
+}
+
+bool cudnn_path(const AttentionShape& shape, const int32_t* kv_begin) {
+  return tensor_core_path(shape) && kv_begin == nullptr && cudnn_attention_enabled();
+}
+
+SdpaShape sdpa_shape(const Params& p) {
+  return SdpaShape{p.B, p.T, p.NH, p.NKV, p.HD, p.window, p.scale};
+}
+
+void to_bf16(__nv_bfloat16* out, const float* in, int64_t n, CudaState& s) {
+  to_bf16_kernel<<<grid_for(n), 256, 0, s.stream>>>(out, in, n);
+  ZL_CUDA_LAUNCHED();
+}
+
+void to_f32(float* out, const __nv_bfloat16* in, int64_t n, CudaState& s) {
+  to_f32_kernel<<<grid_for(n), 256, 0, s.stream>>>(out, in, n);
+  ZL_CUDA_LAUNCHED();
+}
+
+void zero_padded_rows(float* x, const int32_t* lengths, const Params& p, int64_t H, int64_t W, CudaState& s) {
+  if (!lengths) return;
+  zero_padded_rows_kernel<<<grid_for(p.B * H * p.T * W), 256, 0, s.stream>>>(x, lengths, p.B, H, p.T, W);
+  ZL_CUDA_LAUNCHED();
+}
+
+// false: cuDNN refused the shape and nothing was written (the caller runs its kernels)
+bool cudnn_forward(float* out, float* lse, const float* q, const float* k, const float* v, const Params& p,
+                   const int32_t* lengths, CudaState& s) {
+  const int64_t nq = int64_t(p.B) * p.T * p.NH * p.HD, nkv = int64_t(p.B) * p.T * p.NKV * p.HD;
+  auto* qb = static_cast<__nv_bfloat16*>(scratch(s, Scratch::AttentionBf16, size_t(2 * nq + 2 * nkv) * 2));
+  __nv_bfloat16 *kb = qb + nq, *vb = kb + nkv, *ob = vb + nkv;
+  to_bf16(qb, q, nq, s);
+  to_bf16(kb, k, nkv, s);
+  to_bf16(vb, v, nkv, s);
+  if (!cudnn_attention_forward(ob, lse, qb, kb, vb, lengths, sdpa_shape(p), s)) return false;
+  to_f32(out, ob, nq, s);
+  zero_padded_rows(out, lengths, p, 1, int64_t(p.NH) * p.HD, s);
+  zero_padded_rows(lse, lengths, p, p.NH, 1, s);
+  return true;
+}
+
+bool cudnn_backward(float* dq, float* dk, float* dv, const float* dout, const float* q, const float* k,
+                    const float* v, const float* out, const float* lse, const Params& p, const int32_t* lengths,
+                    CudaState& s) {
+  const int64_t nq = int64_t(p.B) * p.T * p.NH * p.HD, nkv = int64_t(p.B) * p.T * p.NKV * p.HD;
+  auto* qb = static_cast<__nv_bfloat16*>(scratch(s, Scratch::AttentionBf16, size_t(4 * nq + 4 * nkv) * 2));
+  __nv_bfloat16 *kb = qb + nq, *vb = kb + nkv, *ob = vb + nkv, *gb = ob + nq, *dqb = gb + nq, *dkb = dqb + nq,
+                *dvb = dkb + nkv;
+  to_bf16(qb, q, nq, s);
+  to_bf16(kb, k, nkv, s);
+  to_bf16(vb, v, nkv, s);
+  to_bf16(ob, out, nq, s);
+  to_bf16(gb, dout, nq, s);
+  if (!cudnn_attention_backward(dqb, dkb, dvb, qb, kb, vb, ob, gb, lse, lengths, sdpa_shape(p), s)) return false;
+  to_f32(dq, dqb, nq, s);
+  to_f32(dk, dkb, nkv, s);
+  to_f32(dv, dvb, nkv, s);
+  zero_padded_rows(dq, lengths, p, 1, int64_t(p.NH) * p.HD, s);
+  zero_padded_rows(dk, lengths, p, 1, int64_t(p.NKV) * p.HD, s);
+  zero_padded_rows(dv, lengths, p, 1, int64_t(p.NKV) * p.HD, s);
+  return true;
+}
+#endif
+
 #define ZL_ATTENTION_HD_SWITCH(HD, CALL) \
   switch (padded_hd(HD)) {               \
     case 32: CALL(32); break;            \
@@ -1048,6 +1142,9 @@ void attention_forward(float* out, float* lse, const float* q, const float* k, c
   const Params p = check_args(shape, lengths, kv_begin, "attention_forward (cuda)", {out, q, k, v});
   if (p.B == 0 || p.T == 0) return;
   ZL_CUDA_CHECK(cudaSetDevice(s.device));
+#if ZEROLORA_WITH_CUDNN
+  if (cudnn_path(shape, kv_begin) && cudnn_forward(out, lse, q, k, v, p, lengths, s)) return;
+#endif
   if (tensor_core_path(shape)) {
     if (p.HD == 64)
       launch_forward_bf16<64>(out, lse, q, k, v, p, s);
@@ -1067,6 +1164,9 @@ void attention_backward(float* dq, float* dk, float* dv, const float* dout, cons
       check_args(shape, lengths, kv_begin, "attention_backward (cuda)", {dq, dk, dv, dout, q, k, v, out});
   if (p.B == 0 || p.T == 0) return;
   ZL_CUDA_CHECK(cudaSetDevice(s.device));
+#if ZEROLORA_WITH_CUDNN
+  if (cudnn_path(shape, kv_begin) && cudnn_backward(dq, dk, dv, dout, q, k, v, out, lse, p, lengths, s)) return;
+#endif
   const int64_t nrows = int64_t(p.B) * p.NH * p.T;
   float* D = static_cast<float*>(scratch(s, Scratch::Attention, size_t(nrows) * sizeof(float)));
   ZL_CUDA_CHECK(cudaMemsetAsync(dq, 0, size_t(nrows) * p.HD * sizeof(float), s.stream));
@@ -1082,6 +1182,24 @@ void attention_backward(float* dq, float* dk, float* dv, const float* dout, cons
 #define ZL_BWD(HDP) launch_backward<HDP>(dq, dk, dv, dout, q, k, v, lse, D, p, s)
   ZL_ATTENTION_HD_SWITCH(p.HD, ZL_BWD)
 #undef ZL_BWD
+}
+
+std::string attention_library() {
+#if ZEROLORA_WITH_CUDNN
+  if (!cudnn_attention_enabled())
+    return "zerolora's kernels (cuDNN fused attention switched off by ZEROLORA_CUDNN_SDPA=0)";
+  return "cuDNN fused attention (" + cudnn_attention_version() + ") where it covers the case, else zerolora's kernels";
+#else
+  return "zerolora's kernels (built without the cuDNN frontend: scripts/fetch-cudnn-frontend.sh)";
+#endif
+}
+
+int64_t cudnn_attention_runs() {
+#if ZEROLORA_WITH_CUDNN
+  return cudnn_attention_executions();
+#else
+  return 0;
+#endif
 }
 
 }  // namespace zerolora::kernels::cuda

@@ -18,7 +18,16 @@ namespace zerolora::kernels {
 
 // Reused device buffers of one context, by purpose, grown on first use (the step loop then allocates
 // nothing; growing waits for the stream so the old buffer is no longer in use).
-enum class Scratch : int { GemmInput, Weight, Attention, Reduction, Count };
+enum class Scratch : int {
+  GemmInput,
+  Weight,
+  Attention,
+  AttentionBf16,    // kernels/cuda/attention.cu: bf16 copies of q, k, v, out, dout and the gradients for cuDNN
+  CudnnWorkspace,   // kernels/cuda/cudnn_attention.cpp: the execution plans' workspace
+  Reduction,
+  SplitK,           // kernels/cuda/gemm.cu: split-K partial products and the fused LoRA dA's partials
+  Count
+};
 
 struct CudaState {
   int device = 0;
@@ -32,6 +41,7 @@ struct CudaState {
   std::string name;
   int sm_count = 0;
   std::shared_ptr<void> gemm_plans;  // kernels/cuda/gemm.cu: cuBLASLt descriptors and algorithms by shape
+  std::shared_ptr<void> cudnn;       // kernels/cuda/cudnn_attention.cpp: the cuDNN handle and attention graphs
 };
 
 namespace cuda {

@@ -15,6 +15,8 @@ namespace {
 bool built() { return false; }
 int device_count() { return 0; }
 std::string devices_summary() { return "built without the CUDA backend"; }
+std::string attention_library() { return "built without the CUDA backend"; }
+int64_t cudnn_attention_runs() { return 0; }
 CudaState* create_state(int) { unavailable(); }
 void destroy_state(CudaState*) {}
 std::string device_name(const CudaState&) { unavailable(); }
