@@ -3,10 +3,25 @@
 #include <algorithm>
 #include <cstring>
 #include <memory>
+#include <type_traits>
 #include <vector>
 
 #include "core/error.h"
 #include "core/op_profile.h"
+
+#if defined(ZEROLORA_WITH_CUDA)
+// kernels/cuda/gemm.cu: the LoRA dropout fused into the backward's two products with [M, in] operands (false:
+// not fused for this r or shape, nothing done). Float, device memory, the context's stream.
+// TODO(issue 17): declare these in kernels/cuda_backend.h (with no_cuda stubs) and drop this block.
+namespace zerolora::kernels::cuda {
+// dx [M, in] += mask * (du [M, r] A [r, in])
+bool lora_dropout_backward_input(float* dx, const float* du, const float* A, int64_t M, int64_t in, int64_t r,
+                                 const DropoutMask& mask, CudaState& s);
+// dA [r, in] += du^T (mask * x [M, in])
+bool lora_dropout_weight_grad(float* dA, const float* du, const float* x, int64_t M, int64_t in, int64_t r,
+                              const DropoutMask& mask, CudaState& s);
+}  // namespace zerolora::kernels::cuda
+#endif
 
 namespace zerolora::model {
 
@@ -126,6 +141,36 @@ void lora_linear_forward(S* out, S* u, const S* x, const kernels::FrozenWeight& 
   kernels::gemm<S>(false, true, M, s.out, s.r, S(lora.scale), u, s.r, B, s.r, S(1), out, s.out, ctx);
 }
 
+namespace {
+// On a CUDA context (float), with dropout: the fused kernels in place of dropout_apply + GEMM (see
+// kernels/cuda/gemm.cu); false where they do not apply (then the generic path runs, as on the CPU).
+template <typename S>
+bool fused_dropout_weight_grad(S* dA, const S* du, const S* x, int64_t M, const LoraSlot& s, const LoraBranch& lora,
+                               const kernels::Context& ctx) {
+#if defined(ZEROLORA_WITH_CUDA)
+  if constexpr (std::is_same_v<S, float>) {
+    if (ctx.on_cuda())
+      return kernels::cuda::lora_dropout_weight_grad(dA, du, x, M, s.in, s.r, mask_of(lora), *ctx.cuda);
+  }
+#endif
+  (void)dA, (void)du, (void)x, (void)M, (void)s, (void)lora, (void)ctx;
+  return false;
+}
+
+template <typename S>
+bool fused_dropout_backward_input(S* dx, const S* du, const S* A, int64_t M, const LoraSlot& s,
+                                  const LoraBranch& lora, const kernels::Context& ctx) {
+#if defined(ZEROLORA_WITH_CUDA)
+  if constexpr (std::is_same_v<S, float>) {
+    if (ctx.on_cuda())
+      return kernels::cuda::lora_dropout_backward_input(dx, du, A, M, s.in, s.r, mask_of(lora), *ctx.cuda);
+  }
+#endif
+  (void)dx, (void)du, (void)A, (void)M, (void)s, (void)lora, (void)ctx;
+  return false;
+}
+}  // namespace
+
 template <typename S>
 void lora_linear_backward(S* dx, S* grads, const S* dout, const S* x, const S* u, const kernels::FrozenWeight& w,
                           const LoraBranch& lora, const S* params, LoraScratch<S> scratch, int64_t M,
@@ -152,17 +197,21 @@ void lora_linear_backward(S* dx, S* grads, const S* dout, const S* x, const S* u
     // dB += scale * dout^T u   [out, r]
     kernels::gemm<S>(true, false, s.out, s.r, M, sc, dout, s.out, u, s.r, S(1), grads + s.b_offset, s.r, ctx);
     // dA += du^T drop(x)   [r, in]
-    const S* h = x;
-    if (lora.dropout > 0) {
+    if (lora.dropout <= 0) {
+      kernels::gemm<S>(true, false, s.r, s.in, M, S(1), scratch.du, s.r, x, s.in, S(1), grads + s.a_offset, s.in,
+                       ctx);
+    } else if (!fused_dropout_weight_grad<S>(grads + s.a_offset, scratch.du, x, M, s, lora, ctx)) {
       kernels::dropout_apply<S>(scratch.h, x, M, s.in, mask_of(lora), false, ctx);
-      h = scratch.h;
+      kernels::gemm<S>(true, false, s.r, s.in, M, S(1), scratch.du, s.r, scratch.h, s.in, S(1), grads + s.a_offset,
+                       s.in, ctx);
     }
-    kernels::gemm<S>(true, false, s.r, s.in, M, S(1), scratch.du, s.r, h, s.in, S(1), grads + s.a_offset, s.in, ctx);
   }
   if (lora.dropout > 0) {
     // dx += (du A) * mask / (1 - p)
-    kernels::gemm<S>(false, false, M, s.in, s.r, S(1), scratch.du, s.r, A, s.in, S(0), scratch.h, s.in, ctx);
-    kernels::dropout_apply<S>(dx, scratch.h, M, s.in, mask_of(lora), true, ctx);
+    if (!fused_dropout_backward_input<S>(dx, scratch.du, A, M, s, lora, ctx)) {
+      kernels::gemm<S>(false, false, M, s.in, s.r, S(1), scratch.du, s.r, A, s.in, S(0), scratch.h, s.in, ctx);
+      kernels::dropout_apply<S>(dx, scratch.h, M, s.in, mask_of(lora), true, ctx);
+    }
   } else {
     kernels::gemm<S>(false, false, M, s.in, s.r, S(1), scratch.du, s.r, A, s.in, S(1), dx, s.in, ctx);
   }

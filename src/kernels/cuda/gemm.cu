@@ -4,8 +4,30 @@
 //
 // Row-major C[M,N] = op(A) op(B) is column-major C^T[N,M] = op(B)^T op(A)^T: cuBLASLt multiplies B first.
 // Each shape's descriptors and the heuristic's algorithm are made once and kept in the context.
+//
+// Split-K (fp32 gemm only): a product with a small output and a long K (the LoRA weight gradients: dB [out, r]
+// and dA [r, in] summed over K = M = B*T rows) gives the heuristic's kernel a handful of output tiles, so a
+// handful of CTAs on 132 SMs. Such a product runs as S products over fixed chunks of K, one strided-batched
+// cuBLASLt matmul into the SplitK scratch (plus one plain matmul for a shorter last chunk), then one reduction
+// kernel C = beta C + alpha sum_s partial_s that adds the partials in the order s = 0, 1, ..., S-1: the same
+// shape gives the same bits run to run (exact resume relies on it). fp32 throughout (no TF32).
+//
+// The rule for S (split_for): tiles = ceil(M/64) ceil(N/64), the output tiles of a 64 x 64 fp32 kernel (an
+// estimate of the heuristic's choice, not a query). No split when tiles >= the SM count (one wave already
+// fills the GPU) or K < 2 x 512. Otherwise S = the largest power of two <= min(ceil(2 SMs / tiles),
+// K / 512, 64), so about two waves of CTAs, each chunk at least 512 deep, at most 64 partials, and the
+// partials at most 64 MiB; chunk = ceil(K / S) rounded up to a multiple of 64 (every part's operand pointer
+// keeps the base pointer's alignment). A power of two divides the usual K (B*T = 16384) into equal chunks:
+// one batched matmul, no remainder. On an H200 (132 SMs), TinyLlama, r 16, K = 16384: every 2048 x 16 gradient
+// (dA of q, k, v, o, gate, up; dB of q, o, down; 32 tiles) S 8; dB of k, v (256 x 16, 4 tiles) S 32; dB of
+// gate, up and dA of down (5632 x 16, 88 tiles) S 2. set_gemm_split_k overrides the rule (benchmarks, tests).
+//
+// The fused LoRA dropout ops at the end (lora_dropout_backward_input, lora_dropout_weight_grad) apply the
+// dropout mask while reading the operand, so the masked input [M, in] is never written and read back.
 #include <cuda_bf16.h>
 
+#include <algorithm>
+#include <atomic>
 #include <cstdio>
 #include <map>
 #include <tuple>
@@ -22,9 +44,12 @@ struct PlanKey {
   bool ta, tb;
   int64_t M, N, K, lda, ldb, ldc;
   uint32_t align_a, align_b, align_c;  // the pointers' alignment (bytes, up to 256): algorithms must not assume more
+  int32_t batch = 1;                   // > 1: a strided batch (split-K's parts), with these element strides
+  int64_t stride_a = 0, stride_b = 0, stride_c = 0;
   bool operator<(const PlanKey& o) const {
-    return std::tie(ab, ta, tb, M, N, K, lda, ldb, ldc, align_a, align_b, align_c) <
-           std::tie(o.ab, o.ta, o.tb, o.M, o.N, o.K, o.lda, o.ldb, o.ldc, o.align_a, o.align_b, o.align_c);
+    return std::tie(ab, ta, tb, M, N, K, lda, ldb, ldc, align_a, align_b, align_c, batch, stride_a, stride_b,
+                    stride_c) < std::tie(o.ab, o.ta, o.tb, o.M, o.N, o.K, o.lda, o.ldb, o.ldc, o.align_a,
+                                         o.align_b, o.align_c, o.batch, o.stride_a, o.stride_b, o.stride_c);
   }
 };
 
@@ -69,6 +94,16 @@ const Plan& plan_for(const PlanKey& k, CudaState& s) {
   ZL_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&p->a, k.ab, k.tb ? k.K : k.N, k.tb ? k.N : k.K, k.ldb));
   ZL_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&p->b, k.ab, k.ta ? k.M : k.K, k.ta ? k.K : k.M, k.lda));
   ZL_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&p->c, CUDA_R_32F, k.N, k.M, k.ldc));
+  if (k.batch > 1) {
+    const std::pair<cublasLtMatrixLayout_t, int64_t> strided[] = {{p->a, k.stride_b}, {p->b, k.stride_a},
+                                                                  {p->c, k.stride_c}};
+    for (const auto& [layout, stride] : strided) {
+      ZL_CUBLAS_CHECK(cublasLtMatrixLayoutSetAttribute(layout, CUBLASLT_MATRIX_LAYOUT_BATCH_COUNT, &k.batch,
+                                                       sizeof k.batch));
+      ZL_CUBLAS_CHECK(cublasLtMatrixLayoutSetAttribute(layout, CUBLASLT_MATRIX_LAYOUT_STRIDED_BATCH_OFFSET, &stride,
+                                                       sizeof stride));
+    }
+  }
   cublasLtMatmulPreference_t pref = nullptr;
   ZL_CUBLAS_CHECK(cublasLtMatmulPreferenceCreate(&pref));
   ZL_CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
@@ -88,8 +123,8 @@ const Plan& plan_for(const PlanKey& k, CudaState& s) {
   cublasLtMatmulPreferenceDestroy(pref);
   if (st != CUBLAS_STATUS_SUCCESS || found == 0) {
     char buf[200];
-    std::snprintf(buf, sizeof buf, "no cuBLASLt algorithm for M %lld N %lld K %lld (%s)", (long long)k.M,
-                  (long long)k.N, (long long)k.K, k.ab == CUDA_R_16BF ? "bf16" : "fp32");
+    std::snprintf(buf, sizeof buf, "no cuBLASLt algorithm for M %lld N %lld K %lld batch %d (%s)", (long long)k.M,
+                  (long long)k.N, (long long)k.K, int(k.batch), k.ab == CUDA_R_16BF ? "bf16" : "fp32");
     throw core::Error("cuda gemm", buf, "report this shape");
   }
   p->algo = result.algo;
@@ -110,6 +145,80 @@ void matmul(cudaDataType_t ab, bool ta, bool tb, int64_t M, int64_t N, int64_t K
   const Plan& p = plan_for({ab, ta, tb, M, N, K, lda, ldb, ldc, alignment(A), alignment(B), alignment(C)}, s);
   ZL_CUBLAS_CHECK(cublasLtMatmul(s.lt, p.desc, &alpha, B, p.a, A, p.b, &beta, C, p.c, C, p.c, &p.algo,
                                  s.lt_workspace, s.lt_workspace_bytes, s.stream));
+}
+
+// batch products C_i = op(A_i) op(B_i) (K > 0, alpha 1, beta 0), X_i = X + i * stride_x: fp32
+void matmul_strided_batch(bool ta, bool tb, int64_t M, int64_t N, int64_t K, const float* A, int64_t lda,
+                          int64_t stride_a, const float* B, int64_t ldb, int64_t stride_b, float* C, int64_t ldc,
+                          int64_t stride_c, int32_t batch, CudaState& s) {
+  PlanKey key{CUDA_R_32F, ta, tb, M, N, K, lda, ldb, ldc, alignment(A), alignment(B), alignment(C)};
+  key.batch = batch, key.stride_a = stride_a, key.stride_b = stride_b, key.stride_c = stride_c;
+  const Plan& p = plan_for(key, s);
+  const float one = 1.f, zero = 0.f;
+  ZL_CUBLAS_CHECK(cublasLtMatmul(s.lt, p.desc, &one, B, p.a, A, p.b, &zero, C, p.c, C, p.c, &p.algo, s.lt_workspace,
+                                 s.lt_workspace_bytes, s.stream));
+}
+
+// ---- split-K (see the top of the file for the rule) ------------------------------------------------------
+
+constexpr int64_t kSplitTile = 64;            // the output tile assumed for the heuristic's fp32 kernel
+constexpr int64_t kSplitMinChunk = 512;       // each part multiplies at least this deep (automatic rule)
+constexpr int64_t kSplitChunkMultiple = 64;   // chunk depth: 64 floats = 256 bytes, so part pointers stay aligned
+constexpr int64_t kSplitMaxParts = 64;
+constexpr int64_t kSplitMaxBytes = int64_t(64) << 20;
+std::atomic<int> g_split_k_mode{-1};  // < 0: the rule; 0: never; > 0: that many parts asked for
+
+struct Split {
+  int64_t chunk = 0;     // K of every batched part
+  int32_t full = 0;      // parts of depth chunk (the batch)
+  int64_t rest = 0;      // K of one more, shorter part (0: none)
+  int parts() const { return full + (rest > 0 ? 1 : 0); }
+};
+
+// The partials' stride in floats: a multiple of 64 (256 bytes), as cuBLASLt was told the base's alignment.
+int64_t partial_stride(int64_t M, int64_t N) { return ceil_div(M * N, 64) * 64; }
+
+Split split_for(int64_t M, int64_t N, int64_t K, int sm_count) {
+  const int mode = g_split_k_mode.load(std::memory_order_relaxed);
+  if (mode == 0 || K < 2 * kSplitChunkMultiple) return {};
+  int64_t S = 0;
+  if (mode > 0) {
+    S = std::min<int64_t>(mode, K / kSplitChunkMultiple);
+  } else {
+    const int64_t tiles = ceil_div(M, kSplitTile) * ceil_div(N, kSplitTile);
+    const int64_t sms = sm_count > 0 ? sm_count : 1;
+    if (tiles >= sms || K < 2 * kSplitMinChunk) return {};
+    const int64_t want = std::min({ceil_div(2 * sms, tiles), K / kSplitMinChunk, kSplitMaxParts,
+                                   kSplitMaxBytes / (4 * partial_stride(M, N))});
+    S = 1;
+    while (S * 2 <= want) S *= 2;
+  }
+  if (S < 2) return {};
+  Split sp;
+  sp.chunk = ceil_div(ceil_div(K, S), kSplitChunkMultiple) * kSplitChunkMultiple;
+  sp.full = int32_t(K / sp.chunk);
+  sp.rest = K - int64_t(sp.full) * sp.chunk;
+  if (sp.parts() < 2) return {};
+  return sp;
+}
+
+// C[m, n] = beta C[m, n] + alpha (p_0 + p_1 + ... + p_{parts-1})[m, n], the partials added in that order; beta 0
+// does not read C (BLAS semantics: a NaN there does not propagate).
+__global__ void split_k_reduce_kernel(float* C, int64_t ldc, const float* partials, int64_t stride, int parts,
+                                      int64_t M, int64_t N, float alpha, float beta) {
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < M * N; i += int64_t(gridDim.x) * blockDim.x) {
+    float acc = partials[i];
+    for (int p = 1; p < parts; ++p) acc = __fadd_rn(acc, partials[p * stride + i]);
+    const int64_t m = i / N, n = i - m * N;
+    float* c = C + m * ldc + n;
+    *c = beta == 0.f ? __fmul_rn(alpha, acc) : __fadd_rn(__fmul_rn(alpha, acc), __fmul_rn(beta, *c));
+  }
+}
+
+void split_k_reduce(float* C, int64_t ldc, const float* partials, int64_t stride, int parts, int64_t M, int64_t N,
+                    float alpha, float beta, CudaState& s) {
+  split_k_reduce_kernel<<<grid_for(M * N), 256, 0, s.stream>>>(C, ldc, partials, stride, parts, M, N, alpha, beta);
+  ZL_CUDA_LAUNCHED();
 }
 
 // fp32 -> bf16, round to nearest even (NaN stays NaN), as core::f32_to_bf16
@@ -178,9 +287,36 @@ WeightView weight_view(const FrozenWeight& w, CudaState& s, const char* fn) {
 
 }  // namespace
 
+int set_gemm_split_k(int mode) { return g_split_k_mode.exchange(mode < 0 ? -1 : mode); }
+
+int gemm_split_k_parts(int64_t M, int64_t N, int64_t K, const CudaState& s) {
+  if (M <= 0 || N <= 0 || K <= 0) return 1;
+  const Split sp = split_for(M, N, K, s.sm_count);
+  return sp.parts() < 2 ? 1 : sp.parts();
+}
+
 void gemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha, const float* A, int64_t lda,
           const float* B, int64_t ldb, float beta, float* C, int64_t ldc, CudaState& s) {
-  matmul(CUDA_R_32F, trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, s);
+  const Split sp = (M > 0 && N > 0 && K > 0) ? split_for(M, N, K, s.sm_count) : Split{};
+  if (sp.parts() < 2) {
+    matmul(CUDA_R_32F, trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, s);
+    return;
+  }
+  // part i multiplies K rows [i chunk, (i+1) chunk) of op(A)'s columns and op(B)'s rows
+  const int64_t stride = partial_stride(M, N);
+  auto* partials = static_cast<float*>(scratch(s, Scratch::SplitK, size_t(sp.parts() * stride) * sizeof(float)));
+  const int64_t step_a = trans_a ? sp.chunk * lda : sp.chunk;  // A [K, M] (trans_a) or [M, K]
+  const int64_t step_b = trans_b ? sp.chunk : sp.chunk * ldb;  // B [N, K] (trans_b) or [K, N]
+  if (sp.full > 1) {
+    matmul_strided_batch(trans_a, trans_b, M, N, sp.chunk, A, lda, step_a, B, ldb, step_b, partials, N, stride,
+                         sp.full, s);
+  } else {
+    matmul(CUDA_R_32F, trans_a, trans_b, M, N, sp.chunk, 1.f, A, lda, B, ldb, 0.f, partials, N, s);
+  }
+  if (sp.rest > 0)
+    matmul(CUDA_R_32F, trans_a, trans_b, M, N, sp.rest, 1.f, A + sp.full * step_a, lda, B + sp.full * step_b, ldb,
+           0.f, partials + sp.full * stride, N, s);
+  split_k_reduce(C, ldc, partials, stride, sp.parts(), M, N, alpha, beta, s);
 }
 
 void linear_forward(float* out, const float* inp, const FrozenWeight& w, int64_t M, CudaState& s) {
@@ -203,6 +339,160 @@ void linear_backward_input(float* dinp, const float* dout, const FrozenWeight& w
   const Operand g = activation_operand(dout, M * w.N, W.type, w.fp16_inputs, s);
   // dinp[M,K] += dout[M,N] W[N,K]
   matmul(W.type, false, false, M, w.K, w.N, 1.f, g.data, w.N, W.data, w.K, 1.f, dinp, w.K, s);
+}
+
+
+// ---- the LoRA branch's dropout, fused into its two products with the input's shape [M, in] ----------------
+// Unfused (lora_linear on the CPU), the backward with dropout makes h = drop(x) [M, in] (read x, write h), reads
+// it for dA, writes du A into it and reads it again to add it masked into dx: 7 passes over an [M, in] fp32
+// tensor besides dx's own. Fused: dA reads x once and dx is read and written once, 3 passes; the mask is the
+// same hash of element m * in + i, the masked value formed as dropout_apply forms it.
+namespace {
+
+constexpr int kFuseCols = 128;            // threads per block, one column i of [M, in] each
+constexpr int kFuseRows = 64;             // rows of du [M, r] staged in shared memory at a time
+constexpr int64_t kDaMinRows = 256;       // dA: rows one block sums before writing its partial
+constexpr int64_t kDaMaxParts = 64;
+
+__device__ inline float masked(const DropoutMask& mask, int64_t n, float v) {
+  const float keep = mask.keep(uint64_t(n)) ? 1.0f : 0.0f;
+  return __fmul_rn(__fmul_rn(keep, mask.keep_scale), v);
+}
+
+// du rows [m0, m0 + rows) ([M, R], contiguous) into shared memory
+template <int R>
+__device__ inline void stage_du(float4* du_s, const float* __restrict__ du, int64_t m0, int rows) {
+  float* d = reinterpret_cast<float*>(du_s);
+  const float* src = du + m0 * R;
+  for (int j = threadIdx.x; j < rows * R; j += blockDim.x) d[j] = src[j];
+}
+
+// dx[m, i] += mask(m, i) * sum_k du[m, k] A[k, i]   (block: kFuseRows rows x kFuseCols columns; A's column in
+// registers, du's rows broadcast from shared memory; k summed in order)
+template <int R>
+__global__ void __launch_bounds__(kFuseCols)
+    lora_dropout_dx_kernel(float* __restrict__ dx, const float* __restrict__ du, const float* __restrict__ A,
+                           int64_t M, int64_t in, DropoutMask mask) {
+  __shared__ float4 du_s[kFuseRows * R / 4];
+  const int64_t m0 = int64_t(blockIdx.y) * kFuseRows;
+  const int rows = int(min(int64_t(kFuseRows), M - m0));
+  stage_du<R>(du_s, du, m0, rows);
+  __syncthreads();
+  const int64_t i = int64_t(blockIdx.x) * kFuseCols + threadIdx.x;
+  if (i >= in) return;
+  float a[R];
+#pragma unroll
+  for (int k = 0; k < R; ++k) a[k] = A[k * in + i];
+#pragma unroll 4
+  for (int mm = 0; mm < rows; ++mm) {
+    float h = 0.f;
+#pragma unroll
+    for (int k4 = 0; k4 < R / 4; ++k4) {
+      const float4 d = du_s[mm * (R / 4) + k4];
+      h = fmaf(d.x, a[4 * k4], h);
+      h = fmaf(d.y, a[4 * k4 + 1], h);
+      h = fmaf(d.z, a[4 * k4 + 2], h);
+      h = fmaf(d.w, a[4 * k4 + 3], h);
+    }
+    const int64_t n = (m0 + mm) * in + i;
+    dx[n] = __fadd_rn(dx[n], masked(mask, n, h));
+  }
+}
+
+// partial p [R, in] = sum over rows m of part p (in order) of du[m, :]^T drop(x)[m, i]
+template <int R>
+__global__ void __launch_bounds__(kFuseCols)
+    lora_dropout_da_kernel(float* __restrict__ partials, int64_t stride, const float* __restrict__ du,
+                           const float* __restrict__ x, int64_t M, int64_t in, int64_t rows_per_part,
+                           DropoutMask mask) {
+  __shared__ float4 du_s[kFuseRows * R / 4];
+  const int64_t i = int64_t(blockIdx.x) * kFuseCols + threadIdx.x;
+  const int64_t begin = int64_t(blockIdx.y) * rows_per_part, end = min(M, begin + rows_per_part);
+  float acc[R];
+#pragma unroll
+  for (int k = 0; k < R; ++k) acc[k] = 0.f;
+  for (int64_t m0 = begin; m0 < end; m0 += kFuseRows) {
+    const int rows = int(min(int64_t(kFuseRows), end - m0));
+    __syncthreads();  // the previous rows are consumed
+    stage_du<R>(du_s, du, m0, rows);
+    __syncthreads();
+    if (i < in) {
+#pragma unroll 8
+      for (int mm = 0; mm < rows; ++mm) {
+        const int64_t n = (m0 + mm) * in + i;
+        const float v = masked(mask, n, x[n]);
+#pragma unroll
+        for (int k4 = 0; k4 < R / 4; ++k4) {
+          const float4 d = du_s[mm * (R / 4) + k4];
+          acc[4 * k4] = fmaf(d.x, v, acc[4 * k4]);
+          acc[4 * k4 + 1] = fmaf(d.y, v, acc[4 * k4 + 1]);
+          acc[4 * k4 + 2] = fmaf(d.z, v, acc[4 * k4 + 2]);
+          acc[4 * k4 + 3] = fmaf(d.w, v, acc[4 * k4 + 3]);
+        }
+      }
+    }
+  }
+  if (i >= in) return;
+  float* p = partials + int64_t(blockIdx.y) * stride;
+#pragma unroll
+  for (int k = 0; k < R; ++k) p[k * in + i] = acc[k];
+}
+
+template <int R>
+void launch_dx(float* dx, const float* du, const float* A, int64_t M, int64_t in, const DropoutMask& mask,
+               CudaState& s) {
+  const dim3 grid(unsigned(ceil_div(in, kFuseCols)), unsigned(ceil_div(M, kFuseRows)));
+  lora_dropout_dx_kernel<R><<<grid, kFuseCols, 0, s.stream>>>(dx, du, A, M, in, mask);
+  ZL_CUDA_LAUNCHED();
+}
+
+template <int R>
+void launch_da(float* dA, const float* du, const float* x, int64_t M, int64_t in, const DropoutMask& mask,
+               CudaState& s) {
+  const int64_t parts = std::min(kDaMaxParts, ceil_div(M, kDaMinRows));
+  const int64_t rows_per_part = ceil_div(ceil_div(M, parts), kFuseRows) * kFuseRows;
+  const int64_t used = ceil_div(M, rows_per_part);
+  const int64_t stride = partial_stride(R, in);
+  auto* partials = static_cast<float*>(scratch(s, Scratch::SplitK, size_t(used * stride) * sizeof(float)));
+  const dim3 grid(unsigned(ceil_div(in, kFuseCols)), unsigned(used));
+  lora_dropout_da_kernel<R><<<grid, kFuseCols, 0, s.stream>>>(partials, stride, du, x, M, in, rows_per_part, mask);
+  ZL_CUDA_LAUNCHED();
+  split_k_reduce(dA, in, partials, stride, int(used), R, in, 1.f, 1.f, s);
+}
+
+bool fusable(int64_t r, int64_t M, int64_t in) {
+  return (r == 4 || r == 8 || r == 16 || r == 32 || r == 64) && ceil_div(M, kFuseRows) <= 65535 &&
+         ceil_div(in, kFuseCols) <= 65535 * 8;
+}
+
+}  // namespace
+
+bool lora_dropout_backward_input(float* dx, const float* du, const float* A, int64_t M, int64_t in, int64_t r,
+                                 const DropoutMask& mask, CudaState& s) {
+  if (!fusable(r, M, in)) return false;
+  if (M <= 0 || in <= 0) return true;
+  switch (r) {
+    case 4: launch_dx<4>(dx, du, A, M, in, mask, s); break;
+    case 8: launch_dx<8>(dx, du, A, M, in, mask, s); break;
+    case 16: launch_dx<16>(dx, du, A, M, in, mask, s); break;
+    case 32: launch_dx<32>(dx, du, A, M, in, mask, s); break;
+    default: launch_dx<64>(dx, du, A, M, in, mask, s); break;
+  }
+  return true;
+}
+
+bool lora_dropout_weight_grad(float* dA, const float* du, const float* x, int64_t M, int64_t in, int64_t r,
+                              const DropoutMask& mask, CudaState& s) {
+  if (!fusable(r, M, in)) return false;
+  if (M <= 0 || in <= 0) return true;
+  switch (r) {
+    case 4: launch_da<4>(dA, du, x, M, in, mask, s); break;
+    case 8: launch_da<8>(dA, du, x, M, in, mask, s); break;
+    case 16: launch_da<16>(dA, du, x, M, in, mask, s); break;
+    case 32: launch_da<32>(dA, du, x, M, in, mask, s); break;
+    default: launch_da<64>(dA, du, x, M, in, mask, s); break;
+  }
+  return true;
 }
 
 }  // namespace zerolora::kernels::cuda
