@@ -3,7 +3,8 @@
 # zerolora's own AVX-512 kernels together (src/kernels/cpu_info.h), so an AMX machine also runs what an AVX2-only
 # CPU (Zen 3) and an AVX-512 CPU without AMX (Zen 4) would. The variants come from `zerolora --version`.
 # Where AMX is one of them, it runs twice: with zerolora's AMX kernels for the frozen bf16 linears (the default)
-# and with ZEROLORA_AMX_GEMM=0 (those linears through oneDNN's own AMX matmul, kernels/cpu/amx_gemm.h).
+# and with ZEROLORA_AMX_GEMM=0 (those linears through oneDNN's own AMX matmul and the bf16 attention products
+# through oneDNN's bf16 matmul instead of zerolora's AMX tiles, kernels/cpu/amx_gemm.h).
 #   bash scripts/test-variants.sh [BUILD_DIR [CTEST_ARGS...]]     default: build, the whole suite
 #   e.g. bash scripts/test-variants.sh build -R 'ZeroMpi|Kernels|Attention'
 # Builds (BUILD_DIR, Release) if needed; prints one PASS/FAIL line per variant; fails if any variant failed.

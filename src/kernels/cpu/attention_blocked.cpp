@@ -27,6 +27,7 @@
 #include <bit>
 #include <chrono>
 #include <cmath>
+#include <cstdio>
 #include <limits>
 #include <map>
 #include <mutex>
@@ -83,6 +84,7 @@ std::mutex g_mutex;
 std::map<MatmulKey, NativeMatmul> g_native;
 std::map<std::string, std::vector<std::string>> g_used;  // product -> kernels it ran on
 double g_product_seconds = 0;                            // wall time inside the products, since the start
+double g_seconds_by_product[6] = {};                     // the same per product
 
 void note_kernel(Product p, const std::string& impl) {
   auto& v = g_used[kProductName[int(p)]];
@@ -200,7 +202,9 @@ template <typename E>
 void matmul(Product p, const MatmulKey& k, const E* A, const E* B, float* C) {
   const auto start = std::chrono::steady_clock::now();
   matmul_untimed(p, k, A, B, C);
-  g_product_seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  g_product_seconds += seconds;
+  g_seconds_by_product[int(p)] += seconds;
 }
 
 // ---- geometry and scratch -------------------------------------------------------------------------
@@ -225,6 +229,13 @@ struct Geometry {
   }
   // Row r of kv head g's part of a block is query head g G + r / R at position t0 + r % R.
   int64_t head(int64_t g, int64_t r) const { return g * G + r / R; }
+  // The it-th row (it < NKV M) in the order q, dout and out lie in memory within each kv head g (position, then
+  // the G heads reading g, which are adjacent there): g M + hl R + i for it = g M + i G + hl. Passes that gather
+  // or scatter those rows walk this order: one position's G rows at a time, not one row per page.
+  int64_t mem_row(int64_t it) const {
+    const int64_t g = it / M, rem = it % M;
+    return g * M + (rem % G) * R + rem / G;
+  }
 };
 
 // Every buffer holds all NKV kv heads (batch index g first), so each product is one batched call.
@@ -353,6 +364,12 @@ std::vector<std::string> attention_blocked_native_kernels() {
   for (const auto& [product, kernels] : g_used) {
     std::string line = product + ":";
     for (const auto& k : kernels) line += " " + k;
+    for (int p = 0; p < 6; ++p)
+      if (product == kProductName[p]) {
+        char buf[48];
+        std::snprintf(buf, sizeof buf, " (%.3f s so far)", g_seconds_by_product[p]);
+        line += buf;
+      }
     lines.push_back(line);
   }
   return lines;

@@ -49,7 +49,8 @@ void attention_forward_impl(float* out, float* lse, const float* q, const float*
       if (tv > t0) geo.key_range(b, t0, tv, &ks, &ke);
       // Q rows (zero past the valid ones); O = 0, m = -inf, l = 0
 #pragma omp parallel for schedule(static)
-      for (int64_t gr = 0; gr < rows; ++gr) {
+      for (int64_t it = 0; it < rows; ++it) {  // in q's memory order (rows of a position: 8 KiB apart)
+        const int64_t gr = geo.mem_row(it);
         const int64_t g = gr / M, r = gr % M, t = t0 + r % R;
         E* dst = w.qb.data() + gr * HD;
         std::fill_n(w.o.data() + gr * HD, HD, 0.0f);
@@ -60,6 +61,7 @@ void attention_forward_impl(float* out, float* lse, const float* q, const float*
           continue;
         }
         const float* src = q + L.q_off(b, t, geo.head(g, r));
+#pragma omp simd
         for (int64_t d = 0; d < HD; ++d) put(dst[d], src[d]);
       }
       for (int64_t c0 = ks; c0 < ke; c0 += geo.chunk) {
@@ -100,7 +102,8 @@ void attention_forward_impl(float* out, float* lse, const float* q, const float*
                w.vg.data() + c0 * HD, w.o.data());
       }
 #pragma omp parallel for schedule(static)
-      for (int64_t gr = 0; gr < rows; ++gr) {
+      for (int64_t it = 0; it < rows; ++it) {  // in q's memory order (rows of a position: 8 KiB apart)
+        const int64_t gr = geo.mem_row(it);
         const int64_t g = gr / M, r = gr % M, t = t0 + r % R, h = geo.head(g, r);
         if (t >= tend) continue;
         float* dst = out + L.q_off(b, t, h);
@@ -143,28 +146,48 @@ void attention_backward_impl(float* dq, float* dk, float* dv, const float* dout,
       }
       int64_t ks, ke;
       geo.key_range(b, t0, tv, &ks, &ke);
-      // Q, dO rows and their transposes; D = dO.O and lse per row
+      // Q, dO rows; D = dO.O and lse per row; then their transposes, 16 x 16 blocks at a time
 #pragma omp parallel for schedule(static)
-      for (int64_t gr = 0; gr < rows; ++gr) {
+      for (int64_t it = 0; it < rows; ++it) {  // in q's memory order (rows of a position: 8 KiB apart)
+        const int64_t gr = geo.mem_row(it);
         const int64_t g = gr / M, r = gr % M, t = t0 + r % R, h = geo.head(g, r);
         E* qd = w.qb.data() + gr * HD;
         E* od = w.dob.data() + gr * HD;
-        E* qt = w.qbt.data() + g * HD * M + r;
-        E* ot = w.dobt.data() + g * HD * M + r;
-        const bool valid = t < tv;
+        if (t >= tv) {
+          std::fill_n(qd, HD, E(0));
+          std::fill_n(od, HD, E(0));
+          d_row[gr] = 0.0f;
+          lse_row[gr] = 0.0f;
+          continue;
+        }
+        const float* qs = q + L.q_off(b, t, h);
+        const float* os = dout + L.q_off(b, t, h);
+        const float* oo = out + L.q_off(b, t, h);
         float dsum = 0;
+#pragma omp simd reduction(+ : dsum)
+        for (int64_t d = 0; d < HD; ++d) dsum += os[d] * oo[d];
+#pragma omp simd
         for (int64_t d = 0; d < HD; ++d) {
-          const float qv = valid ? q[L.q_off(b, t, h) + d] : 0.0f;
-          const float ov = valid ? dout[L.q_off(b, t, h) + d] : 0.0f;
-          if (valid) dsum += ov * out[L.q_off(b, t, h) + d];
-          put(qd[d], qv);
-          put(od[d], ov);
-          qt[d * M] = qd[d];
-          ot[d * M] = od[d];
+          put(qd[d], qs[d]);
+          put(od[d], os[d]);
         }
         d_row[gr] = dsum;
-        lse_row[gr] = valid ? lse[L.lse_off(b, h, t)] : 0.0f;
+        lse_row[gr] = lse[L.lse_off(b, h, t)];
       }
+#pragma omp parallel for schedule(static) collapse(2)
+      for (int64_t g = 0; g < H; ++g)
+        for (int64_t r0 = 0; r0 < M; r0 += 16) {  // M is a multiple of kKeyAlign
+          const E* qs = w.qb.data() + (g * M + r0) * HD;
+          const E* os = w.dob.data() + (g * M + r0) * HD;
+          E* qt = w.qbt.data() + g * HD * M + r0;
+          E* ot = w.dobt.data() + g * HD * M + r0;
+          for (int64_t d = 0; d < HD; ++d)
+#pragma omp simd
+            for (int64_t i = 0; i < 16; ++i) {
+              qt[d * M + i] = qs[i * HD + d];
+              ot[d * M + i] = os[i * HD + d];
+            }
+        }
       for (int64_t c0 = ks; c0 < ke; c0 += geo.chunk) {
         const int64_t N = std::min(geo.chunk, ke - c0);
         const MatmulKey by_keys{H, M, N, HD, HD, HD, N, M * HD, Tp * HD, M * N, true, false};
@@ -199,7 +222,8 @@ void attention_backward_impl(float* dq, float* dk, float* dv, const float* dout,
         matmul(Product::QdS, by_rows, w.qbt.data(), w.dsb.data(), w.dkt.data() + c0);
       }
 #pragma omp parallel for schedule(static)
-      for (int64_t gr = 0; gr < rows; ++gr) {
+      for (int64_t it = 0; it < rows; ++it) {  // in q's memory order (rows of a position: 8 KiB apart)
+        const int64_t gr = geo.mem_row(it);
         const int64_t g = gr / M, r = gr % M, t = t0 + r % R;
         if (t >= tend) continue;
         float* dst = dq + L.q_off(b, t, geo.head(g, r));

@@ -68,7 +68,8 @@ void attention_backward_blocked(AttentionIsa isa, AttentionOperands ops, float* 
                                 const int32_t* kv_begin);
 // The best copy for this CPU (AVX-512 where available), as attention_forward / attention_backward use.
 AttentionIsa attention_best_isa();
-// The oneDNN kernels the bf16 blocked products have used so far, a line per product (benchmarks print them).
+// The kernels the bf16 blocked products have used so far and the wall seconds spent in each product, a line per
+// product (benchmarks print them).
 std::vector<std::string> attention_blocked_native_kernels();
 // Tests and benchmarks: keys per product of the blocked kernels (a positive multiple of 64; default 256);
 // 0 leaves it. Returns the previous value.
