@@ -42,6 +42,8 @@ if want tinyllama; then
   step bench-ours-b8-t2048-ckpt 120 "$D/bin/bench_train_step" $S --batch 8 --seq 2048 --device cuda --checkpointing --no-gemm
   step bench-peer-b8-t2048-ckpt 180 python3 bench/peer_pytorch.py $S --batch 8 --seq 2048 --device cuda --checkpointing
   step bench-ours-profile 100 "$D/bin/bench_train_step" $S --batch 8 --seq 2048 --device cuda --no-gemm --profile --steps 1
+  # the LoRA branch alone at the step's shapes: cuBLASLt heuristic vs split-K, dropout paths unfused vs fused
+  step bench-lora-gemms 30 "$D/bin/bench_cuda_lora_gemms" --rows 16384 --r 16
 fi
 if want qlora; then  # QLoRA (NF4 projections) next to bf16 LoRA, same shape
   step bench-ours-nf4-b8-t2048 150 "$D/bin/bench_train_step" ${S/--dtype bf16/--dtype nf4} --batch 8 --seq 2048 --device cuda --no-gemm
