@@ -1,11 +1,11 @@
-// The LoRA branch's GPU work at one training step's shapes (issue 17): every fp32 GEMM of lora_linear for
-// each projection shape, timed with cuBLASLt's heuristic alone (split-K off) and with kernels/cuda/gemm.cu's
-// split-K rule, plus a sweep of forced split counts for the weight gradients (the data to tune the rule), and
-// the dropout paths of the backward unfused (dropout_apply + GEMM, as on the CPU) vs fused. One line per shape
-// (us, GB/s of the operands' minimal traffic, GFLOP/s; sweep: forced S -> parts, us), one dropout line per
-// projection shape, then the LoRA branch's time summed over the step (each shape times its count x layers): without
-// dropout (heuristic alone vs the split-K rule) and with dropout 0.05 (before: heuristic + unfused; split-K +
-// unfused; after: split-K + fused), and a JSON line.
+// The LoRA branch's GPU work at one training step's shapes (issue 17): every fp32 GEMM of lora_linear for each
+// projection shape, timed with cuBLASLt's heuristic alone (split-K off) and with kernels/cuda/gemm.cu's split-K
+// rule, plus a sweep of forced split counts for the weight gradients (the data to tune the rule), and the dropout
+// paths (forward u, backward dA and dx) unfused (dropout_apply + GEMM, as on the CPU) vs fused. One line per
+// product (us, GB/s of the operands' minimal traffic, GFLOP/s; sweep: forced S -> parts, us), one dropout line
+// per projection shape, then the LoRA branch's time summed over the step (each shape times its count x layers):
+// without dropout (heuristic alone vs the split-K rule) and with dropout 0.05 (heuristic + unfused; split-K +
+// unfused; split-K + fused), and a JSON line.
 //   bench_cuda_lora_gemms [--rows M] [--r R] [--layers L] [--hidden H] [--kv K] [--inter I] [--reps N]
 // Defaults: TinyLlama-1.1B, batch 8 x seq 2048 (M 16384), r 16, 22 layers (q, k, v, o, gate, up, down).
 // Correctness is the tests' job (tests/kernels/test_cuda_gemm_split_k.cpp).
@@ -33,6 +33,8 @@ using namespace zerolora::kernels;
 namespace zerolora::kernels::cuda {
 int set_gemm_split_k(int mode);
 int gemm_split_k_parts(int64_t M, int64_t N, int64_t K, const CudaState& s);
+bool lora_dropout_forward(float* u, const float* x, const float* A, int64_t M, int64_t in, int64_t r,
+                          const DropoutMask& mask, CudaState& s);
 bool lora_dropout_backward_input(float* dx, const float* du, const float* A, int64_t M, int64_t in, int64_t r,
                                  const DropoutMask& mask, CudaState& s);
 bool lora_dropout_weight_grad(float* dA, const float* du, const float* x, int64_t M, int64_t in, int64_t r,
@@ -202,6 +204,9 @@ int main(int argc, char** argv) {
     cuda::set_gemm_split_k(-1);
     const double t_unfused_s = timeit(unfused);
     bool fused_ok = true;
+    const double t_fwd = timeit([&] {
+      fused_ok = cuda::lora_dropout_forward(u, x, A, M, p.in, r, mask, s) && fused_ok;
+    });
     const double t_da = timeit([&] {
       fused_ok = cuda::lora_dropout_weight_grad(dA, du, x, M, p.in, r, mask, s) && fused_ok;
     });
@@ -209,14 +214,17 @@ int main(int argc, char** argv) {
       fused_ok = cuda::lora_dropout_backward_input(dx, du, A, M, p.in, r, mask, s) && fused_ok;
     });
     const double xbytes = 4.0 * double(M * p.in);
-    std::printf("  %-8s dropout: mask fwd %.1f us (%.0f GB/s); backward dA+dx unfused %.1f us (heuristic) / %.1f us"
-                " (split-K); fused dA %.1f us (%.0f GB/s of x), dx %.1f us (%.0f GB/s of dx r+w)%s\n",
-                p.names, t_mask, 2 * xbytes / t_mask / 1e3, t_unfused_h, t_unfused_s, t_da, xbytes / t_da / 1e3,
-                t_dx, 2 * xbytes / t_dx / 1e3, fused_ok ? "" : " [no fused kernel for this r: fused timed nothing]");
-    const double common_h = t_h[0] + t_h[1] + t_h[2] + t_h[3], common_s = t_s[0] + t_s[1] + t_s[2] + t_s[3];
-    drop_before += mult * (t_mask + common_h + t_unfused_h);
-    drop_split += mult * (t_mask + common_s + t_unfused_s);
-    drop_after += mult * (t_mask + common_s + (fused_ok ? t_da + t_dx : t_unfused_s));
+    std::printf("  %-8s dropout: forward mask %.1f us (%.0f GB/s) + u gemm %.1f us, fused %.1f us (%.0f GB/s of x);"
+                " backward dA+dx unfused %.1f us (heuristic) / %.1f us (split-K), fused dA %.1f us (%.0f GB/s of x)"
+                " + dx %.1f us (%.0f GB/s of dx r+w)%s\n",
+                p.names, t_mask, 2 * xbytes / t_mask / 1e3, t_s[0], t_fwd, xbytes / t_fwd / 1e3, t_unfused_h,
+                t_unfused_s, t_da, xbytes / t_da / 1e3, t_dx, 2 * xbytes / t_dx / 1e3,
+                fused_ok ? "" : " [no fused kernel for this r: fused timed nothing]");
+    // the step's LoRA work for this shape with dropout: u (mask + gemm, or fused), out, du, dB, then dA and dx
+    const double common_h = t_h[1] + t_h[2] + t_h[3], common_s = t_s[1] + t_s[2] + t_s[3];
+    drop_before += mult * (t_mask + t_h[0] + common_h + t_unfused_h);
+    drop_split += mult * (t_mask + t_s[0] + common_s + t_unfused_s);
+    drop_after += mult * (fused_ok ? t_fwd + common_s + t_da + t_dx : t_mask + t_s[0] + common_s + t_unfused_s);
   }
   cuda::set_gemm_split_k(-1);
   std::printf("step (%lld layers, 7 projections, %.0f GFLOP of LoRA GEMMs), LoRA branch time:\n", (long long)layers,

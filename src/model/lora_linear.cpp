@@ -10,10 +10,13 @@
 #include "core/op_profile.h"
 
 #if defined(ZEROLORA_WITH_CUDA)
-// kernels/cuda/gemm.cu: the LoRA dropout fused into the backward's two products with [M, in] operands (false:
-// not fused for this r or shape, nothing done). Float, device memory, the context's stream.
+// kernels/cuda/gemm.cu: the LoRA dropout fused into the three products with [M, in] operands (false: not fused
+// for this r or shape, or ZEROLORA_LORA_FUSED=0; nothing done). Float, device memory, the context's stream.
 // TODO(issue 17): declare these in kernels/cuda_backend.h (with no_cuda stubs) and drop this block.
 namespace zerolora::kernels::cuda {
+// u [M, r] = (mask * x [M, in]) A [r, in]^T
+bool lora_dropout_forward(float* u, const float* x, const float* A, int64_t M, int64_t in, int64_t r,
+                          const DropoutMask& mask, CudaState& s);
 // dx [M, in] += mask * (du [M, r] A [r, in])
 bool lora_dropout_backward_input(float* dx, const float* du, const float* A, int64_t M, int64_t in, int64_t r,
                                  const DropoutMask& mask, CudaState& s);
@@ -116,34 +119,21 @@ double dropout_multiplier(uint64_t seed, int slot_index, int64_t m, int64_t i, i
   return DropoutMask(seed, slot_index, p).multiplier(uint64_t(m * in + i));
 }
 
-template <typename S>
-void lora_linear_forward(S* out, S* u, const S* x, const kernels::FrozenWeight& w, const LoraBranch& lora,
-                         const S* params, LoraScratch<S> scratch, int64_t M, const kernels::Context& ctx) {
-  {
-    core::OpTimer t(core::Op::FrozenGemm);
-    if (lora.bias) {
-      kernels::linear_forward<S>(out, x, with_trainable_bias(w, lora, params), M, ctx);
-    } else {
-      kernels::linear_forward<S>(out, x, w, M, ctx);
-    }
-  }
-  if (!lora.slot) return;
-  core::OpTimer t(core::Op::Lora);
-  const LoraSlot& s = *lora.slot;
-  const S* A = params + s.a_offset;  // [r, in]
-  const S* B = params + s.b_offset;  // [out, r]
-  const S* h = x;
-  if (lora.dropout > 0) {
-    kernels::dropout_apply<S>(scratch.h, x, M, s.in, mask_of(lora), false, ctx);
-    h = scratch.h;
-  }
-  kernels::gemm<S>(false, true, M, s.r, s.in, S(1), h, s.in, A, s.in, S(0), u, s.r, ctx);
-  kernels::gemm<S>(false, true, M, s.out, s.r, S(lora.scale), u, s.r, B, s.r, S(1), out, s.out, ctx);
-}
-
 namespace {
 // On a CUDA context (float), with dropout: the fused kernels in place of dropout_apply + GEMM (see
 // kernels/cuda/gemm.cu); false where they do not apply (then the generic path runs, as on the CPU).
+template <typename S>
+bool fused_dropout_forward(S* u, const S* x, const S* A, int64_t M, const LoraSlot& s, const LoraBranch& lora,
+                           const kernels::Context& ctx) {
+#if defined(ZEROLORA_WITH_CUDA)
+  if constexpr (std::is_same_v<S, float>) {
+    if (ctx.on_cuda()) return kernels::cuda::lora_dropout_forward(u, x, A, M, s.in, s.r, mask_of(lora), *ctx.cuda);
+  }
+#endif
+  (void)u, (void)x, (void)A, (void)M, (void)s, (void)lora, (void)ctx;
+  return false;
+}
+
 template <typename S>
 bool fused_dropout_weight_grad(S* dA, const S* du, const S* x, int64_t M, const LoraSlot& s, const LoraBranch& lora,
                                const kernels::Context& ctx) {
@@ -170,6 +160,31 @@ bool fused_dropout_backward_input(S* dx, const S* du, const S* A, int64_t M, con
   return false;
 }
 }  // namespace
+
+template <typename S>
+void lora_linear_forward(S* out, S* u, const S* x, const kernels::FrozenWeight& w, const LoraBranch& lora,
+                         const S* params, LoraScratch<S> scratch, int64_t M, const kernels::Context& ctx) {
+  {
+    core::OpTimer t(core::Op::FrozenGemm);
+    if (lora.bias) {
+      kernels::linear_forward<S>(out, x, with_trainable_bias(w, lora, params), M, ctx);
+    } else {
+      kernels::linear_forward<S>(out, x, w, M, ctx);
+    }
+  }
+  if (!lora.slot) return;
+  core::OpTimer t(core::Op::Lora);
+  const LoraSlot& s = *lora.slot;
+  const S* A = params + s.a_offset;  // [r, in]
+  const S* B = params + s.b_offset;  // [out, r]
+  if (lora.dropout <= 0) {
+    kernels::gemm<S>(false, true, M, s.r, s.in, S(1), x, s.in, A, s.in, S(0), u, s.r, ctx);
+  } else if (!fused_dropout_forward<S>(u, x, A, M, s, lora, ctx)) {
+    kernels::dropout_apply<S>(scratch.h, x, M, s.in, mask_of(lora), false, ctx);
+    kernels::gemm<S>(false, true, M, s.r, s.in, S(1), scratch.h, s.in, A, s.in, S(0), u, s.r, ctx);
+  }
+  kernels::gemm<S>(false, true, M, s.out, s.r, S(lora.scale), u, s.r, B, s.r, S(1), out, s.out, ctx);
+}
 
 template <typename S>
 void lora_linear_backward(S* dx, S* grads, const S* dout, const S* x, const S* u, const kernels::FrozenWeight& w,

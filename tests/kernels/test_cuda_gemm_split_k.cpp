@@ -34,6 +34,8 @@ using namespace zerolora::kernels::test;
 namespace zerolora::kernels::cuda {
 int set_gemm_split_k(int mode);  // < 0 the rule, 0 never, > 0 that many parts; returns the previous mode
 int gemm_split_k_parts(int64_t M, int64_t N, int64_t K, const CudaState& s);
+bool lora_dropout_forward(float* u, const float* x, const float* A, int64_t M, int64_t in, int64_t r,
+                          const DropoutMask& mask, CudaState& s);
 bool lora_dropout_backward_input(float* dx, const float* du, const float* A, int64_t M, int64_t in, int64_t r,
                                  const DropoutMask& mask, CudaState& s);
 bool lora_dropout_weight_grad(float* dA, const float* du, const float* x, int64_t M, int64_t in, int64_t r,
@@ -221,10 +223,10 @@ TEST_F(CudaGemmSplitK, BitwiseDeterministic) {
   }
 }
 
-// The fused LoRA dropout products (lora_linear's backward on the GPU) against the CPU's dropout_apply + gemm:
-//   dA [r, in] += du^T drop(x),   dx [M, in] += drop(du A)
-// within the bound above (K = M for dA, r for dx; the masked values are the same fp32 numbers on both sides),
-// and dA bitwise equal over two runs. An r it has no kernel for returns false and touches nothing.
+// The fused LoRA dropout products (lora_linear on the GPU) against the CPU's dropout_apply + gemm:
+//   u [M, r] = drop(x) A^T,   dA [r, in] += du^T drop(x),   dx [M, in] += drop(du A)
+// within the bound above (K = in for u, M for dA, r for dx; the masked values are the same fp32 numbers on both
+// sides), and u and dA bitwise equal over two runs. An r it has no kernel for returns false and touches nothing.
 TEST_F(CudaGemmSplitK, FusedLoraDropoutMatchesCpu) {
   struct Shape {
     int64_t M, in, r;
@@ -243,7 +245,22 @@ TEST_F(CudaGemmSplitK, FusedLoraDropoutMatchesCpu) {
     gemm<float>(false, false, sh.M, sh.in, sh.r, 1.f, du.data(), sh.r, A.data(), sh.in, 0.f, h2.data(), sh.in);
     dropout_apply<float>(dx.data(), h2.data(), sh.M, sh.in, mask, true);
 
+    std::vector<float> u(size_t(sh.M * sh.r));
+    gemm<float>(false, true, sh.M, sh.r, sh.in, 1.f, h.data(), sh.in, A.data(), sh.in, 0.f, u.data(), sh.r);
+
     auto d_x = upload(x), d_du = upload(du), d_A = upload(A);
+    std::vector<float> got_u[2];
+    for (int run = 0; run < 2; ++run) {
+      auto d_u = upload(std::vector<float>(size_t(sh.M * sh.r), std::numeric_limits<float>::quiet_NaN()));
+      ASSERT_TRUE(cuda::lora_dropout_forward(d_u.data(), d_x.data(), d_A.data(), sh.M, sh.in, sh.r, mask, state()));
+      got_u[run] = download(d_u);
+    }
+    EXPECT_EQ(std::memcmp(got_u[0].data(), got_u[1].data(), got_u[0].size() * sizeof(float)), 0)
+        << "two runs of the fused u differ";
+    const GemmCase cu{false, true, sh.M, sh.r, sh.in, 1.f, 0.f, 0};
+    expect_within_bound(got_u[0], cu, h, sh.in, A, sh.in, u, sh.r, "gpu u");
+    expect_within_bound(u, cu, h, sh.in, A, sh.in, u, sh.r, "cpu u");
+
     std::vector<float> got_dA[2];
     for (int run = 0; run < 2; ++run) {
       auto d_dA = upload(dA0);
@@ -290,6 +307,7 @@ TEST_F(CudaGemmSplitK, FusedLoraDropoutMatchesCpu) {
   // no kernel for r 12: false, nothing written
   const DropoutMask mask(1, 0, 0.1);
   DeviceArray<float> d(64, ctx());
+  EXPECT_FALSE(cuda::lora_dropout_forward(d.data(), d.data(), d.data(), 4, 4, 12, mask, state()));
   EXPECT_FALSE(cuda::lora_dropout_weight_grad(d.data(), d.data(), d.data(), 4, 4, 12, mask, state()));
   EXPECT_FALSE(cuda::lora_dropout_backward_input(d.data(), d.data(), d.data(), 4, 4, 12, mask, state()));
 }

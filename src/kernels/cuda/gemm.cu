@@ -20,15 +20,20 @@
 // keeps the base pointer's alignment). A power of two divides the usual K (B*T = 16384) into equal chunks:
 // one batched matmul, no remainder. On an H200 (132 SMs), TinyLlama, r 16, K = 16384: every 2048 x 16 gradient
 // (dA of q, k, v, o, gate, up; dB of q, o, down; 32 tiles) S 8; dB of k, v (256 x 16, 4 tiles) S 32; dB of
-// gate, up and dA of down (5632 x 16, 88 tiles) S 2. set_gemm_split_k overrides the rule (benchmarks, tests).
+// gate, up and dA of down (5632 x 16, 88 tiles) S 2. set_gemm_split_k overrides the rule (benchmarks, tests), as
+// does ZEROLORA_GEMM_SPLIT_K (auto: the rule, the default; 0: never split; N: N parts where K allows 64-deep chunks).
 //
-// The fused LoRA dropout ops at the end (lora_dropout_backward_input, lora_dropout_weight_grad) apply the
-// dropout mask while reading the operand, so the masked input [M, in] is never written and read back.
+// The fused LoRA dropout ops at the end (lora_dropout_forward, lora_dropout_weight_grad,
+// lora_dropout_backward_input) apply the dropout mask while reading the operand, so the masked input [M, in] is
+// never written and read back; ZEROLORA_LORA_FUSED=0 switches them off (lora_linear then runs dropout_apply and
+// the GEMMs, as on the CPU).
 #include <cuda_bf16.h>
 
 #include <algorithm>
 #include <atomic>
 #include <cstdio>
+#include <cstdlib>
+#include <string>
 #include <map>
 #include <tuple>
 
@@ -166,7 +171,25 @@ constexpr int64_t kSplitMinChunk = 512;       // each part multiplies at least t
 constexpr int64_t kSplitChunkMultiple = 64;   // chunk depth: 64 floats = 256 bytes, so part pointers stay aligned
 constexpr int64_t kSplitMaxParts = 64;
 constexpr int64_t kSplitMaxBytes = int64_t(64) << 20;
-std::atomic<int> g_split_k_mode{-1};  // < 0: the rule; 0: never; > 0: that many parts asked for
+// < 0: the rule; 0: never; > 0: that many parts asked for; kUnread: ZEROLORA_GEMM_SPLIT_K not read yet
+constexpr int kUnread = -2;
+std::atomic<int> g_split_k_mode{kUnread};
+
+int split_k_mode() {
+  int mode = g_split_k_mode.load(std::memory_order_relaxed);
+  if (mode != kUnread) return mode;
+  mode = -1;
+  if (const char* v = std::getenv("ZEROLORA_GEMM_SPLIT_K"); v && *v && std::string(v) != "auto") {
+    char* end = nullptr;
+    const long n = std::strtol(v, &end, 10);
+    core::check(*end == 0 && n >= 0 && n <= 1024, "ZEROLORA_GEMM_SPLIT_K", std::string("unknown value '") + v + "'",
+                "set auto (the rule, the default), 0 (no split-K) or a number of parts");
+    mode = int(n);
+  }
+  int expected = kUnread;
+  g_split_k_mode.compare_exchange_strong(expected, mode);
+  return g_split_k_mode.load(std::memory_order_relaxed);
+}
 
 struct Split {
   int64_t chunk = 0;     // K of every batched part
@@ -179,7 +202,7 @@ struct Split {
 int64_t partial_stride(int64_t M, int64_t N) { return ceil_div(M * N, 64) * 64; }
 
 Split split_for(int64_t M, int64_t N, int64_t K, int sm_count) {
-  const int mode = g_split_k_mode.load(std::memory_order_relaxed);
+  const int mode = split_k_mode();
   if (mode == 0 || K < 2 * kSplitChunkMultiple) return {};
   int64_t S = 0;
   if (mode > 0) {
@@ -287,7 +310,11 @@ WeightView weight_view(const FrozenWeight& w, CudaState& s, const char* fn) {
 
 }  // namespace
 
-int set_gemm_split_k(int mode) { return g_split_k_mode.exchange(mode < 0 ? -1 : mode); }
+int set_gemm_split_k(int mode) {
+  const int before = split_k_mode();
+  g_split_k_mode.store(mode < 0 ? -1 : mode);
+  return before;
+}
 
 int gemm_split_k_parts(int64_t M, int64_t N, int64_t K, const CudaState& s) {
   if (M <= 0 || N <= 0 || K <= 0) return 1;
@@ -342,11 +369,14 @@ void linear_backward_input(float* dinp, const float* dout, const FrozenWeight& w
 }
 
 
-// ---- the LoRA branch's dropout, fused into its two products with the input's shape [M, in] ----------------
-// Unfused (lora_linear on the CPU), the backward with dropout makes h = drop(x) [M, in] (read x, write h), reads
-// it for dA, writes du A into it and reads it again to add it masked into dx: 7 passes over an [M, in] fp32
-// tensor besides dx's own. Fused: dA reads x once and dx is read and written once, 3 passes; the mask is the
-// same hash of element m * in + i, the masked value formed as dropout_apply forms it.
+// ---- the LoRA branch's dropout, fused into its products with the input's shape [M, in] ---------------------
+// Unfused (lora_linear on the CPU), the forward makes h = drop(x) [M, in] (read x, write h) and reads it for
+// u = h A^T: 3 passes over an [M, in] fp32 tensor; fused, 1 (x read once). The backward makes h again (2),
+// reads it for dA (1), writes du A into it (1) and reads it with dx to add it masked into dx (3): 7 passes;
+// fused, dA reads x once and dx is read and written once: 3. At TinyLlama's shapes (M 16384, sum of in over the
+// 7 projections 17920 per layer, 22 layers) that is 6 passes of 1.18 GB per layer fewer: ~155 GB per step, about
+// 35 ms at 4.4 TB/s. The mask is the same hash of element m * in + i, the masked value formed as dropout_apply
+// forms it ((keep * scale) * x, rounded), so only the order of the sums differs from the unfused path.
 namespace {
 
 constexpr int kFuseCols = 128;            // threads per block, one column i of [M, in] each
@@ -438,6 +468,89 @@ __global__ void __launch_bounds__(kFuseCols)
   for (int k = 0; k < R; ++k) p[k * in + i] = acc[k];
 }
 
+// u [M, R] = drop(x) [M, in] A [R, in]^T. Block: kFwdRows rows, 128 threads; thread t owns row t / 4 and the
+// R / 4 consecutive columns of u from (t % 4) R / 4. Per step, kFwdCols columns of x (masked as loaded, once per
+// element) and the same rows of at = A^T [in, R] (made once per call: 4 R in bytes) are staged in shared memory,
+// both read and stored contiguously; every thread then runs its column loop (i in order within the step, the
+// steps in order).
+constexpr int kFwdRows = 32;
+constexpr int kFwdCols = 64;
+constexpr int kFwdThreads = 128;  // 4 per row
+
+template <int R>
+__global__ void __launch_bounds__(kFwdThreads)
+    lora_dropout_forward_kernel(float* __restrict__ u, const float* __restrict__ x, const float* __restrict__ at,
+                                int64_t M, int64_t in, DropoutMask mask) {
+  constexpr int Q = R / 4;  // u columns per thread
+  __shared__ float x_s[kFwdRows][kFwdCols + 1];  // + 1: the 8 rows a warp reads at one column in distinct banks
+  __shared__ float4 a_s[kFwdCols][Q];            // a_s[j][q] = at[c0 + j, 4 q .. 4 q + 3]
+  static_assert(kFwdThreads == 4 * kFwdRows, "4 threads per row");
+  const int row = threadIdx.x / 4, kq = threadIdx.x % 4;
+  const int64_t m0 = int64_t(blockIdx.x) * kFwdRows;
+  float acc[Q];
+#pragma unroll
+  for (int q = 0; q < Q; ++q) acc[q] = 0.f;
+  for (int64_t c0 = 0; c0 < in; c0 += kFwdCols) {
+    __syncthreads();  // the previous step's tiles are consumed
+#pragma unroll
+    for (int e = threadIdx.x; e < kFwdRows * kFwdCols; e += kFwdThreads) {  // 16 loads in flight per thread
+      const int rr = e / kFwdCols, j = e % kFwdCols;
+      const int64_t m = m0 + rr, i = c0 + j;
+      float v = 0.f;
+      if (m < M && i < in) {
+        const int64_t n = m * in + i;
+        v = masked(mask, n, x[n]);
+      }
+      x_s[rr][j] = v;
+    }
+    float* a_flat = reinterpret_cast<float*>(a_s);
+    const int64_t avail = (in - c0) * R;  // at's elements left from row c0
+#pragma unroll 4
+    for (int e = threadIdx.x; e < R * kFwdCols; e += kFwdThreads) a_flat[e] = e < avail ? at[c0 * R + e] : 0.f;
+    __syncthreads();
+#pragma unroll 8
+    for (int j = 0; j < kFwdCols; ++j) {
+      const float xv = x_s[row][j];
+#pragma unroll
+      for (int q4 = 0; q4 < Q / 4; ++q4) {
+        const float4 a = a_s[j][kq * (Q / 4) + q4];
+        acc[4 * q4] = fmaf(xv, a.x, acc[4 * q4]);
+        acc[4 * q4 + 1] = fmaf(xv, a.y, acc[4 * q4 + 1]);
+        acc[4 * q4 + 2] = fmaf(xv, a.z, acc[4 * q4 + 2]);
+        acc[4 * q4 + 3] = fmaf(xv, a.w, acc[4 * q4 + 3]);
+      }
+      if constexpr (Q % 4 != 0) {  // R 4 and 8: a thread's Q (1 or 2) values are part of a float4
+        const float* a = reinterpret_cast<const float*>(&a_s[j][0]);
+#pragma unroll
+        for (int q = 0; q < Q; ++q) acc[q] = fmaf(xv, a[kq * Q + q], acc[q]);
+      }
+    }
+  }
+  const int64_t m = m0 + row;
+  if (m >= M) return;
+#pragma unroll
+  for (int q = 0; q < Q; ++q) u[m * R + kq * Q + q] = acc[q];
+}
+
+// at [in, R] = A [R, in]^T
+__global__ void transpose_kernel(float* __restrict__ at, const float* __restrict__ A, int64_t R, int64_t in) {
+  for (int64_t e = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; e < R * in; e += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t k = e / in, i = e - k * in;
+    at[i * R + k] = A[e];
+  }
+}
+
+template <int R>
+void launch_forward(float* u, const float* x, const float* A, int64_t M, int64_t in, const DropoutMask& mask,
+                    CudaState& s) {
+  auto* at = static_cast<float*>(scratch(s, Scratch::SplitK, size_t(R * in) * sizeof(float)));
+  transpose_kernel<<<grid_for(R * in), 256, 0, s.stream>>>(at, A, R, in);
+  ZL_CUDA_LAUNCHED();
+  lora_dropout_forward_kernel<R><<<unsigned(ceil_div(M, kFwdRows)), kFwdThreads, 0, s.stream>>>(u, x, at, M, in,
+                                                                                                 mask);
+  ZL_CUDA_LAUNCHED();
+}
+
 template <int R>
 void launch_dx(float* dx, const float* du, const float* A, int64_t M, int64_t in, const DropoutMask& mask,
                CudaState& s) {
@@ -460,12 +573,43 @@ void launch_da(float* dA, const float* du, const float* x, int64_t M, int64_t in
   split_k_reduce(dA, in, partials, stride, int(used), R, in, 1.f, 1.f, s);
 }
 
+bool fused_enabled() {
+  static const bool on = [] {
+    const char* v = std::getenv("ZEROLORA_LORA_FUSED");
+    if (!v || !*v) return true;
+    const std::string s(v);
+    core::check(s == "0" || s == "1", "ZEROLORA_LORA_FUSED", "unknown value '" + s + "'",
+                "set 1 (the LoRA dropout fused into its GPU products, the default) or 0 (dropout_apply + GEMMs)");
+    return s == "1";
+  }();
+  return on;
+}
+
 bool fusable(int64_t r, int64_t M, int64_t in) {
-  return (r == 4 || r == 8 || r == 16 || r == 32 || r == 64) && ceil_div(M, kFuseRows) <= 65535 &&
-         ceil_div(in, kFuseCols) <= 65535 * 8;
+  return fused_enabled() && (r == 4 || r == 8 || r == 16 || r == 32 || r == 64) &&
+         ceil_div(M, kFuseRows) <= 65535 && ceil_div(M, kFwdRows) <= (int64_t(1) << 31) - 1 &&
+         ceil_div(in, kFuseCols) <= (int64_t(1) << 31) - 1;
 }
 
 }  // namespace
+
+bool lora_dropout_forward(float* u, const float* x, const float* A, int64_t M, int64_t in, int64_t r,
+                          const DropoutMask& mask, CudaState& s) {
+  if (!fusable(r, M, in)) return false;
+  if (M <= 0) return true;
+  if (in <= 0) {  // u = 0
+    fill_zero(u, size_t(M * r) * sizeof(float), s);
+    return true;
+  }
+  switch (r) {
+    case 4: launch_forward<4>(u, x, A, M, in, mask, s); break;
+    case 8: launch_forward<8>(u, x, A, M, in, mask, s); break;
+    case 16: launch_forward<16>(u, x, A, M, in, mask, s); break;
+    case 32: launch_forward<32>(u, x, A, M, in, mask, s); break;
+    default: launch_forward<64>(u, x, A, M, in, mask, s); break;
+  }
+  return true;
+}
 
 bool lora_dropout_backward_input(float* dx, const float* du, const float* A, int64_t M, int64_t in, int64_t r,
                                  const DropoutMask& mask, CudaState& s) {
