@@ -206,7 +206,7 @@ Split split_for(int64_t M, int64_t N, int64_t K, int sm_count) {
   if (mode == 0 || K < 2 * kSplitChunkMultiple) return {};
   int64_t S = 0;
   if (mode > 0) {
-    S = std::min<int64_t>(mode, K / kSplitChunkMultiple);
+    S = std::min<int64_t>({mode, K / kSplitChunkMultiple, kSplitMaxBytes / (4 * partial_stride(M, N))});
   } else {
     const int64_t tiles = ceil_div(M, kSplitTile) * ceil_div(N, kSplitTile);
     const int64_t sms = sm_count > 0 ? sm_count : 1;
