@@ -29,6 +29,7 @@ want_tests() { [ ${#SECTIONS[@]} -eq 0 ] || [[ " ${SECTIONS[*]} " == *" tests "*
 if want_tests; then
   step kernel-tests 60 "$D/bin/test_kernels" --gtest_filter='Cuda*'
   step model-tests 90 "$D/bin/test_model" --gtest_filter='Cuda*'
+  step train-tests 60 "$D/bin/test_train" --gtest_filter='DeviceWeightStream.*'
   step e2e-tests 150 "$D/bin/test_e2e" --gtest_filter='CudaE2E*'
 fi
 # TinyLlama-1.1B shape, bf16, LoRA r 16 on all seven projections (the configuration), against the peer

@@ -10,9 +10,9 @@ cd "$(dirname "$0")/.."
 B=${1:-build-cuda}
 bash scripts/fetch-cudnn-frontend.sh
 cmake -S . -B "$B" -G Ninja -DCMAKE_BUILD_TYPE=Release -DZEROLORA_CUDA=ON -DZEROLORA_CUDNN=ON > /dev/null
-ninja -C "$B" -j2 zerolora test_kernels test_model test_e2e bench_train_step bench_cuda_lora_gemms
+ninja -C "$B" -j2 zerolora test_kernels test_model test_train test_e2e bench_train_step bench_cuda_lora_gemms
 rm -rf .gpucarry && mkdir -p .gpucarry/pack/lib .gpucarry/pack/bin
-cp "$B/zerolora" "$B/tests/test_kernels" "$B/tests/test_model" "$B/tests/test_e2e" "$B/bench/bench_train_step" \
+cp "$B/zerolora" "$B/tests/test_kernels" "$B/tests/test_model" "$B/tests/test_train" "$B/tests/test_e2e" "$B/bench/bench_train_step" \
    "$B/bench/bench_cuda_lora_gemms" .gpucarry/pack/bin/
 # every shared library the binaries load, except glibc's own and the CUDA/driver ones the GPU machine has
 for bin in .gpucarry/pack/bin/*; do ldd "$bin"; done | awk '/=> \//{print $3}' | sort -u |

@@ -174,7 +174,8 @@ LlamaWeights to_device(const LlamaWeights& w, const kernels::Context& ctx) {
   LlamaWeights d;
   d.config = w.config;
   d.compute = w.compute, d.storage = w.storage, d.nf4 = w.nf4;
-  d.embed = kernels::to_device(w.embed, ctx);
+  // a ZeRO-3 skeleton has no embedding, blocks or lm_head (a stream brings them): only what it has goes up
+  if (w.embed.numel()) d.embed = kernels::to_device(w.embed, ctx);
   d.layers.resize(w.layers.size());
   for (size_t l = 0; l < w.layers.size(); ++l) {
     d.layers[l].input_norm = kernels::to_device(w.layers[l].input_norm, ctx);
@@ -187,7 +188,7 @@ LlamaWeights to_device(const LlamaWeights& w, const kernels::Context& ctx) {
     d.lm_head.weight = d.embed;  // shares the device embedding, as on the host
     d.lm_head.N = w.lm_head.N, d.lm_head.K = w.lm_head.K;
     d.lm_head.fp16_inputs = w.lm_head.fp16_inputs;
-  } else {
+  } else if (w.lm_head.weight.numel() || w.lm_head.nf4) {
     d.lm_head = kernels::to_device(w.lm_head, ctx);
   }
   return d;

@@ -21,6 +21,7 @@
 #include "kernels/context.h"
 #include "kernels/kernels.h"
 #include "model/adapter_io.h"
+#include "model/device_weight_stream.h"
 #include "model/llama.h"
 #include "tokenizer/tokenizer.h"
 #include "train/deepspeed_config.h"
@@ -546,6 +547,7 @@ class TrainingRun {
     ~SyncReset() { core::set_op_timer_sync(nullptr); }
   } sync_reset_;
   model::LlamaWeights device_weights_;
+  std::unique_ptr<model::DeviceWeightStream> device_stream_;  // stage 3 on the GPU: parts copied in per use
   std::unique_ptr<model::LlamaModel<float>> model_;
   std::unique_ptr<Objective> objective_, eval_objective_;
   EpochBatchOptions ebo_;
@@ -656,15 +658,29 @@ void TrainingRun::build_trainable() {
 // --device cuda: weights, activations, LoRA params and grads on the GPU; the optimizer and the ZeRO
 // collectives stay on the host (the engine brings the LoRA gradients down once per step, the params up once).
 void TrainingRun::open_device_and_model() {
-  gpu_ = open_device(a_.device, rank_, log_, L_->zero3 ? "ZeRO stage 3 (frozen weights sharded across ranks)" : "");
-  if (ds_ && (ds_->zero.offload_optimizer.device == "cpu" || ds_->zero.offload_param.device == "cpu"))
-    log_.message(gpu_ ? "deepspeed: offload_optimizer cpu: the optimizer state and step live in host memory (as "
-                        "always with --device cuda in this version); offload_param applies to stage 3, which runs "
-                        "on the CPU"
-                      : "deepspeed: offload to cpu requested: on the CPU all state already lives in host memory");
+  gpu_ = open_device(a_.device, rank_, log_,
+                     L_->zero3 && a_.q_lora ? "ZeRO stage 3 with --q_lora (NF4 weights are not streamed to the GPU)" : "");
+  if (ds_ && (ds_->zero.offload_optimizer.device == "cpu" || ds_->zero.offload_param.device == "cpu")) {
+    if (!gpu_)
+      log_.message("deepspeed: offload to cpu requested: on the CPU all state already lives in host memory");
+    if (gpu_ && ds_->zero.offload_optimizer.device == "cpu")
+      log_.message("deepspeed: offload_optimizer cpu: the optimizer state and step live in host memory (as always "
+                   "with --device cuda in this version)");
+    if (gpu_ && ds_->zero.offload_param.device == "cpu")
+      log_.message(L_->zero3 ? "deepspeed: offload_param cpu: the frozen weights stay in host memory and are copied "
+                               "to the GPU part by part as the model uses them (two parts resident)"
+                             : "deepspeed: offload_param applies to stage 3 only (DeepSpeed ignores it below): the "
+                               "frozen weights are resident on the GPU");
+  }
   if (gpu_) ctx_ = &gpu_->ctx();
   const kernels::Context& ctx = *ctx_;
   if (gpu_) device_weights_ = model::to_device(L_->weights(), ctx);
+  if (gpu_ && L_->zero3) {
+    // stage 3 on the GPU: this rank's slices stay in host memory (as with offload_param: cpu), each part is
+    // gathered over the ranks on the host and copied into one of two device slots as the model reaches it
+    device_stream_ = std::make_unique<model::DeviceWeightStream>(*L_->zero3, ctx);
+    log_.message("ZeRO-3 on the GPU: frozen weights in host memory, copied to the GPU per block (two resident)");
+  }
   if (gpu_) core::set_op_timer_sync([c = ctx_] { kernels::synchronize(*c); });  // ZEROLORA_PROFILE=1: device time per op
   if (gpu_) engine_->use_device(ctx);
 
@@ -673,7 +689,8 @@ void TrainingRun::open_device_and_model() {
   // the GPU takes the lm_head + cross-entropy in chunks of ~1 GiB of logits (few, large GEMMs)
   if (gpu_) mopt.loss_chunk_rows = std::max<int64_t>(256, (int64_t(1) << 28) / std::max<int64_t>(L_->config.vocab_size, 1));
   model_ = std::make_unique<model::LlamaModel<float>>(gpu_ ? device_weights_ : L_->weights(), &*layout_, mopt, ctx);
-  if (L_->zero3) model_->set_weight_stream(L_->zero3.get());
+  if (L_->zero3) model_->set_weight_stream(device_stream_ ? static_cast<model::FrozenWeightStream*>(device_stream_.get())
+                                                         : L_->zero3.get());
   objective_ = std::make_unique<SupervisedFineTuning>(*model_, a_.packing);
   eval_objective_ = std::make_unique<SupervisedFineTuning>(*model_, false);
   // on the GPU the gradients reach the host after the backward pass: no buckets during it

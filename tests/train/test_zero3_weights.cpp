@@ -5,9 +5,13 @@
 // and gradients as the resident model.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cstring>
 
 #include "dist/mpi_test_support.h"
+#include "dist/solo_comm.h"
+#include "kernels/context.h"
+#include "model/device_weight_stream.h"
 #include "kernels/nf4.h"
 #include "model/llama.h"
 #include "model/random_model.h"
@@ -194,6 +198,98 @@ TEST(Zero3Worker, ModelPassEqualsResidentModel) {
   resident.forward_logits(in, params.data(), l1.data());
   streamed.forward_logits(in, params.data(), l2.data());
   EXPECT_EQ(0, std::memcmp(l1.data(), l2.data(), l1.size() * sizeof(float)));
+}
+
+// ZeRO-3 on the GPU: model::DeviceWeightStream copies each gathered part into one of two slots of the model's
+// context. Run with the host context here (slots in host memory, copies memcpy: the slot logic, the views, biases
+// and the tied lm_head), and on a GPU by DeviceWeightStream.OnTheGpuEqualsResidentGpuModel below.
+namespace {
+struct StreamCase {
+  io::HfConfig cfg;
+  std::vector<float> params;
+  std::vector<int32_t> ids, labels;
+  model::ModelInput in;
+};
+
+void fill_case(StreamCase& c, const model::LoraLayout& layout) {
+  c.params.resize(size_t(layout.numel()));
+  model::init_lora_params(layout, c.params.data(), 5);
+  for (size_t i = 0; i < c.params.size(); ++i) c.params[i] += 0.01f * float(i % 7);  // B != 0
+  const int64_t B = 2, T = 16;
+  c.ids.resize(size_t(B * T)), c.labels.resize(size_t(B * T));
+  for (int64_t i = 0; i < B * T; ++i) c.ids[i] = int32_t((i * 37 + 11) % c.cfg.vocab_size), c.labels[i] = c.ids[i];
+  c.in.B = B, c.in.T = T, c.in.input_ids = c.ids.data(), c.in.labels = c.labels.data();
+}
+
+// The model on ctx with the resident weights and with the slices streamed through a DeviceWeightStream: the same
+// loss, gradients and logits bit for bit (the same kernels read the same bytes, from other addresses).
+void expect_stream_equals_resident(dist::Comm& comm, const kernels::Context& ctx, bool tied, bool biases) {
+  TempDir dir;
+  StreamCase c;
+  c.cfg = test_config(tied, biases);
+  model::write_random_model(dir.path(), c.cfg, {13, 0.05, true}, core::DType::F32);
+  const model::LlamaWeights host = model::load_llama_weights(dir.path(), core::DType::F32, core::DType::BF16);
+  const model::LlamaWeights ref = model::to_device(host, ctx);
+  train::Zero3Options o;
+  o.storage = core::DType::BF16, o.param_persistence_threshold = 0, o.max_reuse_distance = 0;
+  train::Zero3FrozenWeights z(dir.path(), o, comm);
+  const model::LlamaWeights skeleton = model::to_device(z.skeleton(), ctx);
+  model::DeviceWeightStream stream(z, ctx);
+
+  model::LoraConfig lc;
+  lc.r = 4, lc.dropout = 0, lc.target_modules = {"q_proj", "v_proj", "down_proj", "lm_head"};
+  model::LoraLayout layout(c.cfg, lc);
+  fill_case(c, layout);
+  model::TrainOptions opt;
+  opt.gradient_checkpointing = true;
+  model::LlamaModel<float> resident(ref, &layout, opt, ctx), streamed(skeleton, &layout, opt, ctx);
+  streamed.set_weight_stream(&stream);
+  const size_t n = c.params.size();
+  kernels::DeviceArray<float> p(int64_t(n), ctx), g1(int64_t(n), ctx), g2(int64_t(n), ctx);
+  kernels::copy_to_device(p.data(), c.params.data(), n * sizeof(float), ctx);
+  kernels::fill_zero<float>(g1.data(), int64_t(n), ctx);
+  kernels::fill_zero<float>(g2.data(), int64_t(n), ctx);
+  const auto r1 = resident.forward_backward(c.in, p.data(), g1.data(), 1.0, 0);
+  const auto r2 = streamed.forward_backward(c.in, p.data(), g2.data(), 1.0, 0);
+  std::vector<float> h1(n), h2(n);
+  kernels::copy_to_host(h1.data(), g1.data(), n * sizeof(float), ctx);
+  kernels::copy_to_host(h2.data(), g2.data(), n * sizeof(float), ctx);
+  EXPECT_EQ(r1.loss_sum, r2.loss_sum);
+  EXPECT_EQ(r1.tokens, r2.tokens);
+  EXPECT_EQ(0, std::memcmp(h1.data(), h2.data(), n * sizeof(float))) << "LoRA gradients differ";
+  // memory: two slots, each the largest part (the embedding and lm_head are [V, C], a block its 2 norms, 7
+  // weights and biases), each of a part's up to 13 tensors rounded up to 256 bytes
+  const int64_t embed = int64_t(host.embed.nbytes());
+  int64_t block = 0;
+  for (const auto& w : host.layers[0].proj) block += int64_t(w.weight.nbytes() + w.bias.nbytes());
+  block += int64_t(host.layers[0].input_norm.nbytes() + host.layers[0].post_norm.nbytes());
+  const int64_t largest = std::max(embed, block);
+  EXPECT_GE(stream.slot_bytes(), largest) << "a slot holds the largest part";
+  EXPECT_LE(stream.slot_bytes(), 2 * (largest + 13 * 256)) << "at most two parts resident";
+  // copies: every part of the pass once (forward: embedding, blocks, lm_head; backward: the blocks again)
+  EXPECT_EQ(stream.copied_bytes(), 2 * embed + 2 * c.cfg.num_hidden_layers * block);
+}
+}  // namespace
+
+TEST(Zero3Worker, DeviceStreamOnTheHostContextEqualsResident) {
+  ZL_REQUIRE_MPI_WORKER();
+  expect_stream_equals_resident(worker_comm(), kernels::host(), false, false);
+  expect_stream_equals_resident(worker_comm(), kernels::host(), true, true);
+}
+
+TEST(DeviceWeightStream, OnTheHostContextEqualsResident) {
+  ZL_SKIP_IN_MPI_WORKER();
+  dist::SoloComm solo;
+  expect_stream_equals_resident(solo, kernels::host(), false, true);
+}
+
+TEST(DeviceWeightStream, OnTheGpuEqualsResidentGpuModel) {
+  ZL_SKIP_IN_MPI_WORKER();
+  if (kernels::cuda_device_count() == 0) GTEST_SKIP() << "no GPU visible: ZeRO-3 device stream test skipped";
+  kernels::CudaContext gpu(0);
+  dist::SoloComm solo;
+  expect_stream_equals_resident(solo, gpu.ctx(), false, true);
+  expect_stream_equals_resident(solo, gpu.ctx(), true, false);
 }
 
 namespace {
