@@ -118,8 +118,8 @@ int main(int argc, char** argv) {
   const Context& ctx = gpu.ctx();
   CudaState& s = *ctx.cuda;
   const Timer timeit{s, reps};
-  const std::vector<Proj> projs = {{"q,o", hidden, hidden, 2}, {"k,v", hidden, kv, 2}, {"gate,up", hidden, inter, 2},
-                                   {"down", inter, hidden, 1}};
+  const std::vector<Proj> projs = {
+      {"q,o", hidden, hidden, 2}, {"k,v", hidden, kv, 2}, {"gate,up", hidden, inter, 2}, {"down", inter, hidden, 1}};
   int64_t max_in = 0, max_out = 0;
   for (const Proj& p : projs) max_in = std::max(max_in, p.in), max_out = std::max(max_out, p.out);
   std::vector<std::shared_ptr<void>> keep;
@@ -130,8 +130,8 @@ int main(int argc, char** argv) {
     check(cudaGetLastError(), "fill");
     return p;
   };
-  float* x = buffer(M * max_in, 1);    // the layer input
-  float* h = buffer(M * max_in, 2);    // dropped input / scratch
+  float* x = buffer(M * max_in, 1);  // the layer input
+  float* h = buffer(M * max_in, 2);  // dropped input / scratch
   float* dx = buffer(M * max_in, 3);
   float* out = buffer(M * max_out, 4);
   float* dout = buffer(M * max_out, 5);
@@ -173,11 +173,11 @@ int main(int argc, char** argv) {
       const int parts = cuda::gemm_split_k_parts(g.M, g.N, g.K, s);
       const double t1 = parts > 1 ? timeit(run) : t0;
       t_h[gi] = t0, t_s[gi] = t1;
-      std::printf("  %-8s %-26s %c%c    %6lld %6lld %6lld | %8.1f (%6.0f, %7.0f)    | S %2d %8.1f (%6.0f, %7.0f)"
-                  "    | x%.2f\n",
-                  p.names, g.what, g.ta ? 'T' : 'N', g.tb ? 'T' : 'N', (long long)g.M, (long long)g.N,
-                  (long long)g.K, t0, bytes / t0 / 1e3, flop / t0 / 1e3, parts, t1, bytes / t1 / 1e3,
-                  flop / t1 / 1e3, t0 / t1);
+      std::printf(
+          "  %-8s %-26s %c%c    %6lld %6lld %6lld | %8.1f (%6.0f, %7.0f)    | S %2d %8.1f (%6.0f, %7.0f)"
+          "    | x%.2f\n",
+          p.names, g.what, g.ta ? 'T' : 'N', g.tb ? 'T' : 'N', (long long)g.M, (long long)g.N, (long long)g.K, t0,
+          bytes / t0 / 1e3, flop / t0 / 1e3, parts, t1, bytes / t1 / 1e3, flop / t1 / 1e3, t0 / t1);
       nodrop_before += mult * t0, nodrop_after += mult * t1, flop_step += mult * flop;
       if (g.weight_grad) {
         std::printf("  %-8s %-26s sweep (forced S: parts, us):", "", "");
@@ -204,22 +204,20 @@ int main(int argc, char** argv) {
     cuda::set_gemm_split_k(-1);
     const double t_unfused_s = timeit(unfused);
     bool fused_ok = true;
-    const double t_fwd = timeit([&] {
-      fused_ok = cuda::lora_dropout_forward(u, x, A, M, p.in, r, mask, s) && fused_ok;
-    });
-    const double t_da = timeit([&] {
-      fused_ok = cuda::lora_dropout_weight_grad(dA, du, x, M, p.in, r, mask, s) && fused_ok;
-    });
-    const double t_dx = timeit([&] {
-      fused_ok = cuda::lora_dropout_backward_input(dx, du, A, M, p.in, r, mask, s) && fused_ok;
-    });
+    const double t_fwd =
+        timeit([&] { fused_ok = cuda::lora_dropout_forward(u, x, A, M, p.in, r, mask, s) && fused_ok; });
+    const double t_da =
+        timeit([&] { fused_ok = cuda::lora_dropout_weight_grad(dA, du, x, M, p.in, r, mask, s) && fused_ok; });
+    const double t_dx =
+        timeit([&] { fused_ok = cuda::lora_dropout_backward_input(dx, du, A, M, p.in, r, mask, s) && fused_ok; });
     const double xbytes = 4.0 * double(M * p.in);
-    std::printf("  %-8s dropout: forward mask %.1f us (%.0f GB/s) + u gemm %.1f us, fused %.1f us (%.0f GB/s of x);"
-                " backward dA+dx unfused %.1f us (heuristic) / %.1f us (split-K), fused dA %.1f us (%.0f GB/s of x)"
-                " + dx %.1f us (%.0f GB/s of dx r+w)%s\n",
-                p.names, t_mask, 2 * xbytes / t_mask / 1e3, t_s[0], t_fwd, xbytes / t_fwd / 1e3, t_unfused_h,
-                t_unfused_s, t_da, xbytes / t_da / 1e3, t_dx, 2 * xbytes / t_dx / 1e3,
-                fused_ok ? "" : " [no fused kernel for this r: fused timed nothing]");
+    std::printf(
+        "  %-8s dropout: forward mask %.1f us (%.0f GB/s) + u gemm %.1f us, fused %.1f us (%.0f GB/s of x);"
+        " backward dA+dx unfused %.1f us (heuristic) / %.1f us (split-K), fused dA %.1f us (%.0f GB/s of x)"
+        " + dx %.1f us (%.0f GB/s of dx r+w)%s\n",
+        p.names, t_mask, 2 * xbytes / t_mask / 1e3, t_s[0], t_fwd, xbytes / t_fwd / 1e3, t_unfused_h, t_unfused_s, t_da,
+        xbytes / t_da / 1e3, t_dx, 2 * xbytes / t_dx / 1e3,
+        fused_ok ? "" : " [no fused kernel for this r: fused timed nothing]");
     // the step's LoRA work for this shape with dropout: u (mask + gemm, or fused), out, du, dB, then dA and dx
     const double common_h = t_h[1] + t_h[2] + t_h[3], common_s = t_s[1] + t_s[2] + t_s[3];
     drop_before += mult * (t_mask + t_h[0] + common_h + t_unfused_h);
@@ -231,13 +229,15 @@ int main(int argc, char** argv) {
               flop_step / 1e9);
   std::printf("  no dropout:   heuristic alone %.2f ms, split-K rule %.2f ms (x%.2f)\n", nodrop_before / 1e3,
               nodrop_after / 1e3, nodrop_before / nodrop_after);
-  std::printf("  dropout 0.05: heuristic alone, unfused %.2f ms; split-K, unfused %.2f ms; split-K, fused %.2f ms "
-              "(x%.2f)\n",
-              drop_before / 1e3, drop_split / 1e3, drop_after / 1e3, drop_before / drop_after);
-  std::printf("{\"bench\":\"cuda_lora_gemms\",\"device\":\"%s\",\"rows\":%lld,\"r\":%lld,\"layers\":%lld,"
-              "\"nodrop_ms_before\":%.3f,\"nodrop_ms_after\":%.3f,\"dropout_ms_before\":%.3f,"
-              "\"dropout_ms_split_k\":%.3f,\"dropout_ms_after\":%.3f}\n",
-              s.name.c_str(), (long long)M, (long long)r, (long long)layers, nodrop_before / 1e3, nodrop_after / 1e3,
-              drop_before / 1e3, drop_split / 1e3, drop_after / 1e3);
+  std::printf(
+      "  dropout 0.05: heuristic alone, unfused %.2f ms; split-K, unfused %.2f ms; split-K, fused %.2f ms "
+      "(x%.2f)\n",
+      drop_before / 1e3, drop_split / 1e3, drop_after / 1e3, drop_before / drop_after);
+  std::printf(
+      "{\"bench\":\"cuda_lora_gemms\",\"device\":\"%s\",\"rows\":%lld,\"r\":%lld,\"layers\":%lld,"
+      "\"nodrop_ms_before\":%.3f,\"nodrop_ms_after\":%.3f,\"dropout_ms_before\":%.3f,"
+      "\"dropout_ms_split_k\":%.3f,\"dropout_ms_after\":%.3f}\n",
+      s.name.c_str(), (long long)M, (long long)r, (long long)layers, nodrop_before / 1e3, nodrop_after / 1e3,
+      drop_before / 1e3, drop_split / 1e3, drop_after / 1e3);
   return 0;
 }

@@ -11,11 +11,11 @@
 #include <cmath>
 #include <cstdio>
 #include <cstring>
-#include <utility>
 #include <limits>
 #include <memory>
 #include <random>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "check.h"
@@ -121,10 +121,10 @@ void expect_within_bound(const std::vector<float>& got, const GemmCase& c, const
 // The automatic rule splits a small output with a long K on any GPU, and leaves a big output whole.
 TEST_F(CudaGemmSplitK, RuleSplitsSmallOutputsWithLongK) {
   EXPECT_GE(cuda::gemm_split_k_parts(16, 37, 5001, state()), 2);
-  EXPECT_GE(cuda::gemm_split_k_parts(37, 1, 4097, state()), 2);  // a bias gradient (N 1)
-  EXPECT_EQ(cuda::gemm_split_k_parts(16, 37, 500, state()), 1);  // K too short
+  EXPECT_GE(cuda::gemm_split_k_parts(37, 1, 4097, state()), 2);         // a bias gradient (N 1)
+  EXPECT_EQ(cuda::gemm_split_k_parts(16, 37, 500, state()), 1);         // K too short
   EXPECT_EQ(cuda::gemm_split_k_parts(16384, 2048, 16384, state()), 1);  // plenty of tiles
-  EXPECT_EQ(cuda::gemm_split_k_parts(16384, 16, 2048, state()), 1);  // the forward's u = x A^T
+  EXPECT_EQ(cuda::gemm_split_k_parts(16384, 16, 2048, state()), 1);     // the forward's u = x A^T
   cuda::set_gemm_split_k(0);
   EXPECT_EQ(cuda::gemm_split_k_parts(16, 37, 5001, state()), 1);
   cuda::set_gemm_split_k(7);
@@ -168,8 +168,7 @@ TEST_F(CudaGemmSplitK, MatchesCpuGemm) {
         EXPECT_GE(cuda::gemm_split_k_parts(c.M, c.N, c.K, state()), 2);
       }
       auto d_A = upload(A), d_B = upload(B), d_C = upload(C_gpu);
-      gemm<float>(c.ta, c.tb, c.M, c.N, c.K, c.alpha, d_A.data(), lda, d_B.data(), ldb, c.beta, d_C.data(), ldc,
-                  ctx());
+      gemm<float>(c.ta, c.tb, c.M, c.N, c.K, c.alpha, d_A.data(), lda, d_B.data(), ldb, c.beta, d_C.data(), ldc, ctx());
       const auto got = download(d_C);
       expect_within_bound(got, c, A, lda, B, ldb, C0, ldc, "gpu");
       std::vector<float> cpu = C0;
@@ -195,8 +194,8 @@ TEST_F(CudaGemmSplitK, BitwiseDeterministic) {
   for (const Shape& sh : {Shape{true, 256, 16, 16384}, Shape{true, 16, 2048, 16384}, Shape{true, 37, 5, 5001}}) {
     SCOPED_TRACE("M " + std::to_string(sh.M) + " N " + std::to_string(sh.N) + " K " + std::to_string(sh.K));
     const int parts = cuda::gemm_split_k_parts(sh.M, sh.N, sh.K, state());
-    std::printf("  M %lld N %lld K %lld: %d parts (%d SMs)\n", (long long)sh.M, (long long)sh.N, (long long)sh.K,
-                parts, sm_count());
+    std::printf("  M %lld N %lld K %lld: %d parts (%d SMs)\n", (long long)sh.M, (long long)sh.N, (long long)sh.K, parts,
+                sm_count());
     if (sm_count() >= 64) {
       EXPECT_GE(parts, 2);
     }
@@ -231,8 +230,8 @@ TEST_F(CudaGemmSplitK, FusedLoraDropoutMatchesCpu) {
   struct Shape {
     int64_t M, in, r;
   };
-  for (const Shape& sh : {Shape{1000, 333, 16}, Shape{4097, 130, 8}, Shape{77, 5, 4}, Shape{300, 2049, 32},
-                          Shape{130, 64, 64}}) {
+  for (const Shape& sh :
+       {Shape{1000, 333, 16}, Shape{4097, 130, 8}, Shape{77, 5, 4}, Shape{300, 2049, 32}, Shape{130, 64, 64}}) {
     SCOPED_TRACE("M " + std::to_string(sh.M) + " in " + std::to_string(sh.in) + " r " + std::to_string(sh.r));
     const DropoutMask mask(1234, 3, 0.1);
     const auto x = randn_f(size_t(sh.M * sh.in), 7), du = randn_f(size_t(sh.M * sh.r), 8),
@@ -264,15 +263,15 @@ TEST_F(CudaGemmSplitK, FusedLoraDropoutMatchesCpu) {
     std::vector<float> got_dA[2];
     for (int run = 0; run < 2; ++run) {
       auto d_dA = upload(dA0);
-      ASSERT_TRUE(cuda::lora_dropout_weight_grad(d_dA.data(), d_du.data(), d_x.data(), sh.M, sh.in, sh.r, mask,
-                                                 state()));
+      ASSERT_TRUE(
+          cuda::lora_dropout_weight_grad(d_dA.data(), d_du.data(), d_x.data(), sh.M, sh.in, sh.r, mask, state()));
       got_dA[run] = download(d_dA);
     }
     EXPECT_EQ(std::memcmp(got_dA[0].data(), got_dA[1].data(), got_dA[0].size() * sizeof(float)), 0)
         << "two runs of the fused dA differ";
     auto d_dx = upload(dx0);
-    ASSERT_TRUE(cuda::lora_dropout_backward_input(d_dx.data(), d_du.data(), d_A.data(), sh.M, sh.in, sh.r, mask,
-                                                  state()));
+    ASSERT_TRUE(
+        cuda::lora_dropout_backward_input(d_dx.data(), d_du.data(), d_A.data(), sh.M, sh.in, sh.r, mask, state()));
     const auto got_dx = download(d_dx);
 
     // dA: a gemm with K = M over du and h (beta 1), both sides against the exact value
