@@ -148,8 +148,8 @@ bool fused_dropout_weight_grad(S* dA, const S* du, const S* x, int64_t M, const 
 }
 
 template <typename S>
-bool fused_dropout_backward_input(S* dx, const S* du, const S* A, int64_t M, const LoraSlot& s,
-                                  const LoraBranch& lora, const kernels::Context& ctx) {
+bool fused_dropout_backward_input(S* dx, const S* du, const S* A, int64_t M, const LoraSlot& s, const LoraBranch& lora,
+                                  const kernels::Context& ctx) {
 #if defined(ZEROLORA_WITH_CUDA)
   if constexpr (std::is_same_v<S, float>) {
     if (ctx.on_cuda())
@@ -213,8 +213,7 @@ void lora_linear_backward(S* dx, S* grads, const S* dout, const S* x, const S* u
     kernels::gemm<S>(true, false, s.out, s.r, M, sc, dout, s.out, u, s.r, S(1), grads + s.b_offset, s.r, ctx);
     // dA += du^T drop(x)   [r, in]
     if (lora.dropout <= 0) {
-      kernels::gemm<S>(true, false, s.r, s.in, M, S(1), scratch.du, s.r, x, s.in, S(1), grads + s.a_offset, s.in,
-                       ctx);
+      kernels::gemm<S>(true, false, s.r, s.in, M, S(1), scratch.du, s.r, x, s.in, S(1), grads + s.a_offset, s.in, ctx);
     } else if (!fused_dropout_weight_grad<S>(grads + s.a_offset, scratch.du, x, M, s, lora, ctx)) {
       kernels::dropout_apply<S>(scratch.h, x, M, s.in, mask_of(lora), false, ctx);
       kernels::gemm<S>(true, false, s.r, s.in, M, S(1), scratch.du, s.r, scratch.h, s.in, S(1), grads + s.a_offset,

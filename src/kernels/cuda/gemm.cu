@@ -33,8 +33,8 @@
 #include <atomic>
 #include <cstdio>
 #include <cstdlib>
-#include <string>
 #include <map>
+#include <string>
 #include <tuple>
 
 #include "kernels/cuda/common.cuh"
@@ -53,8 +53,8 @@ struct PlanKey {
   int64_t stride_a = 0, stride_b = 0, stride_c = 0;
   bool operator<(const PlanKey& o) const {
     return std::tie(ab, ta, tb, M, N, K, lda, ldb, ldc, align_a, align_b, align_c, batch, stride_a, stride_b,
-                    stride_c) < std::tie(o.ab, o.ta, o.tb, o.M, o.N, o.K, o.lda, o.ldb, o.ldc, o.align_a,
-                                         o.align_b, o.align_c, o.batch, o.stride_a, o.stride_b, o.stride_c);
+                    stride_c) < std::tie(o.ab, o.ta, o.tb, o.M, o.N, o.K, o.lda, o.ldb, o.ldc, o.align_a, o.align_b,
+                                         o.align_c, o.batch, o.stride_a, o.stride_b, o.stride_c);
   }
 };
 
@@ -100,11 +100,11 @@ const Plan& plan_for(const PlanKey& k, CudaState& s) {
   ZL_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&p->b, k.ab, k.ta ? k.M : k.K, k.ta ? k.K : k.M, k.lda));
   ZL_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&p->c, CUDA_R_32F, k.N, k.M, k.ldc));
   if (k.batch > 1) {
-    const std::pair<cublasLtMatrixLayout_t, int64_t> strided[] = {{p->a, k.stride_b}, {p->b, k.stride_a},
-                                                                  {p->c, k.stride_c}};
+    const std::pair<cublasLtMatrixLayout_t, int64_t> strided[] = {
+        {p->a, k.stride_b}, {p->b, k.stride_a}, {p->c, k.stride_c}};
     for (const auto& [layout, stride] : strided) {
-      ZL_CUBLAS_CHECK(cublasLtMatrixLayoutSetAttribute(layout, CUBLASLT_MATRIX_LAYOUT_BATCH_COUNT, &k.batch,
-                                                       sizeof k.batch));
+      ZL_CUBLAS_CHECK(
+          cublasLtMatrixLayoutSetAttribute(layout, CUBLASLT_MATRIX_LAYOUT_BATCH_COUNT, &k.batch, sizeof k.batch));
       ZL_CUBLAS_CHECK(cublasLtMatrixLayoutSetAttribute(layout, CUBLASLT_MATRIX_LAYOUT_STRIDED_BATCH_OFFSET, &stride,
                                                        sizeof stride));
     }
@@ -166,9 +166,9 @@ void matmul_strided_batch(bool ta, bool tb, int64_t M, int64_t N, int64_t K, con
 
 // ---- split-K (see the top of the file for the rule) ------------------------------------------------------
 
-constexpr int64_t kSplitTile = 64;            // the output tile assumed for the heuristic's fp32 kernel
-constexpr int64_t kSplitMinChunk = 512;       // each part multiplies at least this deep (automatic rule)
-constexpr int64_t kSplitChunkMultiple = 64;   // chunk depth: 64 floats = 256 bytes, so part pointers stay aligned
+constexpr int64_t kSplitTile = 64;           // the output tile assumed for the heuristic's fp32 kernel
+constexpr int64_t kSplitMinChunk = 512;      // each part multiplies at least this deep (automatic rule)
+constexpr int64_t kSplitChunkMultiple = 64;  // chunk depth: 64 floats = 256 bytes, so part pointers stay aligned
 constexpr int64_t kSplitMaxParts = 64;
 constexpr int64_t kSplitMaxBytes = int64_t(64) << 20;
 // < 0: the rule; 0: never; > 0: that many parts asked for; kUnread: ZEROLORA_GEMM_SPLIT_K not read yet
@@ -192,9 +192,9 @@ int split_k_mode() {
 }
 
 struct Split {
-  int64_t chunk = 0;     // K of every batched part
-  int32_t full = 0;      // parts of depth chunk (the batch)
-  int64_t rest = 0;      // K of one more, shorter part (0: none)
+  int64_t chunk = 0;  // K of every batched part
+  int32_t full = 0;   // parts of depth chunk (the batch)
+  int64_t rest = 0;   // K of one more, shorter part (0: none)
   int parts() const { return full + (rest > 0 ? 1 : 0); }
 };
 
@@ -211,8 +211,8 @@ Split split_for(int64_t M, int64_t N, int64_t K, int sm_count) {
     const int64_t tiles = ceil_div(M, kSplitTile) * ceil_div(N, kSplitTile);
     const int64_t sms = sm_count > 0 ? sm_count : 1;
     if (tiles >= sms || K < 2 * kSplitMinChunk) return {};
-    const int64_t want = std::min({ceil_div(2 * sms, tiles), K / kSplitMinChunk, kSplitMaxParts,
-                                   kSplitMaxBytes / (4 * partial_stride(M, N))});
+    const int64_t want = std::min(
+        {ceil_div(2 * sms, tiles), K / kSplitMinChunk, kSplitMaxParts, kSplitMaxBytes / (4 * partial_stride(M, N))});
     S = 1;
     while (S * 2 <= want) S *= 2;
   }
@@ -335,14 +335,14 @@ void gemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alp
   const int64_t step_a = trans_a ? sp.chunk * lda : sp.chunk;  // A [K, M] (trans_a) or [M, K]
   const int64_t step_b = trans_b ? sp.chunk : sp.chunk * ldb;  // B [N, K] (trans_b) or [K, N]
   if (sp.full > 1) {
-    matmul_strided_batch(trans_a, trans_b, M, N, sp.chunk, A, lda, step_a, B, ldb, step_b, partials, N, stride,
-                         sp.full, s);
+    matmul_strided_batch(trans_a, trans_b, M, N, sp.chunk, A, lda, step_a, B, ldb, step_b, partials, N, stride, sp.full,
+                         s);
   } else {
     matmul(CUDA_R_32F, trans_a, trans_b, M, N, sp.chunk, 1.f, A, lda, B, ldb, 0.f, partials, N, s);
   }
   if (sp.rest > 0)
-    matmul(CUDA_R_32F, trans_a, trans_b, M, N, sp.rest, 1.f, A + sp.full * step_a, lda, B + sp.full * step_b, ldb,
-           0.f, partials + sp.full * stride, N, s);
+    matmul(CUDA_R_32F, trans_a, trans_b, M, N, sp.rest, 1.f, A + sp.full * step_a, lda, B + sp.full * step_b, ldb, 0.f,
+           partials + sp.full * stride, N, s);
   split_k_reduce(C, ldc, partials, stride, sp.parts(), M, N, alpha, beta, s);
 }
 
@@ -368,7 +368,6 @@ void linear_backward_input(float* dinp, const float* dout, const FrozenWeight& w
   matmul(W.type, false, false, M, w.K, w.N, 1.f, g.data, w.N, W.data, w.K, 1.f, dinp, w.K, s);
 }
 
-
 // ---- the LoRA branch's dropout, fused into its products with the input's shape [M, in] ---------------------
 // Unfused (lora_linear on the CPU), the forward makes h = drop(x) [M, in] (read x, write h) and reads it for
 // u = h A^T: 3 passes over an [M, in] fp32 tensor; fused, 1 (x read once). The backward makes h again (2),
@@ -379,9 +378,9 @@ void linear_backward_input(float* dinp, const float* dout, const FrozenWeight& w
 // forms it ((keep * scale) * x, rounded), so only the order of the sums differs from the unfused path.
 namespace {
 
-constexpr int kFuseCols = 128;            // threads per block, one column i of [M, in] each
-constexpr int kFuseRows = 64;             // rows of du [M, r] staged in shared memory at a time
-constexpr int64_t kDaMinRows = 256;       // dA: rows one block sums before writing its partial
+constexpr int kFuseCols = 128;       // threads per block, one column i of [M, in] each
+constexpr int kFuseRows = 64;        // rows of du [M, r] staged in shared memory at a time
+constexpr int64_t kDaMinRows = 256;  // dA: rows one block sums before writing its partial
 constexpr int64_t kDaMaxParts = 64;
 
 __device__ inline float masked(const DropoutMask& mask, int64_t n, float v) {
@@ -401,8 +400,8 @@ __device__ inline void stage_du(float4* du_s, const float* __restrict__ du, int6
 // registers, du's rows broadcast from shared memory; k summed in order)
 template <int R>
 __global__ void __launch_bounds__(kFuseCols)
-    lora_dropout_dx_kernel(float* __restrict__ dx, const float* __restrict__ du, const float* __restrict__ A,
-                           int64_t M, int64_t in, DropoutMask mask) {
+    lora_dropout_dx_kernel(float* __restrict__ dx, const float* __restrict__ du, const float* __restrict__ A, int64_t M,
+                           int64_t in, DropoutMask mask) {
   __shared__ float4 du_s[kFuseRows * R / 4];
   const int64_t m0 = int64_t(blockIdx.y) * kFuseRows;
   const int rows = int(min(int64_t(kFuseRows), M - m0));
@@ -481,7 +480,7 @@ template <int R>
 __global__ void __launch_bounds__(kFwdThreads)
     lora_dropout_forward_kernel(float* __restrict__ u, const float* __restrict__ x, const float* __restrict__ at,
                                 int64_t M, int64_t in, DropoutMask mask) {
-  constexpr int Q = R / 4;  // u columns per thread
+  constexpr int Q = R / 4;                       // u columns per thread
   __shared__ float x_s[kFwdRows][kFwdCols + 1];  // + 1: the 8 rows a warp reads at one column in distinct banks
   __shared__ float4 a_s[kFwdCols][Q];            // a_s[j][q] = at[c0 + j, 4 q .. 4 q + 3]
   static_assert(kFwdThreads == 4 * kFwdRows, "4 threads per row");
@@ -546,8 +545,7 @@ void launch_forward(float* u, const float* x, const float* A, int64_t M, int64_t
   auto* at = static_cast<float*>(scratch(s, Scratch::SplitK, size_t(R * in) * sizeof(float)));
   transpose_kernel<<<grid_for(R * in), 256, 0, s.stream>>>(at, A, R, in);
   ZL_CUDA_LAUNCHED();
-  lora_dropout_forward_kernel<R><<<unsigned(ceil_div(M, kFwdRows)), kFwdThreads, 0, s.stream>>>(u, x, at, M, in,
-                                                                                                 mask);
+  lora_dropout_forward_kernel<R><<<unsigned(ceil_div(M, kFwdRows)), kFwdThreads, 0, s.stream>>>(u, x, at, M, in, mask);
   ZL_CUDA_LAUNCHED();
 }
 
@@ -586,9 +584,8 @@ bool fused_enabled() {
 }
 
 bool fusable(int64_t r, int64_t M, int64_t in) {
-  return fused_enabled() && (r == 4 || r == 8 || r == 16 || r == 32 || r == 64) &&
-         ceil_div(M, kFuseRows) <= 65535 && ceil_div(M, kFwdRows) <= (int64_t(1) << 31) - 1 &&
-         ceil_div(in, kFuseCols) <= (int64_t(1) << 31) - 1;
+  return fused_enabled() && (r == 4 || r == 8 || r == 16 || r == 32 || r == 64) && ceil_div(M, kFuseRows) <= 65535 &&
+         ceil_div(M, kFwdRows) <= (int64_t(1) << 31) - 1 && ceil_div(in, kFuseCols) <= (int64_t(1) << 31) - 1;
 }
 
 }  // namespace
@@ -602,11 +599,21 @@ bool lora_dropout_forward(float* u, const float* x, const float* A, int64_t M, i
     return true;
   }
   switch (r) {
-    case 4: launch_forward<4>(u, x, A, M, in, mask, s); break;
-    case 8: launch_forward<8>(u, x, A, M, in, mask, s); break;
-    case 16: launch_forward<16>(u, x, A, M, in, mask, s); break;
-    case 32: launch_forward<32>(u, x, A, M, in, mask, s); break;
-    default: launch_forward<64>(u, x, A, M, in, mask, s); break;
+    case 4:
+      launch_forward<4>(u, x, A, M, in, mask, s);
+      break;
+    case 8:
+      launch_forward<8>(u, x, A, M, in, mask, s);
+      break;
+    case 16:
+      launch_forward<16>(u, x, A, M, in, mask, s);
+      break;
+    case 32:
+      launch_forward<32>(u, x, A, M, in, mask, s);
+      break;
+    default:
+      launch_forward<64>(u, x, A, M, in, mask, s);
+      break;
   }
   return true;
 }
@@ -616,11 +623,21 @@ bool lora_dropout_backward_input(float* dx, const float* du, const float* A, int
   if (!fusable(r, M, in)) return false;
   if (M <= 0 || in <= 0) return true;
   switch (r) {
-    case 4: launch_dx<4>(dx, du, A, M, in, mask, s); break;
-    case 8: launch_dx<8>(dx, du, A, M, in, mask, s); break;
-    case 16: launch_dx<16>(dx, du, A, M, in, mask, s); break;
-    case 32: launch_dx<32>(dx, du, A, M, in, mask, s); break;
-    default: launch_dx<64>(dx, du, A, M, in, mask, s); break;
+    case 4:
+      launch_dx<4>(dx, du, A, M, in, mask, s);
+      break;
+    case 8:
+      launch_dx<8>(dx, du, A, M, in, mask, s);
+      break;
+    case 16:
+      launch_dx<16>(dx, du, A, M, in, mask, s);
+      break;
+    case 32:
+      launch_dx<32>(dx, du, A, M, in, mask, s);
+      break;
+    default:
+      launch_dx<64>(dx, du, A, M, in, mask, s);
+      break;
   }
   return true;
 }
@@ -630,11 +647,21 @@ bool lora_dropout_weight_grad(float* dA, const float* du, const float* x, int64_
   if (!fusable(r, M, in)) return false;
   if (M <= 0 || in <= 0) return true;
   switch (r) {
-    case 4: launch_da<4>(dA, du, x, M, in, mask, s); break;
-    case 8: launch_da<8>(dA, du, x, M, in, mask, s); break;
-    case 16: launch_da<16>(dA, du, x, M, in, mask, s); break;
-    case 32: launch_da<32>(dA, du, x, M, in, mask, s); break;
-    default: launch_da<64>(dA, du, x, M, in, mask, s); break;
+    case 4:
+      launch_da<4>(dA, du, x, M, in, mask, s);
+      break;
+    case 8:
+      launch_da<8>(dA, du, x, M, in, mask, s);
+      break;
+    case 16:
+      launch_da<16>(dA, du, x, M, in, mask, s);
+      break;
+    case 32:
+      launch_da<32>(dA, du, x, M, in, mask, s);
+      break;
+    default:
+      launch_da<64>(dA, du, x, M, in, mask, s);
+      break;
   }
   return true;
 }
