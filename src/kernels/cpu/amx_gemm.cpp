@@ -451,122 +451,125 @@ ZL_AMX_TARGET void backward_pass(float* dinp, const float* dout, const uint16_t*
 
 // ---- batched GEMM for attention's products (amx_gemm_bf16) --------------------------------------------
 
-// B_i -> bp in the tile unit's B layout: per batch element i, 16-column tile nt and k pair p, 16 dwords
-// (B[2p][n], B[2p+1][n]) for n = 16 nt .. 16 nt + 15, at bp + ((i ntiles + nt) Kp/2 + p) 16; zero past N and K.
-ZL_AMX_TARGET void pack_b_pairs(uint32_t* bp, const AmxGemmShape& g, const uint16_t* B, int64_t Np, int64_t Kp) {
+// Columns [16 nt, 16 nt + 32) of one batch element's B -> bp in the tile unit's B layout: for each of the two
+// 16-column tiles j and k pair p, 16 dwords (B[2p][n], B[2p+1][n]) at bp + (j Kp/2 + p) 16; zero past N and K.
+ZL_AMX_TARGET void pack_b_pairs(uint32_t* bp, const AmxGemmShape& g, const uint16_t* b, int64_t nt0, int64_t Kp) {
   alignas(64) static const uint16_t kInterleave[32] = {0, 32, 1, 33, 2, 34, 3, 35, 4, 36, 5, 37, 6, 38, 7, 39,
                                                        8, 40, 9, 41, 10, 42, 11, 43, 12, 44, 13, 45, 14, 46, 15, 47};
   const __m512i idx = _mm512_load_si512(kInterleave);
-  const int64_t ntiles = Np / 16, kpairs = Kp / 2;
-#pragma omp for schedule(static) collapse(2)
-  for (int64_t i = 0; i < g.batch; ++i)
-    for (int64_t nt = 0; nt < ntiles; ++nt) {
-      const uint16_t* b = B + i * g.sb;
-      uint32_t* dst = bp + (i * ntiles + nt) * kpairs * 16;
-      const int64_t n0 = nt * 16;
-      if (g.trans_b) {  // B [N,K]: row n's pair p is the dword wanted at (p, n): 16x16 dword transposes
-        for (int64_t k0 = 0; k0 < Kp; k0 += 32) {
-          const int64_t kn = std::clamp<int64_t>(g.K - k0, 0, 32);
-          const __mmask32 km = kn >= 32 ? ~__mmask32(0) : __mmask32((1u << kn) - 1);
-          __m512i r[16];
-          for (int j = 0; j < 16; ++j)
-            r[j] = n0 + j < g.N ? _mm512_maskz_loadu_epi16(km, b + (n0 + j) * g.ldb + k0) : _mm512_setzero_si512();
-          transpose16(r);  // r[p] = the 16 rows' dword p
-          for (int p = 0; p < 16; ++p) _mm512_store_si512(dst + (k0 / 2 + p) * 16, r[p]);
-        }
-      } else {  // B [K,N]: rows 2p and 2p + 1, 16 columns each, interleaved
-        const int64_t cn = std::clamp<int64_t>(g.N - n0, 0, 16);
-        const __mmask16 cm = cn >= 16 ? __mmask16(0xffff) : __mmask16((1u << cn) - 1);
-        for (int64_t p = 0; p < kpairs; ++p) {
-          const int64_t k = 2 * p;
-          const __m256i r0 = k < g.K ? _mm256_maskz_loadu_epi16(cm, b + k * g.ldb + n0) : _mm256_setzero_si256();
-          const __m256i r1 =
-              k + 1 < g.K ? _mm256_maskz_loadu_epi16(cm, b + (k + 1) * g.ldb + n0) : _mm256_setzero_si256();
-          _mm512_store_si512(dst + p * 16,
-                             _mm512_permutex2var_epi16(_mm512_castsi256_si512(r0), idx, _mm512_castsi256_si512(r1)));
-        }
-      }
-    }
-}
-
-// A_i -> ap: Mp rows of Kp bf16 per batch element, zero past M and K.
-ZL_AMX_TARGET void pack_a_padded(uint16_t* ap, const AmxGemmShape& g, const uint16_t* A, int64_t Mp, int64_t Kp) {
-#pragma omp for schedule(static) collapse(2)
-  for (int64_t i = 0; i < g.batch; ++i)
-    for (int64_t m = 0; m < Mp; ++m) {
-      uint16_t* d = ap + (i * Mp + m) * Kp;
+  const int64_t kpairs = Kp / 2;
+  for (int64_t j = 0; j < 2; ++j) {
+    uint32_t* dst = bp + j * kpairs * 16;
+    const int64_t n0 = (nt0 + j) * 16;
+    if (g.trans_b) {  // B [N,K]: row n's pair p is the dword wanted at (p, n): 16x16 dword transposes
       for (int64_t k0 = 0; k0 < Kp; k0 += 32) {
         const int64_t kn = std::clamp<int64_t>(g.K - k0, 0, 32);
         const __mmask32 km = kn >= 32 ? ~__mmask32(0) : __mmask32((1u << kn) - 1);
-        const __m512i v = m < g.M ? _mm512_maskz_loadu_epi16(km, A + i * g.sa + m * g.lda + k0) : _mm512_setzero_si512();
-        _mm512_store_si512(d + k0, v);
+        __m512i r[16];
+        for (int i = 0; i < 16; ++i)
+          r[i] = n0 + i < g.N ? _mm512_maskz_loadu_epi16(km, b + (n0 + i) * g.ldb + k0) : _mm512_setzero_si512();
+        transpose16(r);  // r[p] = the 16 rows' dword p
+        for (int p = 0; p < 16; ++p) _mm512_store_si512(dst + (k0 / 2 + p) * 16, r[p]);
       }
+    } else {  // B [K,N]: rows 2p and 2p + 1, 16 columns each, interleaved
+      const int64_t cn = std::clamp<int64_t>(g.N - n0, 0, 16);
+      const __mmask16 cm = cn >= 16 ? __mmask16(0xffff) : __mmask16((1u << cn) - 1);
+      for (int64_t p = 0; p < kpairs; ++p) {
+        const int64_t k = 2 * p;
+        const __m256i r0 = k < g.K ? _mm256_maskz_loadu_epi16(cm, b + k * g.ldb + n0) : _mm256_setzero_si256();
+        const __m256i r1 =
+            k + 1 < g.K ? _mm256_maskz_loadu_epi16(cm, b + (k + 1) * g.ldb + n0) : _mm256_setzero_si256();
+        _mm512_store_si512(dst + p * 16,
+                           _mm512_permutex2var_epi16(_mm512_castsi256_si512(r0), idx, _mm512_castsi256_si512(r1)));
+      }
+    }
+  }
+}
+
+// One batch element's A -> ap: Mp rows of Kp bf16, zero past M and K.
+ZL_AMX_TARGET void pack_a_padded(uint16_t* ap, const AmxGemmShape& g, const uint16_t* a, int64_t Mp, int64_t Kp) {
+  for (int64_t m = 0; m < Mp; ++m)
+    for (int64_t k0 = 0; k0 < Kp; k0 += 32) {
+      const int64_t kn = std::clamp<int64_t>(g.K - k0, 0, 32);
+      const __mmask32 km = kn >= 32 ? ~__mmask32(0) : __mmask32((1u << kn) - 1);
+      const __m512i v = m < g.M ? _mm512_maskz_loadu_epi16(km, a + m * g.lda + k0) : _mm512_setzero_si512();
+      _mm512_store_si512(ap + m * Kp + k0, v);
     }
 }
 
-// One thread's part: pack B (and A where needed), then 2x2-tile blocks of C (32 rows x 32 columns) over the
-// whole reduction. C tiles that lie inside C are loaded and stored in place; the edge ones go through `edge`.
-ZL_AMX_TARGET void gemm_bf16_thread(const AmxGemmShape& g, const uint16_t* A, const uint16_t* B, float* C,
-                                    uint32_t* bp, uint16_t* ap) {
+// One thread's part. Work items are (batch element, 32-column block of C), taken dynamically (a thread that the
+// machine's other jobs hold up leaves its share to the others), each packing its own 32 columns of B (O(32 K))
+// and running down all 32-row blocks; A is read in place, or packed once per batch element a thread meets. No
+// barrier but the parallel region's end. C tiles that lie inside C are loaded and stored in place; the edge ones
+// go through `edge`.
+ZL_AMX_TARGET void gemm_bf16_thread(const AmxGemmShape& g, const uint16_t* A, const uint16_t* B, float* C) {
   const int64_t Mp = round_up(g.M, 32), Np = round_up(g.N, 32), Kp = round_up(g.K, 32);
-  pack_b_pairs(bp, g, B, Np, Kp);  // each omp for ends with its barrier
-  if (ap) pack_a_padded(ap, g, A, Mp, Kp);
-  const uint16_t* abase = ap ? ap : A;
-  const int64_t lda = ap ? Kp : g.lda, sa = ap ? Mp * Kp : g.sa;
-  const int64_t mblocks = Mp / 32, nblocks = Np / 32, ntiles = Np / 16, ksteps = Kp / 32;
+  const int64_t mblocks = Mp / 32, nblocks = Np / 32, ksteps = Kp / 32;
+  const bool pad_a = g.M % 32 != 0 || g.K % 32 != 0;  // else every A tile lies inside A
+  static thread_local Scratch bs, as;
+  uint32_t* bp = static_cast<uint32_t*>(bs.get(size_t(Kp) * 64));
+  uint16_t* ap = pad_a ? static_cast<uint16_t*>(as.get(size_t(Mp * Kp) * 2)) : nullptr;
+  int64_t a_batch = -1;  // the batch element in ap
+  const int64_t lda = pad_a ? Kp : g.lda;
+  const int64_t ldc_bytes = g.ldc * 4;
   alignas(64) float edge[4][256];
-  configure_tiles();
-#pragma omp for schedule(static) collapse(3)
-  for (int64_t i = 0; i < g.batch; ++i)
-    for (int64_t mb = 0; mb < mblocks; ++mb)
-      for (int64_t nb = 0; nb < nblocks; ++nb) {
-        const std::byte* a0 = reinterpret_cast<const std::byte*>(abase + i * sa + mb * 32 * lda);
-        const std::byte* b0 = reinterpret_cast<const std::byte*>(bp + (i * ntiles + 2 * nb) * (Kp / 2) * 16);
-        float* c = C + i * g.sc;
-        const int64_t m0 = mb * 32, n0 = nb * 32;
-        // tile t = 2 (m tile) + (n tile), as kernel_2x2 accumulates them
-        int64_t rows[4], cols[4];
-        bool inside[4];
-        for (int t = 0; t < 4; ++t) {
-          rows[t] = std::clamp<int64_t>(g.M - (m0 + 16 * (t >> 1)), 0, 16);
-          cols[t] = std::clamp<int64_t>(g.N - (n0 + 16 * (t & 1)), 0, 16);
-          inside[t] = rows[t] == 16 && cols[t] == 16;
-        }
-        auto at = [&](int t) { return c + (m0 + 16 * (t >> 1)) * g.ldc + n0 + 16 * (t & 1); };
-        const int64_t ldc_bytes = g.ldc * 4;
-#define ZL_AMX_INIT(t)                                                    \
+  bool configured = false;
+#pragma omp for schedule(dynamic, 1) nowait
+  for (int64_t item = 0; item < g.batch * nblocks; ++item) {
+    const int64_t i = item / nblocks, nb = item % nblocks;
+    if (!configured) {
+      configure_tiles();
+      configured = true;
+    }
+    pack_b_pairs(bp, g, B + i * g.sb, 2 * nb, Kp);
+    if (pad_a && a_batch != i) {
+      pack_a_padded(ap, g, A + i * g.sa, Mp, Kp);
+      a_batch = i;
+    }
+    const uint16_t* abase = pad_a ? ap : A + i * g.sa;
+    const std::byte* b0 = reinterpret_cast<const std::byte*>(bp);
+    float* c = C + i * g.sc;
+    const int64_t n0 = nb * 32;
+    for (int64_t mb = 0; mb < mblocks; ++mb) {
+      const std::byte* a0 = reinterpret_cast<const std::byte*>(abase + mb * 32 * lda);
+      const int64_t m0 = mb * 32;
+      // tile t = 2 (m tile) + (n tile), as kernel_2x2 accumulates them
+      int64_t rows[4], cols[4];
+      bool inside[4];
+      for (int t = 0; t < 4; ++t) {
+        rows[t] = std::clamp<int64_t>(g.M - (m0 + 16 * (t >> 1)), 0, 16);
+        cols[t] = std::clamp<int64_t>(g.N - (n0 + 16 * (t & 1)), 0, 16);
+        inside[t] = rows[t] == 16 && cols[t] == 16;
+      }
+      auto at = [&](int t) { return c + (m0 + 16 * (t >> 1)) * g.ldc + n0 + 16 * (t & 1); };
+#define ZL_AMX_INIT(t)                                           \
   if (inside[t] && g.accumulate) _tile_loadd(t, at(t), ldc_bytes); \
   else _tile_zero(t);
-        ZL_AMX_INIT(0)
-        ZL_AMX_INIT(1)
-        ZL_AMX_INIT(2)
-        ZL_AMX_INIT(3)
+      ZL_AMX_INIT(0)
+      ZL_AMX_INIT(1)
+      ZL_AMX_INIT(2)
+      ZL_AMX_INIT(3)
 #undef ZL_AMX_INIT
-        kernel_2x2(a0, a0 + 16 * lda * 2, lda * 2, b0, b0 + (Kp / 2) * 64, ksteps);
-#define ZL_AMX_STORE(t)                           \
+      kernel_2x2(a0, a0 + 16 * lda * 2, lda * 2, b0, b0 + (Kp / 2) * 64, ksteps);
+#define ZL_AMX_STORE(t)                             \
   if (inside[t]) _tile_stored(t, at(t), ldc_bytes); \
   else _tile_stored(t, edge[t], 64);
-        ZL_AMX_STORE(0)
-        ZL_AMX_STORE(1)
-        ZL_AMX_STORE(2)
-        ZL_AMX_STORE(3)
+      ZL_AMX_STORE(0)
+      ZL_AMX_STORE(1)
+      ZL_AMX_STORE(2)
+      ZL_AMX_STORE(3)
 #undef ZL_AMX_STORE
-        for (int t = 0; t < 4; ++t)
-          if (!inside[t] && rows[t] > 0 && cols[t] > 0)
-            write_tile(at(t), g.ldc, edge[t], rows[t], cols[t], false, g.accumulate);
-      }
-  _tile_release();
+      for (int t = 0; t < 4; ++t)
+        if (!inside[t] && rows[t] > 0 && cols[t] > 0)
+          write_tile(at(t), g.ldc, edge[t], rows[t], cols[t], false, g.accumulate);
+    }
+  }
+  if (configured) _tile_release();
 }
 
 ZL_AMX_TARGET void gemm_bf16(const AmxGemmShape& g, const uint16_t* A, const uint16_t* B, float* C) {
-  const int64_t Mp = round_up(g.M, 32), Np = round_up(g.N, 32), Kp = round_up(g.K, 32);
-  static thread_local Scratch bs, as;
-  uint32_t* bp = static_cast<uint32_t*>(bs.get(size_t(g.batch * Np * Kp) * 2));
-  // A in place when every tile lies inside it
-  uint16_t* ap = g.M % 32 == 0 && g.K % 32 == 0 ? nullptr
-                                                : static_cast<uint16_t*>(as.get(size_t(g.batch * Mp * Kp) * 2));
 #pragma omp parallel
-  gemm_bf16_thread(g, A, B, C, bp, ap);
+  gemm_bf16_thread(g, A, B, C);
 }
 
 }  // namespace
