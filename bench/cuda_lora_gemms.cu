@@ -2,10 +2,11 @@
 // projection shape, timed with cuBLASLt's heuristic alone (split-K off) and with kernels/cuda/gemm.cu's split-K
 // rule, plus a sweep of forced split counts for the weight gradients (the data to tune the rule), and the dropout
 // paths (forward u, backward dA and dx) unfused (dropout_apply + GEMM, as on the CPU) vs fused. One line per
-// product (us, GB/s of the operands' minimal traffic, GFLOP/s; sweep: forced S -> parts, us), one dropout line
-// per projection shape, then the LoRA branch's time summed over the step (each shape times its count x layers):
-// without dropout (heuristic alone vs the split-K rule) and with dropout 0.05 (heuristic + unfused; split-K +
-// unfused; split-K + fused), and a JSON line.
+// product (us, GB/s of the operands' minimal traffic, GFLOP/s), then the heuristic's algorithm for it and for the
+// rule's batched parts (cuBLASLt config ids; a tile id decodes with `grep ' = ID,' cublasLt.h`), for the weight
+// gradients a sweep (forced S: parts, us); one dropout line per projection shape, then the LoRA branch's time summed
+// over the step (each shape times its count x layers): without dropout (heuristic alone vs the split-K rule) and with
+// dropout 0.05 (heuristic + unfused; split-K + unfused; split-K + fused), and a JSON line.
 //   bench_cuda_lora_gemms [--rows M] [--r R] [--layers L] [--hidden H] [--kv K] [--inter I] [--reps N]
 // Defaults: TinyLlama-1.1B, batch 8 x seq 2048 (M 16384), r 16, 22 layers (q, k, v, o, gate, up, down).
 // Correctness is the tests' job (tests/kernels/test_cuda_gemm_split_k.cpp).
@@ -33,6 +34,7 @@ using namespace zerolora::kernels;
 namespace zerolora::kernels::cuda {
 int set_gemm_split_k(int mode);
 int gemm_split_k_parts(int64_t M, int64_t N, int64_t K, const CudaState& s);
+std::string gemm_algo_summary(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, int32_t batch, CudaState& s);
 bool lora_dropout_forward(float* u, const float* x, const float* A, int64_t M, int64_t in, int64_t r,
                           const DropoutMask& mask, CudaState& s);
 bool lora_dropout_backward_input(float* dx, const float* du, const float* A, int64_t M, int64_t in, int64_t r,
@@ -178,6 +180,11 @@ int main(int argc, char** argv) {
           "    | x%.2f\n",
           p.names, g.what, g.ta ? 'T' : 'N', g.tb ? 'T' : 'N', (long long)g.M, (long long)g.N, (long long)g.K, t0,
           bytes / t0 / 1e3, flop / t0 / 1e3, parts, t1, bytes / t1 / 1e3, flop / t1 / 1e3, t0 / t1);
+      std::printf("  %-8s %-26s heuristic: %s", "", "",
+                  cuda::gemm_algo_summary(g.ta, g.tb, g.M, g.N, g.K, 1, s).c_str());
+      if (parts > 1 && g.K % parts == 0)  // the rule's parts as one strided batch
+        std::printf("; split parts: %s", cuda::gemm_algo_summary(g.ta, g.tb, g.M, g.N, g.K / parts, parts, s).c_str());
+      std::printf("\n");
       nodrop_before += mult * t0, nodrop_after += mult * t1, flop_step += mult * flop;
       if (g.weight_grad) {
         std::printf("  %-8s %-26s sweep (forced S: parts, us):", "", "");

@@ -310,6 +310,35 @@ WeightView weight_view(const FrozenWeight& w, CudaState& s, const char* fn) {
 
 }  // namespace
 
+// The heuristic's algorithm for an fp32 gemm of this shape (pointers 256-byte aligned; batch > 1: a strided batch
+// as split-K runs it): "algo A tile T splitK S reduction R swizzle W stages G" with cuBLASLt's ids (cublasLt.h:
+// cublasLtMatmulTile_t, cublasLtReductionScheme_t, cublasLtMatmulStages_t). For benchmarks: what the rule is up
+// against.
+std::string gemm_algo_summary(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, int32_t batch,
+                              CudaState& s) {
+  const int64_t lda = trans_a ? M : K, ldb = trans_b ? K : N, ldc = N;
+  PlanKey key{CUDA_R_32F, trans_a, trans_b, M, N, K, lda, ldb, ldc, 256, 256, 256};
+  if (batch > 1) {
+    key.batch = batch, key.stride_a = trans_a ? K * lda : K, key.stride_b = trans_b ? K : K * ldb;
+    key.stride_c = partial_stride(M, N);
+  }
+  const Plan& p = plan_for(key, s);
+  int32_t id = 0, splitk = 0;
+  uint32_t tile = 0, reduction = 0, swizzle = 0, stages = 0;
+  size_t w = 0;
+  cublasLtMatmulAlgoConfigGetAttribute(&p.algo, CUBLASLT_ALGO_CONFIG_ID, &id, sizeof id, &w);
+  cublasLtMatmulAlgoConfigGetAttribute(&p.algo, CUBLASLT_ALGO_CONFIG_TILE_ID, &tile, sizeof tile, &w);
+  cublasLtMatmulAlgoConfigGetAttribute(&p.algo, CUBLASLT_ALGO_CONFIG_SPLITK_NUM, &splitk, sizeof splitk, &w);
+  cublasLtMatmulAlgoConfigGetAttribute(&p.algo, CUBLASLT_ALGO_CONFIG_REDUCTION_SCHEME, &reduction, sizeof reduction,
+                                       &w);
+  cublasLtMatmulAlgoConfigGetAttribute(&p.algo, CUBLASLT_ALGO_CONFIG_CTA_SWIZZLING, &swizzle, sizeof swizzle, &w);
+  cublasLtMatmulAlgoConfigGetAttribute(&p.algo, CUBLASLT_ALGO_CONFIG_STAGES_ID, &stages, sizeof stages, &w);
+  char buf[160];
+  std::snprintf(buf, sizeof buf, "algo %d tile %u splitK %d reduction %u swizzle %u stages %u", int(id),
+                unsigned(tile), int(splitk), unsigned(reduction), unsigned(swizzle), unsigned(stages));
+  return buf;
+}
+
 int set_gemm_split_k(int mode) {
   const int before = split_k_mode();
   g_split_k_mode.store(mode < 0 ? -1 : mode);
