@@ -334,8 +334,8 @@ std::string gemm_algo_summary(bool trans_a, bool trans_b, int64_t M, int64_t N, 
   cublasLtMatmulAlgoConfigGetAttribute(&p.algo, CUBLASLT_ALGO_CONFIG_CTA_SWIZZLING, &swizzle, sizeof swizzle, &w);
   cublasLtMatmulAlgoConfigGetAttribute(&p.algo, CUBLASLT_ALGO_CONFIG_STAGES_ID, &stages, sizeof stages, &w);
   char buf[160];
-  std::snprintf(buf, sizeof buf, "algo %d tile %u splitK %d reduction %u swizzle %u stages %u", int(id),
-                unsigned(tile), int(splitk), unsigned(reduction), unsigned(swizzle), unsigned(stages));
+  std::snprintf(buf, sizeof buf, "algo %d tile %u splitK %d reduction %u swizzle %u stages %u", int(id), unsigned(tile),
+                int(splitk), unsigned(reduction), unsigned(swizzle), unsigned(stages));
   return buf;
 }
 
