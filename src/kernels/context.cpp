@@ -51,6 +51,32 @@ void synchronize(const Context& ctx) {
   if (ctx.on_cuda()) cuda::synchronize(*ctx.cuda);
 }
 
+std::shared_ptr<void> pinned_alloc(size_t bytes, const Context& ctx) {
+  if (ctx.on_cuda()) return cuda::pinned_alloc(bytes, *ctx.cuda);
+  return core::alloc_aligned(bytes);
+}
+
+CopyQueue::CopyQueue(const Context& ctx, int slots) : ctx_(ctx) {
+  if (ctx.on_cuda()) impl_ = cuda::copy_queue_create(slots, *ctx.cuda);
+}
+CopyQueue::~CopyQueue() = default;  // the CUDA state waits for its copies before it goes
+void CopyQueue::compute_done_with(int slot) {
+  if (impl_) cuda::copy_queue_compute_done_with(impl_.get(), slot, *ctx_.cuda);
+}
+void CopyQueue::copy(int slot, void* device_dst, const void* pinned_src, size_t bytes) {
+  if (impl_) return cuda::copy_queue_copy(impl_.get(), slot, device_dst, pinned_src, bytes, *ctx_.cuda);
+  if (bytes) std::memmove(device_dst, pinned_src, bytes);
+}
+void CopyQueue::compute_waits_for(int slot) {
+  if (impl_) cuda::copy_queue_compute_waits_for(impl_.get(), slot, *ctx_.cuda);
+}
+void CopyQueue::host_waits_for(int slot) {
+  if (impl_) cuda::copy_queue_host_waits_for(impl_.get(), slot, *ctx_.cuda);
+}
+void CopyQueue::synchronize() {
+  if (impl_) cuda::copy_queue_synchronize(impl_.get(), *ctx_.cuda);
+}
+
 core::Tensor to_device(const core::Tensor& t, const Context& ctx) {
   if (!ctx.on_cuda() || t.numel() == 0) return t;
   core::check(t.device() == Device::Cpu, "to_device", "the tensor is already in device memory");

@@ -77,6 +77,35 @@ void copy_to_host(void* dst, const void* src, size_t bytes, const Context& ctx);
 void copy_on_device(void* dst, const void* src, size_t bytes, const Context& ctx);
 void synchronize(const Context& ctx);
 
+// Page-locked host memory on a CUDA context (the device reads it while the host goes on: CopyQueue's sources);
+// plain host memory on the host context.
+std::shared_ptr<void> pinned_alloc(size_t bytes, const Context& ctx);
+
+// A second queue for copies from pinned host memory into device buffers that overlap ctx's work (frozen
+// weights streamed ahead of their use), with a pair of fences per buffer ("slot"):
+//   compute_done_with(s)   ctx's work enqueued so far is the last to read slot s's buffer;
+//   copy(s, dst, src, n)   the copy starts once that work is done (then src must stay unchanged until
+//                          host_waits_for(s) returns);
+//   compute_waits_for(s)   ctx's later work starts once the copies into s enqueued so far are done;
+//   host_waits_for(s)      returns once those copies are done (src may be written again).
+// On the host context copy is memcpy and the fences do nothing.
+class CopyQueue {
+ public:
+  CopyQueue(const Context& ctx, int slots);
+  ~CopyQueue();
+  CopyQueue(const CopyQueue&) = delete;
+  CopyQueue& operator=(const CopyQueue&) = delete;
+  void compute_done_with(int slot);
+  void copy(int slot, void* device_dst, const void* pinned_src, size_t bytes);
+  void compute_waits_for(int slot);
+  void host_waits_for(int slot);
+  void synchronize();  // every copy enqueued so far is done
+
+ private:
+  const Context& ctx_;
+  std::shared_ptr<void> impl_;  // the CUDA stream and events (kernels/cuda/context.cu)
+};
+
 // A copy of a host tensor in ctx's memory (the same tensor, shared, on the host context).
 core::Tensor to_device(const core::Tensor& t, const Context& ctx);
 // A host copy of a tensor from wherever it lives.

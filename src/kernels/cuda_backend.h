@@ -34,6 +34,14 @@ void copy_to_device(void* dst, const void* src, size_t bytes, CudaState& s);
 void copy_to_host(void* dst, const void* src, size_t bytes, CudaState& s);
 void copy_on_device(void* dst, const void* src, size_t bytes, CudaState& s);
 void synchronize(CudaState& s);
+// page-locked host memory; the copy queue of kernels::CopyQueue (a second stream, two events per slot)
+std::shared_ptr<void> pinned_alloc(size_t bytes, CudaState& s);
+std::shared_ptr<void> copy_queue_create(int slots, CudaState& s);
+void copy_queue_compute_done_with(void* q, int slot, CudaState& s);
+void copy_queue_copy(void* q, int slot, void* dst, const void* src, size_t bytes, CudaState& s);
+void copy_queue_compute_waits_for(void* q, int slot, CudaState& s);
+void copy_queue_host_waits_for(void* q, int slot, CudaState& s);
+void copy_queue_synchronize(void* q, CudaState& s);
 
 // --- GEMMs through cuBLASLt (kernels/cuda/gemm.cu)
 // C = alpha op(A) op(B) + beta C, row-major with leading dimensions, fp32 (no TF32).

@@ -4,12 +4,14 @@
 // host memory; this stream copies the part into one of two device slots and hands the model device views of it,
 // so at most two parts are resident on the device whatever the model's size.
 //
-// Order and lifetime: the copy into a slot is enqueued on the context's stream, after the work that used the
-// slot's previous part (the part before the one just released), so no event is needed; the copy has read the
-// host part when copy_to_device returns (kernels/context.h), so the upstream part is released at once.
-// The copies are not overlapped with compute in this version (they run on the compute stream).
+// Overlap: the model's order of parts is fixed (weight_stream.h), so while the model computes with one part the
+// next one is already on its way: the host copies it from the upstream part into the other slot's page-locked
+// buffer and a second queue (kernels::CopyQueue) copies that to the device once the compute stream is done with
+// the slot's previous part; the compute stream waits for a part's copy only when the model acquires it. A part
+// that was not predicted (another order) is loaded the same way on demand. The upstream part is released as soon
+// as it is in the page-locked buffer, so upstream holds one part at a time, as it requires.
 //
-// With a CPU context the slots are host memory and the copies memcpy: the same code runs the CPU tests.
+// With a CPU context the slots and buffers are host memory and the copies memcpy: the same code runs the CPU tests.
 #pragma once
 #include <memory>
 
@@ -20,8 +22,9 @@ namespace zerolora::model {
 
 class DeviceWeightStream final : public FrozenWeightStream {
  public:
-  // upstream and ctx must outlive this. NF4 parts are refused (one line) when first acquired.
-  DeviceWeightStream(FrozenWeightStream& upstream, const kernels::Context& ctx);
+  // upstream and ctx must outlive this; num_layers: the model's blocks (the order of a pass). NF4 parts are
+  // refused (one line) when first acquired.
+  DeviceWeightStream(FrozenWeightStream& upstream, int num_layers, const kernels::Context& ctx);
   ~DeviceWeightStream() override;
 
   void begin_pass(bool with_backward) override;
@@ -31,9 +34,12 @@ class DeviceWeightStream final : public FrozenWeightStream {
   void release() override;
   void end_pass() override;
 
-  // Bytes of the two device slots (the most device memory the frozen weights take at once), and bytes copied.
+  // Bytes of the two device slots (the most device memory the frozen weights take at once), bytes copied, and
+  // how many parts were loaded ahead of their use / on demand.
   int64_t slot_bytes() const;
   int64_t copied_bytes() const;
+  int64_t prefetched_parts() const;
+  int64_t loaded_on_demand() const;
 
  private:
   struct Impl;

@@ -678,8 +678,9 @@ void TrainingRun::open_device_and_model() {
   if (gpu_ && L_->zero3) {
     // stage 3 on the GPU: this rank's slices stay in host memory (as with offload_param: cpu), each part is
     // gathered over the ranks on the host and copied into one of two device slots as the model reaches it
-    device_stream_ = std::make_unique<model::DeviceWeightStream>(*L_->zero3, ctx);
-    log_.message("ZeRO-3 on the GPU: frozen weights in host memory, copied to the GPU per block (two resident)");
+    device_stream_ = std::make_unique<model::DeviceWeightStream>(*L_->zero3, int(L_->config.num_hidden_layers), ctx);
+    log_.message("ZeRO-3 on the GPU: frozen weights in host memory, each part copied to the GPU ahead of its use on "
+                 "a second stream (two parts resident)");
   }
   if (gpu_) core::set_op_timer_sync([c = ctx_] { kernels::synchronize(*c); });  // ZEROLORA_PROFILE=1: device time per op
   if (gpu_) engine_->use_device(ctx);

@@ -234,7 +234,7 @@ void expect_stream_equals_resident(dist::Comm& comm, const kernels::Context& ctx
   o.storage = core::DType::BF16, o.param_persistence_threshold = 0, o.max_reuse_distance = 0;
   train::Zero3FrozenWeights z(dir.path(), o, comm);
   const model::LlamaWeights skeleton = model::to_device(z.skeleton(), ctx);
-  model::DeviceWeightStream stream(z, ctx);
+  model::DeviceWeightStream stream(z, int(c.cfg.num_hidden_layers), ctx);
 
   model::LoraConfig lc;
   lc.r = 4, lc.dropout = 0, lc.target_modules = {"q_proj", "v_proj", "down_proj", "lm_head"};
@@ -266,8 +266,12 @@ void expect_stream_equals_resident(dist::Comm& comm, const kernels::Context& ctx
   const int64_t largest = std::max(embed, block);
   EXPECT_GE(stream.slot_bytes(), largest) << "a slot holds the largest part";
   EXPECT_LE(stream.slot_bytes(), 2 * (largest + 13 * 256)) << "at most two parts resident";
-  // copies: every part of the pass once (forward: embedding, blocks, lm_head; backward: the blocks again)
-  EXPECT_EQ(stream.copied_bytes(), 2 * embed + 2 * c.cfg.num_hidden_layers * block);
+  // copies: every part once per use (forward: embedding, blocks, lm_head; backward: the blocks again); all but
+  // the first part (the embedding) loaded ahead of their use
+  const int64_t L = c.cfg.num_hidden_layers;
+  EXPECT_EQ(stream.copied_bytes(), 2 * embed + 2 * L * block);
+  EXPECT_EQ(stream.loaded_on_demand(), 1);
+  EXPECT_EQ(stream.prefetched_parts(), 2 * L + 1);
 }
 }  // namespace
 

@@ -3,6 +3,7 @@
 #include <cstdio>
 #include <cstring>
 #include <string>
+#include <vector>
 
 #include "kernels/cuda/common.cuh"
 #include "kernels/cuda_backend.h"
@@ -126,6 +127,86 @@ void copy_on_device(void* dst, const void* src, size_t bytes, CudaState& s) {
 }
 
 void synchronize(CudaState& s) { ZL_CUDA_CHECK(cudaStreamSynchronize(s.stream)); }
+
+std::shared_ptr<void> pinned_alloc(size_t bytes, CudaState& s) {
+  void* p = nullptr;
+  ZL_CUDA_CHECK(cudaSetDevice(s.device));
+  const cudaError_t e = cudaHostAlloc(&p, std::max<size_t>(bytes, 1), cudaHostAllocPortable);
+  if (e != cudaSuccess) {
+    cudaGetLastError();
+    char buf[160];
+    std::snprintf(buf, sizeof buf, "could not allocate %.2f GiB of page-locked host memory (%s)",
+                  double(bytes) / double(1ull << 30), cudaGetErrorString(e));
+    throw core::Error("cuda host memory", buf, "check the host's free memory and ulimit -l");
+  }
+  return std::shared_ptr<void>(p, [](void* q) { cudaFreeHost(q); });
+}
+
+namespace {
+// kernels::CopyQueue on the GPU: a non-blocking stream for the copies; per slot, `free` is recorded on the
+// compute stream (the slot's last reader) and `ready` on the copy stream (the slot's last copy).
+struct CopyQueueState {
+  int device = 0;
+  cudaStream_t stream = nullptr;
+  std::vector<cudaEvent_t> free, ready;
+  ~CopyQueueState() {
+    cudaSetDevice(device);
+    if (stream) cudaStreamSynchronize(stream);
+    for (cudaEvent_t e : free) cudaEventDestroy(e);
+    for (cudaEvent_t e : ready) cudaEventDestroy(e);
+    if (stream) cudaStreamDestroy(stream);
+  }
+  void check_slot(int slot) const {
+    if (slot < 0 || slot >= int(free.size()))
+      throw core::Error("copy queue", "slot " + std::to_string(slot) + " out of range", "internal error");
+  }
+};
+}  // namespace
+
+std::shared_ptr<void> copy_queue_create(int slots, CudaState& s) {
+  auto q = std::make_shared<CopyQueueState>();
+  q->device = s.device;
+  ZL_CUDA_CHECK(cudaSetDevice(s.device));
+  ZL_CUDA_CHECK(cudaStreamCreateWithFlags(&q->stream, cudaStreamNonBlocking));
+  q->free.resize(size_t(slots), nullptr);
+  q->ready.resize(size_t(slots), nullptr);
+  for (int i = 0; i < slots; ++i) {  // a never-recorded event is complete: the first copy waits for nothing
+    ZL_CUDA_CHECK(cudaEventCreateWithFlags(&q->free[size_t(i)], cudaEventDisableTiming));
+    ZL_CUDA_CHECK(cudaEventCreateWithFlags(&q->ready[size_t(i)], cudaEventDisableTiming));
+  }
+  return q;
+}
+
+void copy_queue_compute_done_with(void* qp, int slot, CudaState& s) {
+  auto& q = *static_cast<CopyQueueState*>(qp);
+  q.check_slot(slot);
+  ZL_CUDA_CHECK(cudaEventRecord(q.free[size_t(slot)], s.stream));
+}
+
+void copy_queue_copy(void* qp, int slot, void* dst, const void* src, size_t bytes, CudaState& s) {
+  auto& q = *static_cast<CopyQueueState*>(qp);
+  q.check_slot(slot);
+  (void)s;
+  ZL_CUDA_CHECK(cudaStreamWaitEvent(q.stream, q.free[size_t(slot)], 0));
+  if (bytes) ZL_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, q.stream));
+  ZL_CUDA_CHECK(cudaEventRecord(q.ready[size_t(slot)], q.stream));
+}
+
+void copy_queue_compute_waits_for(void* qp, int slot, CudaState& s) {
+  auto& q = *static_cast<CopyQueueState*>(qp);
+  q.check_slot(slot);
+  ZL_CUDA_CHECK(cudaStreamWaitEvent(s.stream, q.ready[size_t(slot)], 0));
+}
+
+void copy_queue_host_waits_for(void* qp, int slot, CudaState&) {
+  auto& q = *static_cast<CopyQueueState*>(qp);
+  q.check_slot(slot);
+  ZL_CUDA_CHECK(cudaEventSynchronize(q.ready[size_t(slot)]));
+}
+
+void copy_queue_synchronize(void* qp, CudaState&) {
+  ZL_CUDA_CHECK(cudaStreamSynchronize(static_cast<CopyQueueState*>(qp)->stream));
+}
 
 void* scratch(CudaState& s, Scratch purpose, size_t bytes) {
   const int i = int(purpose);

@@ -27,6 +27,13 @@ void copy_to_device(void*, const void*, size_t, CudaState&) { unavailable(); }
 void copy_to_host(void*, const void*, size_t, CudaState&) { unavailable(); }
 void copy_on_device(void*, const void*, size_t, CudaState&) { unavailable(); }
 void synchronize(CudaState&) { unavailable(); }
+std::shared_ptr<void> pinned_alloc(size_t, CudaState&) { unavailable(); }
+std::shared_ptr<void> copy_queue_create(int, CudaState&) { unavailable(); }
+void copy_queue_compute_done_with(void*, int, CudaState&) { unavailable(); }
+void copy_queue_copy(void*, int, void*, const void*, size_t, CudaState&) { unavailable(); }
+void copy_queue_compute_waits_for(void*, int, CudaState&) { unavailable(); }
+void copy_queue_host_waits_for(void*, int, CudaState&) { unavailable(); }
+void copy_queue_synchronize(void*, CudaState&) { unavailable(); }
 void gemm(bool, bool, int64_t, int64_t, int64_t, float, const float*, int64_t, const float*, int64_t, float, float*,
           int64_t, CudaState&) { unavailable(); }
 void linear_forward(float*, const float*, const FrozenWeight&, int64_t, CudaState&) { unavailable(); }
