@@ -30,18 +30,7 @@
 using namespace zerolora;
 using namespace zerolora::kernels;
 
-// kernels/cuda/gemm.cu (not in kernels/cuda_backend.h yet)
-namespace zerolora::kernels::cuda {
-int set_gemm_split_k(int mode);
-int gemm_split_k_parts(int64_t M, int64_t N, int64_t K, const CudaState& s);
-std::string gemm_algo_summary(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, int32_t batch, CudaState& s);
-bool lora_dropout_forward(float* u, const float* x, const float* A, int64_t M, int64_t in, int64_t r,
-                          const DropoutMask& mask, CudaState& s);
-bool lora_dropout_backward_input(float* dx, const float* du, const float* A, int64_t M, int64_t in, int64_t r,
-                                 const DropoutMask& mask, CudaState& s);
-bool lora_dropout_weight_grad(float* dA, const float* du, const float* x, int64_t M, int64_t in, int64_t r,
-                              const DropoutMask& mask, CudaState& s);
-}  // namespace zerolora::kernels::cuda
+#include "kernels/cuda_backend.h"  // the backend entry points this exercises directly
 
 namespace {
 

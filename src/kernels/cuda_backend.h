@@ -47,6 +47,20 @@ void copy_queue_synchronize(void* q, CudaState& s);
 // C = alpha op(A) op(B) + beta C, row-major with leading dimensions, fp32 (no TF32).
 void gemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha, const float* A, int64_t lda,
           const float* B, int64_t ldb, float beta, float* C, int64_t ldc, CudaState& s);
+// Split-K (gemm.cu's rule, at the top of that file): the parts `gemm` splits an M x N x K product into on this GPU;
+// set_gemm_split_k forces a mode (< 0 the rule, 0 never, > 0 that many parts; ZEROLORA_GEMM_SPLIT_K sets it at
+// start) and returns the previous one; gemm_algo_summary names the algorithm cuBLASLt's heuristic picks (bench).
+int set_gemm_split_k(int mode);
+int gemm_split_k_parts(int64_t M, int64_t N, int64_t K, const CudaState& s);
+std::string gemm_algo_summary(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, int32_t batch, CudaState& s);
+// LoRA's dropout fused into its products with the [M, in] operand (kernels.h's lora_dropout_*): false when not
+// fused for this r or shape, or ZEROLORA_LORA_FUSED=0 (nothing done).
+bool lora_dropout_forward(float* u, const float* x, const float* A, int64_t M, int64_t in, int64_t r,
+                          const DropoutMask& mask, CudaState& s);
+bool lora_dropout_backward_input(float* dx, const float* du, const float* A, int64_t M, int64_t in, int64_t r,
+                                 const DropoutMask& mask, CudaState& s);
+bool lora_dropout_weight_grad(float* dA, const float* du, const float* x, int64_t M, int64_t in, int64_t r,
+                              const DropoutMask& mask, CudaState& s);
 // The device copy of a frozen weight (see to_device(FrozenWeight)): bf16 weights take the input rounded to
 // bf16 and accumulate in fp32 (as the CPU's bf16 matmul); f32 weights run in fp32; NF4 weights are
 // dequantised on the device, one weight at a time, into the context's workspace.

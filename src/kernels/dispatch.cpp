@@ -142,6 +142,30 @@ void dropout_apply(S* out, const S* x, int64_t M, int64_t in, const DropoutMask&
 }
 
 template <typename S>
+bool lora_dropout_forward(S* u, const S* x, const S* A, int64_t M, int64_t in, int64_t r, const DropoutMask& mask,
+                          const Context& ctx) {
+  if constexpr (std::is_same_v<S, float>)
+    if (ctx.on_cuda()) return cuda::lora_dropout_forward(u, x, A, M, in, r, mask, *ctx.cuda);
+  return false;
+}
+
+template <typename S>
+bool lora_dropout_backward_input(S* dx, const S* du, const S* A, int64_t M, int64_t in, int64_t r,
+                                 const DropoutMask& mask, const Context& ctx) {
+  if constexpr (std::is_same_v<S, float>)
+    if (ctx.on_cuda()) return cuda::lora_dropout_backward_input(dx, du, A, M, in, r, mask, *ctx.cuda);
+  return false;
+}
+
+template <typename S>
+bool lora_dropout_weight_grad(S* dA, const S* du, const S* x, int64_t M, int64_t in, int64_t r,
+                              const DropoutMask& mask, const Context& ctx) {
+  if constexpr (std::is_same_v<S, float>)
+    if (ctx.on_cuda()) return cuda::lora_dropout_weight_grad(dA, du, x, M, in, r, mask, *ctx.cuda);
+  return false;
+}
+
+template <typename S>
 void cross_entropy_accumulate(S* logits, const int32_t* targets, int64_t M, int64_t V, double grad_scale,
                               double* sums, const Context& ctx) {
   ZL_ON_CUDA(ctx, cross_entropy_accumulate, logits, targets, M, V, grad_scale, sums)
@@ -192,6 +216,12 @@ void scale(float* x, int64_t n, double factor, const Context& ctx) {
   template void add<S>(S*, const S*, const S*, int64_t, const Context&);                                          \
   template void fill_zero<S>(S*, int64_t, const Context&);                                                        \
   template void dropout_apply<S>(S*, const S*, int64_t, int64_t, const DropoutMask&, bool, const Context&);       \
+  template bool lora_dropout_forward<S>(S*, const S*, const S*, int64_t, int64_t, int64_t, const DropoutMask&,       \
+                                       const Context&);                                                            \
+  template bool lora_dropout_backward_input<S>(S*, const S*, const S*, int64_t, int64_t, int64_t, const DropoutMask&, \
+                                              const Context&);                                                     \
+  template bool lora_dropout_weight_grad<S>(S*, const S*, const S*, int64_t, int64_t, int64_t, const DropoutMask&,   \
+                                           const Context&);                                                        \
   template void cross_entropy_accumulate<S>(S*, const int32_t*, int64_t, int64_t, double, double*, const Context&);
 ZL_INSTANTIATE(float)
 ZL_INSTANTIATE(double)

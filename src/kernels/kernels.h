@@ -244,6 +244,18 @@ void fill_zero(S* x, int64_t n, const Context& ctx);
 template <typename S>
 void dropout_apply(S* out, const S* x, int64_t M, int64_t in, const DropoutMask& mask, bool accumulate,
                    const Context& ctx);
+// LoRA's dropout fused into its products with the [M, in] operand, where the context's backend has such kernels
+// (CUDA, float, r 4/8/16/32/64): u [M, r] = (mask * x) A^T; dx [M, in] += mask * (du A); dA [r, in] += du^T (mask * x).
+// false: nothing done (the host context, other r): the caller runs dropout_apply and gemm, the same products.
+template <typename S>
+bool lora_dropout_forward(S* u, const S* x, const S* A, int64_t M, int64_t in, int64_t r, const DropoutMask& mask,
+                          const Context& ctx);
+template <typename S>
+bool lora_dropout_backward_input(S* dx, const S* du, const S* A, int64_t M, int64_t in, int64_t r,
+                                 const DropoutMask& mask, const Context& ctx);
+template <typename S>
+bool lora_dropout_weight_grad(S* dA, const S* du, const S* x, int64_t M, int64_t in, int64_t r,
+                              const DropoutMask& mask, const Context& ctx);
 // Cross-entropy of one chunk (as cross_entropy_forward_backward), accumulated without waiting for the
 // device: sums [3] doubles in ctx's memory, sums[0] += loss, sums[1] += counted rows; a target outside [0, V)
 // other than -100 sets sums[2] = 1 + its row in the chunk (the CPU throws right away instead).

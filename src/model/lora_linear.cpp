@@ -9,22 +9,6 @@
 #include "core/error.h"
 #include "core/op_profile.h"
 
-#if defined(ZEROLORA_WITH_CUDA)
-// kernels/cuda/gemm.cu: the LoRA dropout fused into the three products with [M, in] operands (false: not fused
-// for this r or shape, or ZEROLORA_LORA_FUSED=0; nothing done). Float, device memory, the context's stream.
-// TODO(issue 17): declare these in kernels/cuda_backend.h (with no_cuda stubs) and drop this block.
-namespace zerolora::kernels::cuda {
-// u [M, r] = (mask * x [M, in]) A [r, in]^T
-bool lora_dropout_forward(float* u, const float* x, const float* A, int64_t M, int64_t in, int64_t r,
-                          const DropoutMask& mask, CudaState& s);
-// dx [M, in] += mask * (du [M, r] A [r, in])
-bool lora_dropout_backward_input(float* dx, const float* du, const float* A, int64_t M, int64_t in, int64_t r,
-                                 const DropoutMask& mask, CudaState& s);
-// dA [r, in] += du^T (mask * x [M, in])
-bool lora_dropout_weight_grad(float* dA, const float* du, const float* x, int64_t M, int64_t in, int64_t r,
-                              const DropoutMask& mask, CudaState& s);
-}  // namespace zerolora::kernels::cuda
-#endif
 
 namespace zerolora::model {
 
@@ -122,42 +106,23 @@ double dropout_multiplier(uint64_t seed, int slot_index, int64_t m, int64_t i, i
 namespace {
 // On a CUDA context (float), with dropout: the fused kernels in place of dropout_apply + GEMM (see
 // kernels/cuda/gemm.cu); false where they do not apply (then the generic path runs, as on the CPU).
+// LoRA's dropout fused into the products with the [M, in] operand where the backend has it (kernels.h)
 template <typename S>
 bool fused_dropout_forward(S* u, const S* x, const S* A, int64_t M, const LoraSlot& s, const LoraBranch& lora,
                            const kernels::Context& ctx) {
-#if defined(ZEROLORA_WITH_CUDA)
-  if constexpr (std::is_same_v<S, float>) {
-    if (ctx.on_cuda()) return kernels::cuda::lora_dropout_forward(u, x, A, M, s.in, s.r, mask_of(lora), *ctx.cuda);
-  }
-#endif
-  (void)u, (void)x, (void)A, (void)M, (void)s, (void)lora, (void)ctx;
-  return false;
+  return kernels::lora_dropout_forward<S>(u, x, A, M, s.in, s.r, mask_of(lora), ctx);
 }
 
 template <typename S>
 bool fused_dropout_weight_grad(S* dA, const S* du, const S* x, int64_t M, const LoraSlot& s, const LoraBranch& lora,
                                const kernels::Context& ctx) {
-#if defined(ZEROLORA_WITH_CUDA)
-  if constexpr (std::is_same_v<S, float>) {
-    if (ctx.on_cuda())
-      return kernels::cuda::lora_dropout_weight_grad(dA, du, x, M, s.in, s.r, mask_of(lora), *ctx.cuda);
-  }
-#endif
-  (void)dA, (void)du, (void)x, (void)M, (void)s, (void)lora, (void)ctx;
-  return false;
+  return kernels::lora_dropout_weight_grad<S>(dA, du, x, M, s.in, s.r, mask_of(lora), ctx);
 }
 
 template <typename S>
 bool fused_dropout_backward_input(S* dx, const S* du, const S* A, int64_t M, const LoraSlot& s, const LoraBranch& lora,
                                   const kernels::Context& ctx) {
-#if defined(ZEROLORA_WITH_CUDA)
-  if constexpr (std::is_same_v<S, float>) {
-    if (ctx.on_cuda())
-      return kernels::cuda::lora_dropout_backward_input(dx, du, A, M, s.in, s.r, mask_of(lora), *ctx.cuda);
-  }
-#endif
-  (void)dx, (void)du, (void)A, (void)M, (void)s, (void)lora, (void)ctx;
-  return false;
+  return kernels::lora_dropout_backward_input<S>(dx, du, A, M, s.in, s.r, mask_of(lora), ctx);
 }
 }  // namespace
 

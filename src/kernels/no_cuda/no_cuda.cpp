@@ -36,6 +36,15 @@ void copy_queue_host_waits_for(void*, int, CudaState&) { unavailable(); }
 void copy_queue_synchronize(void*, CudaState&) { unavailable(); }
 void gemm(bool, bool, int64_t, int64_t, int64_t, float, const float*, int64_t, const float*, int64_t, float, float*,
           int64_t, CudaState&) { unavailable(); }
+int set_gemm_split_k(int) { return -1; }
+int gemm_split_k_parts(int64_t, int64_t, int64_t, const CudaState&) { unavailable(); }
+std::string gemm_algo_summary(bool, bool, int64_t, int64_t, int64_t, int32_t, CudaState&) { unavailable(); }
+bool lora_dropout_forward(float*, const float*, const float*, int64_t, int64_t, int64_t, const DropoutMask&,
+                          CudaState&) { unavailable(); }
+bool lora_dropout_backward_input(float*, const float*, const float*, int64_t, int64_t, int64_t, const DropoutMask&,
+                                 CudaState&) { unavailable(); }
+bool lora_dropout_weight_grad(float*, const float*, const float*, int64_t, int64_t, int64_t, const DropoutMask&,
+                              CudaState&) { unavailable(); }
 void linear_forward(float*, const float*, const FrozenWeight&, int64_t, CudaState&) { unavailable(); }
 void linear_backward_input(float*, const float*, const FrozenWeight&, int64_t, CudaState&) { unavailable(); }
 void nf4_dequantize(void*, bool, const DeviceNf4&, CudaState&) { unavailable(); }
