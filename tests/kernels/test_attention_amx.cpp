@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "core/dtype.h"
+#include "core/runtime.h"
 #include "kernels/cpu/amx_gemm.h"
 #include "kernels/cpu/attention_variants.h"
 #include "kernels/cpu/onednn.h"
@@ -241,4 +242,35 @@ TEST(AttentionAmx, Bf16ShapeTakesTheAmxProducts) {
   EXPECT_EQ(dq, blocked.dq);
   EXPECT_EQ(dk, blocked.dk);
   EXPECT_EQ(dv, blocked.dv);
+}
+
+// With the AMX products and kv heads that divide evenly over the threads, each thread runs whole kv heads alone (one
+// parallel region per batch row, no barrier inside); otherwise every pass and product is split over the team. Both
+// compute every value the same way (rows are independent, each product block is summed by one thread in one order):
+// equal bit for bit. Chosen here through the thread count: 4 kv heads run per head on 2 threads, split on 1 (not
+// more threads than the machine's default: growing clang's OpenMP pool leaves allocations LeakSanitizer reports).
+// Several runs, two key chunks: the threads' heads reach key chunks of different lengths at different times (a
+// layout of the chunk buffers that depended on the chunk's length once let one head's scores overwrite another's).
+TEST(AttentionAmx, HeadPerThreadEqualsSplitPasses) {
+  SKIP_WITHOUT_AMX();
+  if (core::default_num_threads() < 2) GTEST_SKIP() << "one thread only here";
+  const Problem p = make_problem("schedules", {2, 200, 8, 4, 64}, 150, 90, 41);
+  const int before = core::num_threads();
+  for (int64_t chunk : {64, 128}) {
+    const int64_t chunk_before = attention_blocked_key_chunk(chunk);
+    core::set_num_threads(1);
+    const Result split = run_bf16(p);
+    core::set_num_threads(2);
+    for (int run = 0; run < 4; ++run) {
+      SCOPED_TRACE("chunk " + std::to_string(chunk) + ", run " + std::to_string(run));
+      const Result per_head = run_bf16(p);
+      EXPECT_TRUE(per_head.o == split.o) << "out";
+      EXPECT_TRUE(per_head.lse == split.lse) << "lse";
+      EXPECT_TRUE(per_head.dq == split.dq) << "dq";
+      EXPECT_TRUE(per_head.dk == split.dk) << "dk";
+      EXPECT_TRUE(per_head.dv == split.dv) << "dv";
+    }
+    attention_blocked_key_chunk(chunk_before);
+  }
+  core::set_num_threads(before);
 }

@@ -568,7 +568,7 @@ ZL_AMX_TARGET void gemm_bf16_thread(const AmxGemmShape& g, const uint16_t* A, co
 }
 
 ZL_AMX_TARGET void gemm_bf16(const AmxGemmShape& g, const uint16_t* A, const uint16_t* B, float* C) {
-#pragma omp parallel
+#pragma omp parallel if (!omp_in_parallel())  // inside a parallel region (attention's head per thread): alone
   gemm_bf16_thread(g, A, B, C);
 }
 

@@ -45,8 +45,9 @@ void amx_linear_backward_input(float* dinp, const float* dout, const uint16_t* W
 // rounded by the caller): the products and the sums are fp32 in the tile unit, nothing else is rounded, so the
 // result differs from another fp32-accumulating bf16 GEMM only in the order of the fp32 sums. B is packed per
 // call into the tile unit's pair-interleaved layout (O(K N) per batch element, against O(M K N) products);
-// A is read in place when M and K are multiples of 32, else through a zero-padded copy. Threads: the calling
-// thread's OpenMP team splits the batch x 32-row x 32-column blocks. Needs amx_supported().
+// A is read in place when M and K are multiples of 32, else through a zero-padded copy. Threads: a team splits the
+// (batch element, 32-column block) items; called inside a parallel region, the calling thread runs it alone.
+// Needs amx_supported().
 struct AmxGemmShape {
   int64_t batch, M, N, K, lda, ldb, ldc, sa, sb, sc;
   bool trans_b, accumulate;

@@ -33,6 +33,7 @@
 #include <mutex>
 #include <string>
 #include <tuple>
+#include <type_traits>
 #include <vector>
 
 #include "core/error.h"
@@ -86,9 +87,13 @@ std::map<std::string, std::vector<std::string>> g_used;  // product -> kernels i
 double g_product_seconds = 0;                            // wall time inside the products, since the start
 double g_seconds_by_product[6] = {};                     // the same per product
 
+// The record may be written from the threads of one attention call at once (one kv head per thread).
 void note_kernel(Product p, const std::string& impl) {
-  auto& v = g_used[kProductName[int(p)]];
-  if (std::find(v.begin(), v.end(), impl) == v.end()) v.push_back(impl);
+#pragma omp critical(zl_attention_record)
+  {
+    auto& v = g_used[kProductName[int(p)]];
+    if (std::find(v.begin(), v.end(), impl) == v.end()) v.push_back(impl);
+  }
 }
 
 NativeMatmul create_native(const MatmulKey& k, bool batched) {
@@ -203,8 +208,11 @@ void matmul(Product p, const MatmulKey& k, const E* A, const E* B, float* C) {
   const auto start = std::chrono::steady_clock::now();
   matmul_untimed(p, k, A, B, C);
   const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-  g_product_seconds += seconds;
-  g_seconds_by_product[int(p)] += seconds;
+#pragma omp critical(zl_attention_record)
+  {
+    g_product_seconds += seconds;
+    g_seconds_by_product[int(p)] += seconds;
+  }
 }
 
 // ---- geometry and scratch -------------------------------------------------------------------------
@@ -227,6 +235,10 @@ struct Geometry {
     *ks = lo / kKeyAlign * kKeyAlign;
     *ke = std::min((tv + kKeyAlign - 1) / kKeyAlign * kKeyAlign, Tp);
   }
+  // Row gr = g M + r of a [NKV, M, chunk] buffer (scores, P, dP, dS) holding a chunk of N keys: kv head g's part
+  // starts at g M chunk, whatever N (threads running one kv head each may be at chunks of different N), its rows
+  // are N apart.
+  int64_t chunk_row(int64_t gr, int64_t N) const { return gr / M * M * chunk + gr % M * N; }
   // Row r of kv head g's part of a block is query head g G + r / R at position t0 + r % R.
   int64_t head(int64_t g, int64_t r) const { return g * G + r / R; }
   // The it-th row (it < NKV M) in the order q, dout and out lie in memory within each kv head g (position, then
@@ -237,6 +249,21 @@ struct Geometry {
     return g * M + (rem % G) * R + rem / G;
   }
 };
+
+// Whether the blocked kernels run whole kv heads per thread (one parallel region per batch row: each thread runs
+// its heads' passes and products alone, with no barrier inside) rather than splitting every pass and product
+// over the team (a barrier after each: ~150 per layer at T 512, and on a machine shared with other jobs each
+// may wait for a descheduled thread). Only with zerolora's AMX products (thread-safe, and single-threaded inside
+// the region), and where the kv heads divide evenly over the threads (TinyLlama: 4 kv heads, 2 or 4 threads).
+template <typename E>
+bool heads_per_thread(int64_t H) {
+  if constexpr (!std::is_same_v<E, uint16_t>) {
+    return false;
+  } else {
+    const int64_t threads = omp_get_max_threads();
+    return threads > 1 && H % threads == 0 && cpu::bf16_use_native() && cpu::amx_gemm_in_use();
+  }
+}
 
 // Every buffer holds all NKV kv heads (batch index g first), so each product is one batched call.
 template <typename E>

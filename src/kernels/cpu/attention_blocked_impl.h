@@ -5,13 +5,14 @@ namespace zerolora::kernels {
 namespace {
 namespace ZL_BLOCKED_NS {
 
-// kg/vg <- k/v of batch row b, rows past T zero
+// kg/vg <- k/v of batch row b for kv heads [g0, g1), rows past T zero
 template <typename E>
-void pack_kv(Buffers<E>& w, const float* k, const float* v, const Geometry& geo, int64_t b) {
+void pack_kv(Buffers<E>& w, const float* k, const float* v, const Geometry& geo, int64_t b, int64_t g0, int64_t g1,
+             bool par) {
   const auto& L = geo.L;
   const int64_t HD = L.HD;
-#pragma omp parallel for schedule(static)
-  for (int64_t i = 0; i < L.NKV * geo.Tp; ++i) {
+#pragma omp parallel for schedule(static) if (par)
+  for (int64_t i = g0 * geo.Tp; i < g1 * geo.Tp; ++i) {
     const int64_t g = i / geo.Tp, s = i % geo.Tp;
     E* kd = w.kg.data() + i * HD;
     E* vd = w.vg.data() + i * HD;
@@ -29,27 +30,28 @@ void pack_kv(Buffers<E>& w, const float* k, const float* v, const Geometry& geo,
   }
 }
 
+// Batch row b, kv heads [g0, g1): every pass and product covers rows [g0 M, g1 M) of the buffers (the products
+// batch the g1 - g0 heads). par: the passes split their rows over the thread team (false inside a parallel region,
+// where one thread runs a head alone).
 template <typename E>
-void attention_forward_impl(float* out, float* lse, const float* q, const float* k, const float* v,
-                            const AttentionShape& shape, const int32_t* lengths, const int32_t* kv_begin) {
-  std::lock_guard<std::mutex> lock(g_mutex);
-  const Geometry geo(check_attention_args(shape, lengths, kv_begin, "attention_forward"));
+void forward_heads(float* out, float* lse, const float* q, const float* k, const float* v, const Geometry& geo,
+                   Buffers<E>& w, int64_t b, int64_t g0, int64_t g1, bool par) {
   const auto& L = geo.L;
-  const int64_t HD = L.HD, M = geo.M, R = geo.R, H = L.NKV, Tp = geo.Tp, rows = H * M;
+  const int64_t HD = L.HD, M = geo.M, R = geo.R, nh = g1 - g0, Tp = geo.Tp, r0 = g0 * M, r1 = g1 * M;
+  const int64_t SC = M * geo.chunk;  // a kv head's share of the [NKV, M, chunk] buffers (heads may be at
+                                     // different key chunks at once)
   const float scale = float(1.0 / std::sqrt(double(HD)));
   constexpr float kNegInf = -std::numeric_limits<float>::infinity();
-  Buffers<E>& w = buffers<E>();
-  w.size(geo, false);
   float *m = w.row_a.data(), *l = w.row_b.data();  // running max and sum of the online softmax, per row
-  for (int64_t b = 0; b < L.B; ++b) {
-    pack_kv(w, k, v, geo, b);
+  {
+    pack_kv(w, k, v, geo, b, g0, g1, par);
     for (int64_t blk = 0; blk < geo.nblocks; ++blk) {
       const int64_t t0 = blk * R, tend = std::min(t0 + R, L.T), tv = std::clamp(L.len(b), t0, tend);
       int64_t ks = 0, ke = 0;
       if (tv > t0) geo.key_range(b, t0, tv, &ks, &ke);
       // Q rows (zero past the valid ones); O = 0, m = -inf, l = 0
-#pragma omp parallel for schedule(static)
-      for (int64_t it = 0; it < rows; ++it) {  // in q's memory order (rows of a position: 8 KiB apart)
+#pragma omp parallel for schedule(static) if (par)
+      for (int64_t it = r0; it < r1; ++it) {  // in q's memory order (rows of a position: 8 KiB apart)
         const int64_t gr = geo.mem_row(it);
         const int64_t g = gr / M, r = gr % M, t = t0 + r % R;
         E* dst = w.qb.data() + gr * HD;
@@ -66,19 +68,19 @@ void attention_forward_impl(float* out, float* lse, const float* q, const float*
       }
       for (int64_t c0 = ks; c0 < ke; c0 += geo.chunk) {
         const int64_t N = std::min(geo.chunk, ke - c0);
-        matmul(Product::QK, MatmulKey{H, M, N, HD, HD, HD, N, M * HD, Tp * HD, M * N, true, false}, w.qb.data(),
-               w.kg.data() + c0 * HD, w.s.data());
+        matmul(Product::QK, MatmulKey{nh, M, N, HD, HD, HD, N, M * HD, Tp * HD, SC, true, false},
+               w.qb.data() + r0 * HD, w.kg.data() + (g0 * Tp + c0) * HD, w.s.data() + g0 * SC);
         // online softmax over this chunk: unnormalised P as an operand, O rescaled
-#pragma omp parallel for schedule(static)
-        for (int64_t gr = 0; gr < rows; ++gr) {
+#pragma omp parallel for schedule(static) if (par)
+        for (int64_t gr = r0; gr < r1; ++gr) {
           const int64_t t = t0 + gr % M % R;
-          E* p = w.pb.data() + gr * N;
+          E* p = w.pb.data() + geo.chunk_row(gr, N);
           const int64_t j0 = t < tv ? L.lo(b, t) - c0 : 0, j1 = t < tv ? std::min(t + 1 - c0, N) : 0;
           if (j0 >= j1) {  // padding, or no key of this chunk visible
             std::fill_n(p, N, E(0));
             continue;
           }
-          const float* srow = w.s.data() + gr * N;
+          const float* srow = w.s.data() + geo.chunk_row(gr, N);
           float mx = kNegInf;
 #pragma omp simd reduction(max : mx)
           for (int64_t j = 0; j < N; ++j) mx = std::max(mx, cpu::select(j >= j0 && j < j1, srow[j] * scale, kNegInf));
@@ -98,11 +100,11 @@ void attention_forward_impl(float* out, float* lse, const float* q, const float*
             for (int64_t d = 0; d < HD; ++d) o[d] *= corr;
           }
         }
-        matmul(Product::PV, MatmulKey{H, M, HD, N, N, HD, HD, M * N, Tp * HD, M * HD, false, true}, w.pb.data(),
-               w.vg.data() + c0 * HD, w.o.data());
+        matmul(Product::PV, MatmulKey{nh, M, HD, N, N, HD, HD, SC, Tp * HD, M * HD, false, true},
+               w.pb.data() + g0 * SC, w.vg.data() + (g0 * Tp + c0) * HD, w.o.data() + r0 * HD);
       }
-#pragma omp parallel for schedule(static)
-      for (int64_t it = 0; it < rows; ++it) {  // in q's memory order (rows of a position: 8 KiB apart)
+#pragma omp parallel for schedule(static) if (par)
+      for (int64_t it = r0; it < r1; ++it) {  // in q's memory order (rows of a position: 8 KiB apart)
         const int64_t gr = geo.mem_row(it);
         const int64_t g = gr / M, r = gr % M, t = t0 + r % R, h = geo.head(g, r);
         if (t >= tend) continue;
@@ -123,32 +125,50 @@ void attention_forward_impl(float* out, float* lse, const float* q, const float*
 }
 
 template <typename E>
-void attention_backward_impl(float* dq, float* dk, float* dv, const float* dout, const float* q, const float* k,
-                             const float* v, const float* out, const float* lse, const AttentionShape& shape,
-                             const int32_t* lengths, const int32_t* kv_begin) {
+void attention_forward_impl(float* out, float* lse, const float* q, const float* k, const float* v,
+                            const AttentionShape& shape, const int32_t* lengths, const int32_t* kv_begin) {
   std::lock_guard<std::mutex> lock(g_mutex);
-  const Geometry geo(check_attention_args(shape, lengths, kv_begin, "attention_backward"));
-  const auto& L = geo.L;
-  const int64_t HD = L.HD, M = geo.M, R = geo.R, H = L.NKV, Tp = geo.Tp, rows = H * M;
-  const float scale = float(1.0 / std::sqrt(double(HD)));
+  const Geometry geo(check_attention_args(shape, lengths, kv_begin, "attention_forward"));
   Buffers<E>& w = buffers<E>();
-  w.size(geo, true);
+  w.size(geo, false);
+  const int64_t H = geo.L.NKV;
+  for (int64_t b = 0; b < geo.L.B; ++b) {
+    if (heads_per_thread<E>(H)) {
+#pragma omp parallel for schedule(dynamic, 1)
+      for (int64_t g = 0; g < H; ++g) forward_heads(out, lse, q, k, v, geo, w, b, g, g + 1, false);
+    } else {
+      forward_heads(out, lse, q, k, v, geo, w, b, 0, H, true);
+    }
+  }
+}
+
+// Batch row b, kv heads [g0, g1), as forward_heads.
+template <typename E>
+void backward_heads(float* dq, float* dk, float* dv, const float* dout, const float* q, const float* k, const float* v,
+                    const float* out, const float* lse, const Geometry& geo, Buffers<E>& w, int64_t b, int64_t g0,
+                    int64_t g1, bool par) {
+  const auto& L = geo.L;
+  const int64_t HD = L.HD, M = geo.M, R = geo.R, nh = g1 - g0, Tp = geo.Tp, r0 = g0 * M, r1 = g1 * M;
+  const int64_t SC = M * geo.chunk;  // a kv head's share of the [NKV, M, chunk] buffers (heads may be at
+                                     // different key chunks at once)
+  const float scale = float(1.0 / std::sqrt(double(HD)));
   float *lse_row = w.row_a.data(), *d_row = w.row_b.data();
-  for (int64_t b = 0; b < L.B; ++b) {
-    pack_kv(w, k, v, geo, b);
-    std::fill(w.dkt.begin(), w.dkt.end(), 0.0f);
-    std::fill(w.dvt.begin(), w.dvt.end(), 0.0f);
+  {
+    pack_kv(w, k, v, geo, b, g0, g1, par);
+    std::fill(w.dkt.begin() + g0 * HD * Tp, w.dkt.begin() + g1 * HD * Tp, 0.0f);
+    std::fill(w.dvt.begin() + g0 * HD * Tp, w.dvt.begin() + g1 * HD * Tp, 0.0f);
     for (int64_t blk = 0; blk < geo.nblocks; ++blk) {
       const int64_t t0 = blk * R, tend = std::min(t0 + R, L.T), tv = std::clamp(L.len(b), t0, tend);
-      if (tv <= t0) {  // padding only: dq rows are zero
-        for (int64_t t = t0; t < tend; ++t) std::fill_n(dq + L.q_off(b, t, 0), L.NH * HD, 0.0f);
+      if (tv <= t0) {  // padding only: dq rows (of these heads) are zero
+        for (int64_t t = t0; t < tend; ++t)
+          std::fill_n(dq + L.q_off(b, t, g0 * L.group), nh * L.group * HD, 0.0f);
         continue;
       }
       int64_t ks, ke;
       geo.key_range(b, t0, tv, &ks, &ke);
       // Q, dO rows; D = dO.O and lse per row; then their transposes, 16 x 16 blocks at a time
-#pragma omp parallel for schedule(static)
-      for (int64_t it = 0; it < rows; ++it) {  // in q's memory order (rows of a position: 8 KiB apart)
+#pragma omp parallel for schedule(static) if (par)
+      for (int64_t it = r0; it < r1; ++it) {  // in q's memory order (rows of a position: 8 KiB apart)
         const int64_t gr = geo.mem_row(it);
         const int64_t g = gr / M, r = gr % M, t = t0 + r % R, h = geo.head(g, r);
         E* qd = w.qb.data() + gr * HD;
@@ -174,13 +194,13 @@ void attention_backward_impl(float* dq, float* dk, float* dv, const float* dout,
         d_row[gr] = dsum;
         lse_row[gr] = lse[L.lse_off(b, h, t)];
       }
-#pragma omp parallel for schedule(static) collapse(2)
-      for (int64_t g = 0; g < H; ++g)
-        for (int64_t r0 = 0; r0 < M; r0 += 16) {  // M is a multiple of kKeyAlign
-          const E* qs = w.qb.data() + (g * M + r0) * HD;
-          const E* os = w.dob.data() + (g * M + r0) * HD;
-          E* qt = w.qbt.data() + g * HD * M + r0;
-          E* ot = w.dobt.data() + g * HD * M + r0;
+#pragma omp parallel for schedule(static) collapse(2) if (par)
+      for (int64_t g = g0; g < g1; ++g)
+        for (int64_t i0 = 0; i0 < M; i0 += 16) {  // M is a multiple of kKeyAlign
+          const E* qs = w.qb.data() + (g * M + i0) * HD;
+          const E* os = w.dob.data() + (g * M + i0) * HD;
+          E* qt = w.qbt.data() + g * HD * M + i0;
+          E* ot = w.dobt.data() + g * HD * M + i0;
           for (int64_t d = 0; d < HD; ++d)
 #pragma omp simd
             for (int64_t i = 0; i < 16; ++i) {
@@ -190,23 +210,25 @@ void attention_backward_impl(float* dq, float* dk, float* dv, const float* dout,
         }
       for (int64_t c0 = ks; c0 < ke; c0 += geo.chunk) {
         const int64_t N = std::min(geo.chunk, ke - c0);
-        const MatmulKey by_keys{H, M, N, HD, HD, HD, N, M * HD, Tp * HD, M * N, true, false};
-        matmul(Product::QK, by_keys, w.qb.data(), w.kg.data() + c0 * HD, w.s.data());
-        matmul(Product::dOV, by_keys, w.dob.data(), w.vg.data() + c0 * HD, w.dp.data());
+        const MatmulKey by_keys{nh, M, N, HD, HD, HD, N, M * HD, Tp * HD, SC, true, false};
+        matmul(Product::QK, by_keys, w.qb.data() + r0 * HD, w.kg.data() + (g0 * Tp + c0) * HD,
+               w.s.data() + g0 * SC);
+        matmul(Product::dOV, by_keys, w.dob.data() + r0 * HD, w.vg.data() + (g0 * Tp + c0) * HD,
+               w.dp.data() + g0 * SC);
         // P = exp(scale S - lse) and dS = scale P (dP - D), masked, as operands
-#pragma omp parallel for schedule(static)
-        for (int64_t gr = 0; gr < rows; ++gr) {
+#pragma omp parallel for schedule(static) if (par)
+        for (int64_t gr = r0; gr < r1; ++gr) {
           const int64_t t = t0 + gr % M % R;
-          E* p = w.pb.data() + gr * N;
-          E* ds = w.dsb.data() + gr * N;
+          E* p = w.pb.data() + geo.chunk_row(gr, N);
+          E* ds = w.dsb.data() + geo.chunk_row(gr, N);
           const int64_t j0 = t < tv ? L.lo(b, t) - c0 : 0, j1 = t < tv ? std::min(t + 1 - c0, N) : 0;
           if (j0 >= j1) {
             std::fill_n(p, N, E(0));
             std::fill_n(ds, N, E(0));
             continue;
           }
-          const float* srow = w.s.data() + gr * N;
-          const float* dprow = w.dp.data() + gr * N;
+          const float* srow = w.s.data() + geo.chunk_row(gr, N);
+          const float* dprow = w.dp.data() + geo.chunk_row(gr, N);
           const float lr = lse_row[gr], D = d_row[gr];
 #pragma omp simd
           for (int64_t j = 0; j < N; ++j) {
@@ -215,14 +237,16 @@ void attention_backward_impl(float* dq, float* dk, float* dv, const float* dout,
             put(ds[j], scale * pj * (dprow[j] - D));
           }
         }
-        matmul(Product::dSK, MatmulKey{H, M, HD, N, N, HD, HD, M * N, Tp * HD, M * HD, false, c0 > ks}, w.dsb.data(),
-               w.kg.data() + c0 * HD, w.o.data());
-        const MatmulKey by_rows{H, HD, N, M, M, N, Tp, HD * M, M * N, HD * Tp, false, true};
-        matmul(Product::dOP, by_rows, w.dobt.data(), w.pb.data(), w.dvt.data() + c0);
-        matmul(Product::QdS, by_rows, w.qbt.data(), w.dsb.data(), w.dkt.data() + c0);
+        matmul(Product::dSK, MatmulKey{nh, M, HD, N, N, HD, HD, SC, Tp * HD, M * HD, false, c0 > ks},
+               w.dsb.data() + g0 * SC, w.kg.data() + (g0 * Tp + c0) * HD, w.o.data() + r0 * HD);
+        const MatmulKey by_rows{nh, HD, N, M, M, N, Tp, HD * M, SC, HD * Tp, false, true};
+        matmul(Product::dOP, by_rows, w.dobt.data() + g0 * HD * M, w.pb.data() + g0 * SC,
+               w.dvt.data() + g0 * HD * Tp + c0);
+        matmul(Product::QdS, by_rows, w.qbt.data() + g0 * HD * M, w.dsb.data() + g0 * SC,
+               w.dkt.data() + g0 * HD * Tp + c0);
       }
-#pragma omp parallel for schedule(static)
-      for (int64_t it = 0; it < rows; ++it) {  // in q's memory order (rows of a position: 8 KiB apart)
+#pragma omp parallel for schedule(static) if (par)
+      for (int64_t it = r0; it < r1; ++it) {  // in q's memory order (rows of a position: 8 KiB apart)
         const int64_t gr = geo.mem_row(it);
         const int64_t g = gr / M, r = gr % M, t = t0 + r % R;
         if (t >= tend) continue;
@@ -234,8 +258,8 @@ void attention_backward_impl(float* dq, float* dk, float* dv, const float* dout,
       }
     }
     // dK, dV rows of batch row b from their transposes (keys past the row's length are never seen: zero)
-#pragma omp parallel for schedule(static)
-    for (int64_t i = 0; i < H * L.T; ++i) {
+#pragma omp parallel for schedule(static) if (par)
+    for (int64_t i = g0 * L.T; i < g1 * L.T; ++i) {
       const int64_t g = i / L.T, s = i % L.T;
       float* kd = dk + L.kv_off(b, s, g);
       float* vd = dv + L.kv_off(b, s, g);
@@ -245,6 +269,26 @@ void attention_backward_impl(float* dq, float* dk, float* dv, const float* dout,
         kd[d] = kt[d * Tp];
         vd[d] = vt[d * Tp];
       }
+    }
+  }
+}
+
+template <typename E>
+void attention_backward_impl(float* dq, float* dk, float* dv, const float* dout, const float* q, const float* k,
+                             const float* v, const float* out, const float* lse, const AttentionShape& shape,
+                             const int32_t* lengths, const int32_t* kv_begin) {
+  std::lock_guard<std::mutex> lock(g_mutex);
+  const Geometry geo(check_attention_args(shape, lengths, kv_begin, "attention_backward"));
+  Buffers<E>& w = buffers<E>();
+  w.size(geo, true);
+  const int64_t H = geo.L.NKV;
+  for (int64_t b = 0; b < geo.L.B; ++b) {
+    if (heads_per_thread<E>(H)) {
+#pragma omp parallel for schedule(dynamic, 1)
+      for (int64_t g = 0; g < H; ++g)
+        backward_heads(dq, dk, dv, dout, q, k, v, out, lse, geo, w, b, g, g + 1, false);
+    } else {
+      backward_heads(dq, dk, dv, dout, q, k, v, out, lse, geo, w, b, 0, H, true);
     }
   }
 }
