@@ -663,9 +663,6 @@ void TrainingRun::open_device_and_model() {
   if (ds_ && (ds_->zero.offload_optimizer.device == "cpu" || ds_->zero.offload_param.device == "cpu")) {
     if (!gpu_)
       log_.message("deepspeed: offload to cpu requested: on the CPU all state already lives in host memory");
-    if (gpu_ && ds_->zero.offload_optimizer.device == "cpu")
-      log_.message("deepspeed: offload_optimizer cpu: the optimizer state and step live in host memory (as always "
-                   "with --device cuda in this version)");
     if (gpu_ && ds_->zero.offload_param.device == "cpu")
       log_.message(L_->zero3 ? "deepspeed: offload_param cpu: the frozen weights stay in host memory and are copied "
                                "to the GPU part by part as the model uses them (two parts resident)"
@@ -683,7 +680,17 @@ void TrainingRun::open_device_and_model() {
                  "a second stream (two parts resident)");
   }
   if (gpu_) core::set_op_timer_sync([c = ctx_] { kernels::synchronize(*c); });  // ZEROLORA_PROFILE=1: device time per op
-  if (gpu_) engine_->use_device(ctx);
+  if (gpu_) {
+    // DeepSpeed's offload_optimizer: cpu keeps the optimizer on the host; otherwise, with one rank, the whole step
+    // (norm, clipping, AdamW) runs on the GPU
+    const bool offload_optimizer = ds_ && ds_->zero.offload_optimizer.device == "cpu";
+    engine_->use_device(ctx, !offload_optimizer);
+    log_.message(engine_->optimizer_on_device()
+                     ? "optimizer: AdamW state and step on the GPU"
+                     : std::string("optimizer: AdamW state and step on the host (") +
+                           (offload_optimizer ? "offload_optimizer: cpu" : "several ranks: the ZeRO collectives run "
+                                                                           "on host buffers") + ")");
+  }
 
   model::TrainOptions mopt;
   mopt.gradient_checkpointing = a_.gradient_checkpointing;
@@ -1077,6 +1084,7 @@ void TrainingRun::log_resources() {
 void TrainingRun::save_final() {
   if (rank_ != 0) return;
   TrainerState& state = r_.state;
+  engine_->download_params();  // with the optimizer on the GPU the current params are there
   save_final_adapter(a_.output_dir, *layout_, engine_->host_params(), a_.model_name_or_path);
   state.stateful_callbacks = trainer_control_callbacks(false, true);  // HF's save_state after train()
   save_trainer_state(state, (fs::path(a_.output_dir) / "trainer_state.json").string());

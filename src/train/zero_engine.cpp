@@ -18,19 +18,39 @@ ZeroEngine::ZeroEngine(dist::Comm& comm, const model::LoraLayout& layout, const 
       params_(size_t(padded_), 0.f), grads_(size_t(padded_), 0.f), opt_(shard_.size(), o.adamw),
       sync_(comm, stage_, layout, part_, o.reduce_bucket_elements, o.overlap_comm) {}
 
-void ZeroEngine::use_device(const kernels::Context& device) {
+void ZeroEngine::use_device(const kernels::Context& device, bool optimizer_on_device) {
   device_ = &device;
   params_dev_ = kernels::DeviceArray<float>(padded_, device);
   grads_dev_ = kernels::DeviceArray<float>(padded_, device);
+  // one rank: its shard is the whole buffer, nothing to reduce or gather, so the step needs no host
+  device_optimizer_ = optimizer_on_device && comm_.size() == 1 && shard_.begin == 0 && shard_.end == padded_;
+  if (device_optimizer_) {
+    exp_avg_dev_ = kernels::DeviceArray<float>(padded_, device);
+    exp_avg_sq_dev_ = kernels::DeviceArray<float>(padded_, device);
+  }
 }
 
 void ZeroEngine::upload_params() {
-  if (device_) kernels::copy_to_device(params_dev_.data(), params_.data(), size_t(padded_) * sizeof(float), *device_);
+  if (!device_) return;
+  const size_t bytes = size_t(padded_) * sizeof(float);
+  kernels::copy_to_device(params_dev_.data(), params_.data(), bytes, *device_);
+  if (device_optimizer_) {
+    kernels::copy_to_device(exp_avg_dev_.data(), opt_.exp_avg().data(), bytes, *device_);
+    kernels::copy_to_device(exp_avg_sq_dev_.data(), opt_.exp_avg_sq().data(), bytes, *device_);
+  }
+}
+
+void ZeroEngine::download_params() {
+  if (device_optimizer_)
+    kernels::copy_to_host(params_.data(), params_dev_.data(), size_t(padded_) * sizeof(float), *device_);
 }
 
 void ZeroEngine::begin_step() {
+  if (device_) {
+    kernels::fill_zero<float>(grads_dev_.data(), padded_, *device_);
+    if (device_optimizer_) return;  // the host gradients are not used
+  }
   std::fill(grads_.begin(), grads_.end(), 0.f);
-  if (device_) kernels::fill_zero<float>(grads_dev_.data(), padded_, *device_);
 }
 
 void ZeroEngine::before_micro_batch(bool last) {
@@ -38,6 +58,7 @@ void ZeroEngine::before_micro_batch(bool last) {
 }
 
 void ZeroEngine::reduce_gradients() {
+  if (device_optimizer_) return;  // one rank: the summed micro-batches are the gradient, on the device
   if (device_) {
     kernels::copy_to_host(grads_.data(), grads_dev_.data(), size_t(padded_) * sizeof(float), *device_);
     sync_.begin_last_micro_batch(grads_.data());
@@ -48,21 +69,40 @@ void ZeroEngine::reduce_gradients() {
 
 bool ZeroEngine::gradients_overflow() {
   // the gradients as fp16 would hold them: any value past half's range (or inf/nan) is an overflow
+  // (--fp16 with the optimizer on the device: checked on a host copy of the gradients)
+  if (device_optimizer_)
+    kernels::copy_to_host(grads_.data(), grads_dev_.data(), size_t(padded_) * sizeof(float), *device_);
   int64_t overflow = 0;
   const float* g = grads_.data() + shard_.begin;
   for (int64_t i = 0; i < shard_.size() && !overflow; ++i) overflow = !(std::abs(g[i]) <= 65504.0f);
   return comm_.all_reduce(overflow, dist::ScalarOp::Max) > 0;
 }
 
-void ZeroEngine::unscale_gradients(double factor) { scale_in_place(grads_.data() + shard_.begin, shard_.size(), factor); }
+void ZeroEngine::unscale_gradients(double factor) {
+  if (device_optimizer_) {
+    if (factor != 1.0) kernels::scale(grads_dev_.data(), padded_, factor, *device_);
+    return;
+  }
+  scale_in_place(grads_.data() + shard_.begin, shard_.size(), factor);
+}
 
 double ZeroEngine::grad_norm() {
+  if (device_optimizer_) return std::sqrt(kernels::sum_squares(grads_dev_.data(), padded_, *device_));
   double sq = kernels::sum_squares(grads_.data() + shard_.begin, shard_.size());
   if (stage_ > 0) sq = comm_.all_reduce(sq, dist::ScalarOp::Sum);
   return std::sqrt(sq);
 }
 
 void ZeroEngine::optimizer_step(double lr, double clip_coef) {
+  if (device_optimizer_) {  // the same operations as AdamW::step, as device kernels on the whole buffer
+    core::OpTimer t(core::Op::Optimizer);
+    if (clip_coef != 1.0) kernels::scale(grads_dev_.data(), padded_, clip_coef, *device_);
+    const AdamWConfig& c = opt_.config();
+    opt_.set_steps(opt_.steps() + 1);
+    kernels::adamw_step(params_dev_.data(), grads_dev_.data(), exp_avg_dev_.data(), exp_avg_sq_dev_.data(), padded_,
+                        lr, c.beta1, c.beta2, c.eps, c.weight_decay, opt_.steps(), *device_);
+    return;
+  }
   {
     core::OpTimer t(core::Op::Optimizer);
     scale_in_place(grads_.data() + shard_.begin, shard_.size(), clip_coef);
@@ -76,6 +116,12 @@ void ZeroEngine::optimizer_step(double lr, double clip_coef) {
 }
 
 FullOptimizerState ZeroEngine::gather_state() {
+  if (device_optimizer_) {  // the current state is on the device
+    const size_t bytes = size_t(padded_) * sizeof(float);
+    download_params();
+    kernels::copy_to_host(opt_.exp_avg().data(), exp_avg_dev_.data(), bytes, *device_);
+    kernels::copy_to_host(opt_.exp_avg_sq().data(), exp_avg_sq_dev_.data(), bytes, *device_);
+  }
   // gather the optimizer moments (sharded under ZeRO >= 1) into full buffers
   std::vector<float> m(size_t(padded_), 0.f), v(size_t(padded_), 0.f);
   if (stage_ == 0) {

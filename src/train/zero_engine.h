@@ -6,8 +6,11 @@
 //   stage 1      gradients all-reduced, each rank updates its shard, params all-gathered
 //   stage 2, 3   gradients reduce-scattered in buckets, each rank updates its shard, params all-gathered
 // (stage 3 also shards the frozen model: Zero3FrozenWeights.) With a device context (--device cuda) the model
-// reads params and writes grads in GPU mirrors; the grads come down once per step and the params go up once;
-// the optimizer and the collectives stay on the host.
+// reads params and writes grads in GPU mirrors. With one rank and the optimizer on the device (no DeepSpeed
+// offload_optimizer: cpu) the whole step stays there: the moments live on the GPU, the grad norm, clipping, fp16
+// unscaling and AdamW run as device kernels, and only the norm comes down (and the state at checkpoints).
+// Otherwise the grads come down once per step, the collectives and the optimizer run on the host, and the params
+// go up once.
 #pragma once
 #include <cstdint>
 #include <vector>
@@ -50,16 +53,20 @@ class ZeroEngine {
   int64_t padded_numel() const { return padded_; }
   const AdamWConfig& adamw() const { return opt_.config(); }
 
-  // --device cuda: the model runs on device, the engine keeps GPU mirrors of params and grads there.
-  void use_device(const kernels::Context& device);
+  // --device cuda: the model runs on device, the engine keeps GPU mirrors of params and grads there;
+  // optimizer_on_device: the moments and the step too, when this is the only rank (see above).
+  void use_device(const kernels::Context& device, bool optimizer_on_device);
+  bool optimizer_on_device() const { return device_optimizer_; }
 
-  // The full host params: initialise or load them here, then upload_params().
+  // The full host params: initialise or load them here, then upload_params(). With the optimizer on the device
+  // the host copy is current only after download_params() (gather_state() does it).
   float* host_params() { return params_.data(); }
   const float* host_params() const { return params_.data(); }
+  void download_params();
   // What the model reads and writes (the GPU mirrors with a device).
   float* model_params() { return device_ ? params_dev_.data() : params_.data(); }
   float* model_grads() { return device_ ? grads_dev_.data() : grads_.data(); }
-  void upload_params();
+  void upload_params();  // and the moments, with the optimizer on the device
   // Whether the model's gradient-ready hook may start the reduction during the backward pass (on the GPU the
   // gradients reach the host after it).
   bool reduces_during_backward() const { return device_ == nullptr; }
@@ -75,7 +82,8 @@ class ZeroEngine {
   void unscale_gradients(double factor);
   // The global L2 norm of the summed gradients (all-reduced over the shards under ZeRO >= 1).
   double grad_norm();
-  // Clips by clip_coef, steps AdamW on this rank's shard, all-gathers the params, uploads them.
+  // Clips by clip_coef, steps AdamW on this rank's shard, all-gathers the params, uploads them (on the device
+  // with the optimizer there: clip and step in place).
   void optimizer_step(double lr, double clip_coef);
 
   // Checkpoints, world-size independent: every rank calls gather_state (a collective under ZeRO >= 1).
@@ -97,7 +105,8 @@ class ZeroEngine {
   AdamW opt_;
   GradientSync sync_;
   const kernels::Context* device_ = nullptr;
-  kernels::DeviceArray<float> params_dev_, grads_dev_;
+  bool device_optimizer_ = false;
+  kernels::DeviceArray<float> params_dev_, grads_dev_, exp_avg_dev_, exp_avg_sq_dev_;
 };
 
 }  // namespace zerolora::train
