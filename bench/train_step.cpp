@@ -36,6 +36,7 @@
 #include "core/runtime.h"
 #include "kernels/context.h"
 #include "kernels/kernels.h"
+#include "model/device_weight_stream.h"
 #include "model/llama.h"
 #include "model/lora.h"
 #include "model/random_model.h"
@@ -53,7 +54,7 @@ struct Options {
   int64_t seq = 512, batch = 1, layers = 0, lora_r = 8;
   std::string dtype = "bf16", lora_targets = "q_proj,v_proj";
   double lora_alpha = 16, lora_dropout = 0.05;
-  bool checkpointing = false, prepack = false, gemm = true, json_only = false, profile = false;
+  bool checkpointing = false, prepack = false, gemm = true, json_only = false, profile = false, offload_param = false;
   std::string device = "cpu";
   int steps = 3, threads = 0;
 };
@@ -87,6 +88,9 @@ Options parse(int argc, char** argv) {
   fs.add(train::bool_flag("json_only", o.json_only, "print only the JSON line"));
   fs.add(train::bool_flag("profile", o.profile, "time by op over the timed steps"));
   fs.add(train::choice_flag("device", o.device, {"cpu", "cuda"}, "where the step runs"));
+  fs.add(train::bool_flag("offload_param", o.offload_param,
+                          "--device cuda: frozen weights in host memory, each part copied to the GPU ahead of its use "
+                          "(DeepSpeed's offload_param; model::DeviceWeightStream)"));
   try {
     if (!fs.parse(argc, argv)) {
       std::fputs(fs.help().c_str(), stdout);
@@ -192,7 +196,17 @@ int main(int argc, char** argv) {
     std::unique_ptr<kernels::CudaContext> gpu;
     if (o.device == "cuda") gpu = std::make_unique<kernels::CudaContext>(0);
     const kernels::Context& ctx = gpu ? gpu->ctx() : kernels::host();
-    const model::LlamaWeights device_weights = gpu ? model::to_device(weights, ctx) : model::LlamaWeights{};
+    if (o.offload_param && !gpu)
+      throw core::Error("--offload-param", "streams the frozen weights to a GPU", "add --device cuda");
+    // --offload-param: only the skeleton (config, final norm) goes to the GPU; the parts come through the stream
+    std::unique_ptr<model::HostWeightStream> host_stream;
+    std::unique_ptr<model::DeviceWeightStream> device_stream;
+    if (o.offload_param) {
+      host_stream = std::make_unique<model::HostWeightStream>(weights);
+      device_stream = std::make_unique<model::DeviceWeightStream>(*host_stream, int(config.num_hidden_layers), ctx);
+    }
+    const model::LlamaWeights device_weights =
+        gpu ? model::to_device(host_stream ? host_stream->skeleton() : weights, ctx) : model::LlamaWeights{};
     if (gpu) core::set_op_timer_sync([&ctx] { kernels::synchronize(ctx); });  // --profile: per-op device time
 
     model::LoraConfig lc;
@@ -227,6 +241,7 @@ int main(int argc, char** argv) {
     topt.gradient_checkpointing = o.checkpointing;
     if (gpu) topt.loss_chunk_rows = std::max<int64_t>(256, (int64_t(1) << 28) / config.vocab_size);  // ~1 GiB of logits
     model::LlamaModel<float> net(gpu ? device_weights : weights, &layout, topt, ctx);
+    if (device_stream) net.set_weight_stream(device_stream.get());
 
     std::vector<int32_t> ids(static_cast<size_t>(M));
     for (int64_t i = 0; i < M; ++i) ids[size_t(i)] = int32_t((i * 7919 + 17) % config.vocab_size);
@@ -285,9 +300,14 @@ int main(int argc, char** argv) {
         std::printf("  device cuda:0 %s, peak GPU memory %.2f GiB; attention: %s (%lld cuDNN executions)\n",
                     gpu->name().c_str(), double(gpu->peak_allocated()) / (1024.0 * 1024.0 * 1024.0),
                     kernels::cuda_attention_library().c_str(), (long long)kernels::cuda_cudnn_attention_runs());
-      std::printf("train_step %s %s layers=%lld B=%lld T=%lld lora=%s ckpt=%d threads=%d\n", o.preset.c_str(),
+      std::printf("train_step %s %s layers=%lld B=%lld T=%lld lora=%s ckpt=%d threads=%d%s\n", o.preset.c_str(),
                   o.dtype.c_str(), (long long)config.num_hidden_layers, (long long)B, (long long)T, lora_name.c_str(),
-                  int(o.checkpointing), core::num_threads());
+                  int(o.checkpointing), core::num_threads(), o.offload_param ? " offload_param" : "");
+      if (device_stream)
+        std::printf("  offload_param: two device slots %.2f GiB, %.2f GiB copied per step, %lld parts loaded ahead, "
+                    "%lld on demand (all steps)\n", double(device_stream->slot_bytes()) / (1024.0 * 1024.0 * 1024.0),
+                    double(device_stream->copied_bytes()) / double(o.steps + 1) / (1024.0 * 1024.0 * 1024.0),
+                    (long long)device_stream->prefetched_parts(), (long long)device_stream->loaded_on_demand());
       std::printf("  step %.3f s (median of %d, min %.3f; warm-up %.3f s; build %.1f s%s)  %.1f tokens/s  loss %.4f\n",
                   med, o.steps, *std::min_element(times.begin(), times.end()), warmup_s, build_s,
                   o.prepack ? (packed ? ", prepacked" : ", prepack no-op on this CPU") : "", tok_s, last_loss);
@@ -307,12 +327,14 @@ int main(int argc, char** argv) {
                 "\"threads\":%d,\"steps\":%d,\"prepacked\":%s,\"seconds_median\":%.6f,\"seconds_min\":%.6f,"
                 "\"warmup_seconds\":%.6f,\"tokens_per_s\":%.3f,\"peak_rss_bytes\":%lld,\"loss\":%.6f,"
                 "\"trainable_params\":%lld,\"activation_bytes\":%lld,\"frozen_bytes\":%lld,\"model_gflop\":%.3f,"
-                "\"achieved_gflops\":%.3f,\"gemm_gflops_bf16\":%.3f,\"gemm_gflops_f32\":%.3f,\"mfu\":%.5f}\n",
+                "\"achieved_gflops\":%.3f,\"gemm_gflops_bf16\":%.3f,\"gemm_gflops_f32\":%.3f,\"mfu\":%.5f,"
+                "\"offload_param\":%s,\"peak_gpu_bytes\":%lld}\n",
                 o.preset.c_str(), o.dtype.c_str(), (long long)config.num_hidden_layers, (long long)B, (long long)T,
                 (long long)o.lora_r, o.lora_targets.c_str(), o.checkpointing ? "true" : "false", core::num_threads(),
                 o.steps, packed ? "true" : "false", med, *std::min_element(times.begin(), times.end()), warmup_s,
                 tok_s, (long long)peak_rss, last_loss, (long long)layout.numel(), (long long)net.activation_bytes(),
-                (long long)weights.frozen_bytes(), flops.total() * 1e-9, achieved, gemm_bf16, gemm_f32, mfu);
+                (long long)weights.frozen_bytes(), flops.total() * 1e-9, achieved, gemm_bf16, gemm_f32, mfu,
+                o.offload_param ? "true" : "false", (long long)(gpu ? gpu->peak_allocated() : 0));
   } catch (const std::exception& e) {
     std::fprintf(stderr, "bench_train_step: %s\n", e.what());
     return 1;

@@ -223,6 +223,12 @@ void DeviceWeightStream::end_pass() {
   impl_->up.end_pass();
 }
 
+HostWeightStream::HostWeightStream(const LlamaWeights& weights) : w_(weights) {
+  skeleton_.config = weights.config;
+  skeleton_.compute = weights.compute, skeleton_.storage = weights.storage, skeleton_.nf4 = weights.nf4;
+  skeleton_.final_norm = weights.final_norm;
+}
+
 int64_t DeviceWeightStream::slot_bytes() const {
   return int64_t(impl_->slots[0].dev_capacity + impl_->slots[1].dev_capacity);
 }

@@ -17,6 +17,7 @@
 
 #include "kernels/context.h"
 #include "model/weight_stream.h"
+#include "model/weights.h"
 
 namespace zerolora::model {
 
@@ -44,6 +45,25 @@ class DeviceWeightStream final : public FrozenWeightStream {
  private:
   struct Impl;
   std::unique_ptr<Impl> impl_;
+};
+
+// The parts of a LlamaWeights held whole in host memory, handed out in the model's order: the upstream of a
+// DeviceWeightStream for DeepSpeed's offload_param on one rank without ZeRO-3's slicing (the benchmark's
+// --offload-param). skeleton() is what the model needs resident (config, final norm).
+class HostWeightStream final : public FrozenWeightStream {
+ public:
+  explicit HostWeightStream(const LlamaWeights& weights);  // must outlive this
+  const LlamaWeights& skeleton() const { return skeleton_; }
+  void begin_pass(bool) override {}
+  const core::Tensor& acquire_embedding() override { return w_.embed; }
+  const LayerWeights& acquire_layer(int layer) override { return w_.layers.at(size_t(layer)); }
+  const kernels::FrozenWeight& acquire_lm_head() override { return w_.lm_head; }
+  void release() override {}
+  void end_pass() override {}
+
+ private:
+  const LlamaWeights& w_;
+  LlamaWeights skeleton_;
 };
 
 }  // namespace zerolora::model

@@ -287,6 +287,30 @@ TEST(DeviceWeightStream, OnTheHostContextEqualsResident) {
   expect_stream_equals_resident(solo, kernels::host(), false, true);
 }
 
+// The benchmark's --offload-param upstream: the whole weights in host memory, handed out part by part.
+TEST(DeviceWeightStream, OverAHostWeightStreamEqualsResident) {
+  ZL_SKIP_IN_MPI_WORKER();
+  TempDir dir;
+  StreamCase c;
+  c.cfg = test_config(true, true);
+  model::write_random_model(dir.path(), c.cfg, {17, 0.05, true}, core::DType::F32);
+  const model::LlamaWeights w = model::load_llama_weights(dir.path(), core::DType::F32, core::DType::BF16);
+  model::HostWeightStream host_stream(w);
+  model::DeviceWeightStream stream(host_stream, int(c.cfg.num_hidden_layers), kernels::host());
+  model::LoraConfig lc;
+  lc.r = 4, lc.dropout = 0, lc.target_modules = {"q_proj", "k_proj", "o_proj", "up_proj"};
+  model::LoraLayout layout(c.cfg, lc);
+  fill_case(c, layout);
+  model::LlamaModel<float> resident(w, &layout, {}), streamed(host_stream.skeleton(), &layout, {});
+  streamed.set_weight_stream(&stream);
+  std::vector<float> g1(c.params.size()), g2(c.params.size());
+  const auto r1 = resident.forward_backward(c.in, c.params.data(), g1.data(), 1.0, 0);
+  const auto r2 = streamed.forward_backward(c.in, c.params.data(), g2.data(), 1.0, 0);
+  EXPECT_EQ(r1.loss_sum, r2.loss_sum);
+  EXPECT_EQ(0, std::memcmp(g1.data(), g2.data(), g1.size() * sizeof(float)));
+  EXPECT_EQ(stream.loaded_on_demand(), 1);
+}
+
 TEST(DeviceWeightStream, OnTheGpuEqualsResidentGpuModel) {
   ZL_SKIP_IN_MPI_WORKER();
   if (kernels::cuda_device_count() == 0) GTEST_SKIP() << "no GPU visible: ZeRO-3 device stream test skipped";
