@@ -10,12 +10,11 @@ SECTIONS=("$@")
 O=${OUT:-$(pwd)/gpu-check-out}; mkdir -p "$O"
 D=/tmp/zerolora-gpu; rm -rf "$D"; mkdir -p "$D"
 tar -C "$D" -xJf .gpucarry/carry.tar.xz || { echo "no .gpucarry/carry.tar.xz: run scripts/gpu-pack.sh first"; exit 2; }
-cublas=$(find /usr/local /opt /usr/lib -xdev \( -name 'libcublasLt.so.13' -o -name 'libcublasLt.so.13.*' \) -not -path '/proc/*' 2>/dev/null | head -1)
-[ -n "$cublas" ] || { echo "libcublasLt.so.13 not found on this machine"; exit 2; }
-cudnn=$(find /usr/local /opt /usr/lib -xdev -name 'libcudnn.so.9' -not -path '/proc/*' 2>/dev/null | head -1)
-[ -n "$cudnn" ] || { echo "libcudnn.so.9 not found on this machine (the CUDA build links cuDNN 9)"; exit 2; }
-export LD_LIBRARY_PATH="$D/lib:$(dirname "$cublas"):$(dirname "$cudnn"):${LD_LIBRARY_PATH:-}"
-export ZEROLORA_BINARY="$D/bin/zerolora" OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
+# PATH (the carried mpirun first), LD_LIBRARY_PATH, OPAL_PREFIX/PMIX_PREFIX, ZEROLORA_BINARY: one place for this
+# script and scripts/gpu-pack-selftest.sh
+. scripts/gpu-env.sh "$D"
+[ -n "$GPU_ENV_CUBLAS" ] || { echo "libcublasLt.so.13 not found on this machine"; exit 2; }
+[ -n "$GPU_ENV_CUDNN" ] || { echo "libcudnn.so.9 not found on this machine (the CUDA build links cuDNN 9)"; exit 2; }
 summary=()
 step() {  # step NAME TIMEOUT CMD...: runs, logs, records pass/fail
   local name=$1 t=$2; shift 2
@@ -25,6 +24,7 @@ step() {  # step NAME TIMEOUT CMD...: runs, logs, records pass/fail
   summary+=("$(printf '%-28s rc=%-3s %4ss' "$name" "$rc" $((SECONDS - s)))")
 }
 echo "== machine"; nvidia-smi -L; "$D/bin/zerolora" --version 2>&1 | grep -E "^zerolora|CUDA|GPUs|Attention"; date
+echo "mpirun: $(command -v mpirun || echo none) ($(mpirun --version 2>&1 | head -1))"
 want_tests() { [ ${#SECTIONS[@]} -eq 0 ] || [[ " ${SECTIONS[*]} " == *" tests "* ]]; }
 if want_tests; then
   step kernel-tests 60 "$D/bin/test_kernels" --gtest_filter='Cuda*'
