@@ -20,6 +20,7 @@
 //
 //   bench_cpu_matrix_units [--m 512] [--rounds 5] [--threads 1,2] [--mkl DIR] [--only fwd|dX]
 //                          [--amx-blocking PANELS,K_CHUNK]   (cpu::AmxBlocking; default 8,512)
+//                          [--variants amx,onednn,...]      (only these GEMM variants; default all)
 #include <dlfcn.h>
 #include <immintrin.h>
 #include <omp.h>
@@ -216,7 +217,7 @@ int main(int argc, char** argv) {
   int64_t M = 512;
   int rounds = 5;
   std::vector<int> thread_counts{1, 2};
-  std::string mkl_dir, only;
+  std::string mkl_dir, only, only_variants;
   for (int i = 1; i < argc; ++i) {
     std::string a = argv[i];
     auto next = [&]() -> std::string {
@@ -239,6 +240,7 @@ int main(int argc, char** argv) {
       }
     } else if (a == "--mkl") mkl_dir = next();
     else if (a == "--only") only = next();
+    else if (a == "--variants") only_variants = "," + next() + ",";
     else if (a == "--amx-blocking") {
       const std::string v = next();
       const size_t c = v.find(',');
@@ -250,7 +252,7 @@ int main(int argc, char** argv) {
     }
     else {
       std::fprintf(stderr, "error: unknown argument %s (fix: bench_cpu_matrix_units [--m 512] [--rounds 5] "
-                           "[--threads 1,2] [--mkl DIR] [--only fwd|dX] [--amx-blocking P,KC])\n", a.c_str());
+                           "[--threads 1,2] [--mkl DIR] [--only fwd|dX] [--amx-blocking P,KC] [--variants LIST])\n", a.c_str());
       return 2;
     }
   }
@@ -364,6 +366,9 @@ int main(int argc, char** argv) {
                   p.w.weight.bits16(), int(p.s.K), 1.0f, p.dx.data(), int(p.s.K));
        }) : nullptr},
   };
+  if (!only_variants.empty())
+    for (auto& v : variants)
+      if (only_variants.find("," + v.name + ",") == std::string::npos) v.run = nullptr;
   // key: threads, dir, shape, variant -> seconds per call
   std::map<std::tuple<int, bool, std::string, std::string>, std::vector<std::pair<double, double>>> secs;
   for (int t : thread_counts) {
