@@ -1,6 +1,6 @@
 // Attention as whole-block GEMMs (the matrix units' way): the same causal GQA attention as the flash
-// kernels in attention.cpp, with every product handed to oneDNN in blocks large enough for its AMX /
-// AVX-512 kernels, and only the softmax done here.
+// kernels in attention.cpp, with every product in blocks large enough for the matrix units (zerolora's AMX
+// tiles, kernels/cpu/amx_gemm.h, or oneDNN's AMX / AVX-512 kernels), and the softmax done here.
 //
 // For each batch row b and kv head g, the G = NH/NKV query heads that read g share its keys, so a block
 // of R query positions of all G heads is one GEMM operand of M = G*R rows (row hl*R + i is head
@@ -13,11 +13,14 @@
 //             (D = dO.O), dQ += dS K, dV^T += dO^T P, dK^T += Q^T dS
 // dK and dV are accumulated transposed ([HD, T] per (b, g)), so that every GEMM reads its left operand
 // plainly and no M x N matrix is ever transposed. Scratch: [NKV, M, chunk] and [NKV, HD, T] buffers, linear
-// in T; no T x T matrix. Threads: oneDNN splits each product; the softmax passes split the rows.
+// in T; no T x T matrix. Threads: with the AMX products and kv heads that divide evenly over the threads,
+// each thread runs whole kv heads alone (one parallel region per batch row, no barrier inside:
+// heads_per_thread); otherwise each product is split by its kernel and the softmax passes split the rows.
 //
-// Operands are float (sgemm) or bf16 (oneDNN's bf16 matmul with fp32 accumulation; on CPUs without a
+// Operands are float (sgemm) or bf16 with fp32 accumulation: zerolora's AMX tile kernel (amx_gemm_bf16) where
+// amx_gemm_in_use() (ZEROLORA_AMX_GEMM=0 switches it off), else oneDNN's bf16 matmul; on CPUs without a
 // native one, the bf16 operands are widened and multiplied by sgemm: the same products, summed in
-// another order). bf16 rounds q, k, v, dout, P and dS, as PyTorch's autocast attention does; the
+// another order. bf16 rounds q, k, v, dout, P and dS, as PyTorch's autocast attention does; the
 // softmax, lse, D and every accumulation stay fp32.
 #include <omp.h>
 

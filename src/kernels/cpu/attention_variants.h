@@ -54,8 +54,9 @@ void attention_backward_variant(AttentionIsa isa, S* dq, S* dk, S* dv, const S* 
                                 const int32_t* lengths, const int32_t* kv_begin);
 
 // ---- blocked kernels (attention_blocked.cpp): whole-block GEMMs through oneDNN, softmax here.
-// Bf16: q, k, v, dout, P and dS rounded to bf16, products accumulated in fp32 (oneDNN's bf16 matmul:
-// AMX / AVX512-BF16 where the CPU has them; elsewhere the same bf16 values widened, through sgemm).
+// Bf16: q, k, v, dout, P and dS rounded to bf16, products accumulated in fp32 (zerolora's AMX tiles where
+// cpu::amx_gemm_in_use(), else oneDNN's bf16 matmul: AMX / AVX512-BF16 where the CPU has them; elsewhere the
+// same bf16 values widened, through sgemm).
 // F32: every operand fp32 (sgemm). Same contract as attention_forward / attention_backward.
 enum class AttentionOperands { F32, Bf16 };
 // isa picks the copy of the softmax and packing passes (AVX2, or AVX-512 where the CPU and build have it).
