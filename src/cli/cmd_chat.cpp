@@ -39,7 +39,7 @@ int cmd_chat(int argc, char** argv) {
   fs.add(train::bf16_flag(bf16).with_help("bf16 frozen weights"));
   add_threads_flag(fs, threads);
   std::string device = "auto";
-  add_generation_device_flag(fs, device);
+  add_device_flag(fs, device, "generation");
   if (!parse_flags(fs, argc, argv)) return 0;
   core::set_num_threads(int(threads));
   std::string device_line;

@@ -42,7 +42,7 @@ int cmd_generate(int argc, char** argv) {
   fs.add(train::bf16_flag(bf16).with_help("store frozen weights in bf16 (compute in fp32)"));
   add_threads_flag(fs, threads);
   std::string device = "auto";
-  add_generation_device_flag(fs, device);
+  add_device_flag(fs, device, "generation");
   if (!parse_flags(fs, argc, argv)) return 0;
   if (fs.given("ids") && fs.given("prompt"))
     throw train::FlagError("--ids/--prompt", "both are given", "pass either --ids 1,2,3 or --prompt TEXT");

@@ -1,9 +1,12 @@
 // merge: fold a PEFT LoRA adapter into its base model (FastChat apply_lora.py), writing an HF folder.
 #include <cstdio>
+#include <memory>
 
 #include "cli/commands.h"
 #include "core/error.h"
 #include "core/runtime.h"
+#include "kernels/context.h"
+#include "model/generate.h"
 #include "model/merge.h"
 
 namespace zerolora::cli {
@@ -27,9 +30,15 @@ int cmd_merge(int argc, char** argv) {
   fs.add(train::string_flag("max_shard_size", shard_size, "SIZE", "largest safetensors file, e.g. 5GB, 500MB, 2GiB"));
   fs.add(train::bool_flag("overwrite", overwrite, "replace --out if it exists and is not empty"));
   add_threads_flag(fs, threads);
+  std::string device = "auto";
+  add_device_flag(fs, device, "the merge (W + scale B A per module)");
   if (!parse_flags(fs, argc, argv)) return 0;
   core::set_num_threads(int(threads));
+  std::string device_line;
+  const std::unique_ptr<kernels::CudaContext> gpu = model::open_generation_device(device, &device_line);
+  std::printf("merge on %s\n", device_line.c_str());
   model::MergeOptions options;
+  if (gpu) options.context = &gpu->ctx();
   if (!dtype.empty()) options.dtype = model::parse_float_dtype(dtype, "--dtype");
   options.max_shard_bytes = model::parse_shard_size(shard_size);
   options.overwrite = overwrite;

@@ -33,8 +33,9 @@ bool parse_flags(train::FlagSet& flags, int argc, char** argv);
 
 // The flags the model-running commands (forward, merge, generate, chat, inspect) share, with their help.
 void add_threads_flag(train::FlagSet& flags, int64_t& threads);
-// --device auto|cpu|cuda for generate and chat (model::open_generation_device reads it).
-void add_generation_device_flag(train::FlagSet& flags, std::string& device);
+// --device auto|cpu|cuda for generate, chat and merge (model::open_generation_device reads it); `what` names the
+// work in the help ("generation").
+void add_device_flag(train::FlagSet& flags, std::string& device, const std::string& what);
 
 // "1,403,407" -> token ids; anything else is a FlagError naming flag.
 std::vector<int32_t> parse_token_ids(const std::string& text, const std::string& flag);

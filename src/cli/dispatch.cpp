@@ -111,9 +111,9 @@ void add_threads_flag(train::FlagSet& flags, int64_t& threads) {
       "threads, 0 = OMP_NUM_THREADS if set, else the cores this process may run on"));
 }
 
-void add_generation_device_flag(train::FlagSet& flags, std::string& device) {
+void add_device_flag(train::FlagSet& flags, std::string& device, const std::string& what) {
   flags.add(train::choice_flag("device", device, {"auto", "cpu", "cuda"},
-                               "where generation runs: cuda (GPU 0), cpu, or auto = cuda when a GPU is visible and "
+                               "where " + what + " runs: cuda (GPU 0), cpu, or auto = cuda when a GPU is visible and "
                                "the build has CUDA"));
 }
 

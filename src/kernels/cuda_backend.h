@@ -109,6 +109,11 @@ void attention_backward(float* dq, float* dk, float* dv, const float* dout, cons
 // and how many cuDNN attention graphs this process has executed.
 std::string attention_library();
 int64_t cudnn_attention_runs();
+// --- a LoRA merge's update (kernels/cuda/merge.cu): the same bits as the CPU's (kernels.h)
+void add_scaled_product(float* W, const float* left, const float* right, int64_t rows, int64_t cols, int64_t r,
+                        double scale, CudaState& s);
+void add_scaled_product(double* W, const float* left, const float* right, int64_t rows, int64_t cols, int64_t r,
+                        double scale, CudaState& s);
 // --- generation against a KV cache (kernels/cuda/decode.cu): fp32, any GQA ratio, HD <= 256, sliding window
 void attention_decode(float* out, const float* q, const float* k_cache, const float* v_cache, int64_t n, int64_t p0,
                       int64_t NH, int64_t NKV, int64_t HD, int64_t window, CudaState& s);

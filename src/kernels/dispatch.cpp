@@ -166,6 +166,13 @@ bool lora_dropout_weight_grad(S* dA, const S* du, const S* x, int64_t M, int64_t
 }
 
 template <typename S>
+void add_scaled_product(S* W, const float* left, const float* right, int64_t rows, int64_t cols, int64_t r,
+                        double scale, const Context& ctx) {
+  if (ctx.on_cuda()) return cuda::add_scaled_product(W, left, right, rows, cols, r, scale, *ctx.cuda);
+  add_scaled_product<S>(W, left, right, rows, cols, r, scale);
+}
+
+template <typename S>
 void cross_entropy_accumulate(S* logits, const int32_t* targets, int64_t M, int64_t V, double grad_scale,
                               double* sums, const Context& ctx) {
   ZL_ON_CUDA(ctx, cross_entropy_accumulate, logits, targets, M, V, grad_scale, sums)
@@ -222,6 +229,8 @@ void scale(float* x, int64_t n, double factor, const Context& ctx) {
                                               const Context&);                                                     \
   template bool lora_dropout_weight_grad<S>(S*, const S*, const S*, int64_t, int64_t, int64_t, const DropoutMask&,   \
                                            const Context&);                                                        \
+  template void add_scaled_product<S>(S*, const float*, const float*, int64_t, int64_t, int64_t, double,            \
+                                      const Context&);                                                             \
   template void cross_entropy_accumulate<S>(S*, const int32_t*, int64_t, int64_t, double, double*, const Context&);
 ZL_INSTANTIATE(float)
 ZL_INSTANTIATE(double)

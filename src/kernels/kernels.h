@@ -268,6 +268,16 @@ void adamw_step(float* param, const float* grad, float* m, float* v, int64_t n, 
 double sum_squares(const float* x, int64_t n, const Context& ctx);
 void scale(float* x, int64_t n, double factor, const Context& ctx);
 
+// A LoRA merge's update (model/merge.cpp): W [rows, cols] += scale * left [rows, r] right [r, cols], each entry
+// formed in double: the r products summed in k order with fused multiply-adds from 0, then fma(scale, sum, W)
+// rounded once to S. Entries are independent: every backend gives the same bits.
+template <typename S>
+void add_scaled_product(S* W, const float* left, const float* right, int64_t rows, int64_t cols, int64_t r,
+                        double scale);
+template <typename S>
+void add_scaled_product(S* W, const float* left, const float* right, int64_t rows, int64_t cols, int64_t r,
+                        double scale, const Context& ctx);
+
 // A frozen weight's copy in ctx's memory, for the linear entry points above (the same weight, shared, on the
 // host context). Device copies keep the weight's dtype (NF4 stays NF4: its codes and scales are copied).
 FrozenWeight to_device(const FrozenWeight& w, const Context& ctx);

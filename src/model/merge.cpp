@@ -15,6 +15,8 @@
 #include "io/checkpoint_dir.h"
 #include "io/hf_config.h"
 #include "io/safetensors.h"
+#include "kernels/context.h"
+#include "kernels/kernels.h"
 #include "model/adapter_io.h"
 #include "model/lora.h"
 #include "model/weights.h"
@@ -70,25 +72,23 @@ DeltaFactors delta_factors(const LoraSlot& s, const float* params) {
   return f;
 }
 
-// W [out, in] += scale * B [out, r] A [r, in]. Each output row is formed in double (W + the exact-ish
-// product) and rounded once to S; rows are independent, so the loop parallelises without races.
+// W [rows, cols] += scale * left right (kernels::add_scaled_product: double sums with fma, one rounding; the
+// same bits on the CPU and the GPU) on the merge's context: on a GPU the working-precision tensor and the two
+// factors go up, the update runs there, the tensor comes back.
 template <typename S>
-void add_scaled_product(S* W, const float* B, const float* A, int64_t out, int64_t in, int64_t r, double scale) {
-#pragma omp parallel
-  {
-    std::vector<double> row(size_t(in), 0.0);
-#pragma omp for schedule(static)
-    for (int64_t o = 0; o < out; ++o) {
-      std::fill(row.begin(), row.end(), 0.0);
-      for (int64_t k = 0; k < r; ++k) {
-        const double b = B[o * r + k];
-        const float* a = A + k * in;
-        for (int64_t i = 0; i < in; ++i) row[size_t(i)] += b * double(a[i]);
-      }
-      S* w = W + o * in;
-      for (int64_t i = 0; i < in; ++i) w[i] = S(double(w[i]) + scale * row[size_t(i)]);
-    }
-  }
+void merge_update(core::Tensor& t, const DeltaFactors& f, int64_t r, double scale, const kernels::Context& ctx) {
+  S* W = t.data<S>();
+  if (!ctx.on_cuda()) return kernels::add_scaled_product<S>(W, f.l, f.r, f.rows, f.cols, r, scale);
+  const size_t wb = size_t(f.rows * f.cols) * sizeof(S), lb = size_t(f.rows * r) * 4, rb = size_t(r * f.cols) * 4;
+  kernels::DeviceArray<char> dev(int64_t(wb + lb + rb), ctx);
+  S* dW = reinterpret_cast<S*>(dev.data());
+  float* dl = reinterpret_cast<float*>(dev.data() + wb);
+  float* dr = reinterpret_cast<float*>(dev.data() + wb + lb);
+  kernels::copy_to_device(dW, W, wb, ctx);
+  kernels::copy_to_device(dl, f.l, lb, ctx);
+  kernels::copy_to_device(dr, f.r, rb, ctx);
+  kernels::add_scaled_product<S>(dW, dl, dr, f.rows, f.cols, r, scale, ctx);
+  kernels::copy_to_host(W, dW, wb, ctx);
 }
 
 // Names in the order HF's state_dict writes them (the model's module order), then anything else the
@@ -242,10 +242,11 @@ MergeReport merge_adapter(const std::string& base_dir, const std::string& adapte
       // embed_tokens then lm_head into the shared matrix, in place)
       for (const LoraSlot* s : slot->second) {
         const DeltaFactors f = delta_factors(*s, params.data());
+        const kernels::Context& ctx = options.context ? *options.context : kernels::host();
         if (work == core::DType::F64)
-          add_scaled_product(t.data<double>(), f.l, f.r, f.rows, f.cols, s->r, layout.scale());
+          merge_update<double>(t, f, s->r, layout.scale(), ctx);
         else
-          add_scaled_product(t.data<float>(), f.l, f.r, f.rows, f.cols, s->r, layout.scale());
+          merge_update<float>(t, f, s->r, layout.scale(), ctx);
         report.merged_modules += 1;
       }
       if (out_dtype != work) t = t.to(out_dtype);

@@ -14,6 +14,10 @@
 
 #include "core/dtype.h"
 
+namespace zerolora::kernels {
+struct Context;
+}
+
 namespace zerolora::model {
 
 struct MergeOptions {
@@ -22,6 +26,8 @@ struct MergeOptions {
   std::optional<core::DType> dtype;
   size_t max_shard_bytes = 5'000'000'000;  // HF save_pretrained's default "5GB"
   bool overwrite = false;                  // replace a non-empty out_dir
+  // Where the updates W += scale B A run (null: the CPU); the result is the same bits either way.
+  const kernels::Context* context = nullptr;
 };
 
 struct MergeReport {

@@ -178,6 +178,29 @@ TEST_F(CudaKernels, SwiGluForwardBackwardMatchCpu) {
 
 // ---- add, scale, fill_zero: one fp32 operation per element, bit for bit ------------------------------------
 
+// A LoRA merge's update W += scale B A: both sides form each entry in double with fma in k order and round once,
+// so the bits agree (float and double W; r 16 and an odd r).
+TEST_F(CudaKernels, MergeUpdateBitExact) {
+  const int64_t rows = 37, cols = 301;
+  for (const int64_t r : {int64_t(16), int64_t(5)}) {
+    const std::vector<float> L = randn_f(size_t(rows * r), 11 + uint64_t(r), 0.3), R = randn_f(size_t(r * cols), 12, 0.3);
+    const std::vector<float> W0 = randn_f(size_t(rows * cols), 13, 1.0);
+    std::vector<float> want = W0;
+    add_scaled_product<float>(want.data(), L.data(), R.data(), rows, cols, r, 1.7);
+    auto dW = upload(W0), dL = upload(L), dR = upload(R);
+    add_scaled_product<float>(dW.data(), dL.data(), dR.data(), rows, cols, r, 1.7, ctx());
+    const std::vector<float> got = download(dW);
+    EXPECT_EQ(0, std::memcmp(got.data(), want.data(), got.size() * sizeof(float))) << "float, r " << r;
+    EXPECT_NE(0, std::memcmp(got.data(), W0.data(), got.size() * sizeof(float))) << "nothing was added";
+    std::vector<double> W0d(W0.begin(), W0.end()), wantd = W0d;
+    add_scaled_product<double>(wantd.data(), L.data(), R.data(), rows, cols, r, 1.7);
+    auto dWd = upload(W0d);
+    add_scaled_product<double>(dWd.data(), dL.data(), dR.data(), rows, cols, r, 1.7, ctx());
+    const std::vector<double> gotd = download(dWd);
+    EXPECT_EQ(0, std::memcmp(gotd.data(), wantd.data(), gotd.size() * sizeof(double))) << "double, r " << r;
+  }
+}
+
 TEST_F(CudaKernels, AddScaleFillZeroBitExact) {
   const int64_t n = 1001;
   const auto a = randn_f(size_t(n), 40), b = randn_f(size_t(n), 41);

@@ -10,6 +10,7 @@
 
 #include "core/error.h"
 #include "io/safetensors.h"
+#include "kernels/context.h"
 #include "model/adapter_io.h"
 #include "model/llama.h"
 #include "model/merge.h"
@@ -251,4 +252,26 @@ TEST(Merge, ParsesShardSizesAsHuggingFaceDoes) {
   EXPECT_EQ(model::parse_float_dtype("bf16", "--dtype"), core::DType::BF16);
   EXPECT_EQ(model::parse_float_dtype("float16", "--dtype"), core::DType::F16);
   EXPECT_THROW(model::parse_float_dtype("int8", "--dtype"), core::Error);
+}
+
+// merge --device cuda: the updates W += scale B A run on the GPU with the CPU's operations in the CPU's order
+// (kernels::add_scaled_product: double fma sums, one rounding), so every output file has the CPU merge's bytes;
+// lm_head included.
+TEST(Merge, OnTheGpuWritesTheCpuMergesBytes) {
+  if (kernels::cuda_device_count() == 0) GTEST_SKIP() << "no GPU visible: GPU merge test skipped";
+  kernels::CudaContext gpu(0);
+  for (const core::DType file_dtype : {core::DType::F32, core::DType::BF16}) {
+    test::TempDir tmp;
+    const io::HfConfig c = write_base(tmp / "base", file_dtype);
+    write_adapter(tmp / "adapter", c, kAllTargets);
+    model::merge_adapter((tmp / "base").string(), (tmp / "adapter").string(), (tmp / "cpu").string());
+    model::MergeOptions opt;
+    opt.context = &gpu.ctx();
+    model::merge_adapter((tmp / "base").string(), (tmp / "adapter").string(), (tmp / "gpu").string(), opt);
+    for (const auto& e : fs::directory_iterator(tmp / "cpu")) {
+      const fs::path other = tmp / "gpu" / e.path().filename();
+      ASSERT_TRUE(fs::exists(other)) << other;
+      EXPECT_EQ(test::read_file(e.path()), test::read_file(other)) << e.path().filename() << " differs";
+    }
+  }
 }

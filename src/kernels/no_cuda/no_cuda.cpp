@@ -45,6 +45,12 @@ bool lora_dropout_backward_input(float*, const float*, const float*, int64_t, in
                                  CudaState&) { unavailable(); }
 bool lora_dropout_weight_grad(float*, const float*, const float*, int64_t, int64_t, int64_t, const DropoutMask&,
                               CudaState&) { unavailable(); }
+void add_scaled_product(float*, const float*, const float*, int64_t, int64_t, int64_t, double, CudaState&) {
+  unavailable();
+}
+void add_scaled_product(double*, const float*, const float*, int64_t, int64_t, int64_t, double, CudaState&) {
+  unavailable();
+}
 void linear_forward(float*, const float*, const FrozenWeight&, int64_t, CudaState&) { unavailable(); }
 void linear_backward_input(float*, const float*, const FrozenWeight&, int64_t, CudaState&) { unavailable(); }
 void nf4_dequantize(void*, bool, const DeviceNf4&, CudaState&) { unavailable(); }
