@@ -13,10 +13,14 @@
 # (load 1.4-5.9, useless as a comparison: every variant 3-10x slower than quiet); AFTER_COMMIT=ecaee0b (+ a kv head
 # per thread) -> 2026-12-07b-w1-amx-attention-ecaee0b-2threads.log.
 #   AFTER_COMMIT=ecaee0b bash bench/results/2026-12-07b-w1-amx-attention.sh > bench/results/2026-12-07b-w1-amx-attention-ecaee0b-2threads.log 2>&1
+# and the same with OMP_WAIT_POLICY=passive for every process, peer included (idle OpenMP threads sleep instead of
+# spinning: on this shared machine the default policy makes every barrier wait for a descheduled thread):
+#   OMP_WAIT_POLICY=passive AFTER_COMMIT=ecaee0b bash bench/results/2026-12-07b-w1-amx-attention.sh \
+#     > bench/results/2026-12-07b-w1-amx-attention-ecaee0b-passive-2threads.log 2>&1
 cd /work/main
 AFTER_COMMIT=${AFTER_COMMIT:-unknown}
 TIMEFORMAT='  time: real %R s, user %U s, sys %S s'
-echo "# $(date -u) $(uptime); before ceefc1e, after $AFTER_COMMIT; $(nproc) CPUs"
+echo "# $(date -u) $(uptime); before ceefc1e, after $AFTER_COMMIT; $(nproc) CPUs; OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-unset}"
 ours() {  # label build-dir amx
   echo "## run $i $1 ZEROLORA_AMX_GEMM=$3 load: $(cut -d' ' -f1-3 /proc/loadavg)"
   time (ZEROLORA_AMX_GEMM=$3 $2/bench/bench_train_step --preset tinyllama-1.1b --seq 512 --batch 1 --dtype bf16 \
