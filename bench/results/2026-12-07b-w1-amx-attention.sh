@@ -17,6 +17,9 @@
 # spinning: on this shared machine the default policy makes every barrier wait for a descheduled thread):
 #   OMP_WAIT_POLICY=passive AFTER_COMMIT=ecaee0b bash bench/results/2026-12-07b-w1-amx-attention.sh \
 #     > bench/results/2026-12-07b-w1-amx-attention-ecaee0b-passive-2threads.log 2>&1
+# and once more with the default policy, without the peer, when the load had dropped:
+#   PEER=0 AFTER_COMMIT=ecaee0b bash bench/results/2026-12-07b-w1-amx-attention.sh \
+#     > bench/results/2026-12-07b-w1-amx-attention-ecaee0b-lower-load-2threads.log 2>&1
 cd /work/main
 AFTER_COMMIT=${AFTER_COMMIT:-unknown}
 TIMEFORMAT='  time: real %R s, user %U s, sys %S s'
