@@ -1,0 +1,16 @@
+#!/bin/bash
+# W1 (TinyLlama-1.1B shape, bf16, seq 512, batch 1, LoRA q,v r 8, 2 threads), quiet machine (session 6): ours with them,
+# ours with ZEROLORA_AMX_GEMM=0 (oneDNN 2.6, the engine before), the PyTorch peer (torch 2.4.1 + transformers
+# 4.44.2 + peft 0.12.0 from /opt/zerolora-refdeps, bf16 autocast over fp32 base weights), interleaved.
+cd /work/main
+B=build-b/bench/bench_train_step
+echo "# $(date -u) $(uptime); commit $(git rev-parse --short HEAD)"
+for i in 1 2; do
+  for v in 1 0; do
+    echo "## run $i ours ZEROLORA_AMX_GEMM=$v load: $(cut -d' ' -f1-3 /proc/loadavg)"
+    ZEROLORA_AMX_GEMM=$v $B --preset tinyllama-1.1b --seq 512 --batch 1 --dtype bf16 --lora_r 8 --lora_targets q_proj,v_proj --steps 3 --profile true 2>&1
+  done
+  echo "## run $i peer load: $(cut -d' ' -f1-3 /proc/loadavg)"
+  OMP_NUM_THREADS=2 PYTHONPATH=/opt/zerolora-refdeps timeout 900 python3 bench/peer_pytorch.py --preset tinyllama-1.1b --seq 512 --batch 1 --dtype bf16 --lora-r 8 --lora-targets q_proj,v_proj --steps 3 --threads 2 2>&1 | grep -v Warning
+done
+echo "# end $(date -u) $(uptime)"
