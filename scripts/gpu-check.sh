@@ -30,7 +30,7 @@ if want_tests; then
   step kernel-tests 60 "$D/bin/test_kernels" --gtest_filter='Cuda*'
   step model-tests 90 "$D/bin/test_model" --gtest_filter='Cuda*:Merge.OnTheGpu*'
   step train-tests 60 "$D/bin/test_train" --gtest_filter='DeviceWeightStream.*:ZeroEngineDevice.*'
-  step e2e-tests 150 "$D/bin/test_e2e" --gtest_filter='CudaE2E*'
+  step e2e-tests 240 "$D/bin/test_e2e" --gtest_filter='CudaE2E*'
 fi
 # TinyLlama-1.1B shape, bf16, LoRA r 16 on all seven projections (the configuration), against the peer
 S="--preset tinyllama-1.1b --dtype bf16 --lora-r 16 --lora-alpha 32 --lora-targets all --steps 3"
