@@ -1041,16 +1041,6 @@ void launch_backward_bf16(float* dq, float* dk, float* dv, const float* dout, co
 // them), cuDNN's bf16 results widened back; rows past a sequence's length are zeroed, as the kernels above leave them.
 #if ZEROLORA_WITH_CUDNN
 
-__global__ void to_bf16_kernel(__nv_bfloat16* __restrict__ out, const float* __restrict__ in, int64_t n) {
-  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x)
-    out[i] = __float2bfloat16_rn(in[i]);
-}
-
-__global__ void to_f32_kernel(float* __restrict__ out, const __nv_bfloat16* __restrict__ in, int64_t n) {
-  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x)
-    out[i] = __bfloat162float(in[i]);
-}
-
 // x viewed as [B][H][T][W]: entries of rows t >= lengths[b] (clamped to [0, T]) set to 0
 __global__ void zero_padded_rows_kernel(float* __restrict__ x, const int32_t* __restrict__ lengths, int64_t B,
                                         int64_t H, int64_t T, int64_t W) {
@@ -1070,16 +1060,6 @@ SdpaShape sdpa_shape(const Params& p) {
   return SdpaShape{p.B, p.T, p.NH, p.NKV, p.HD, p.window, p.scale};
 }
 
-void to_bf16(__nv_bfloat16* out, const float* in, int64_t n, CudaState& s) {
-  to_bf16_kernel<<<grid_for(n), 256, 0, s.stream>>>(out, in, n);
-  ZL_CUDA_LAUNCHED();
-}
-
-void to_f32(float* out, const __nv_bfloat16* in, int64_t n, CudaState& s) {
-  to_f32_kernel<<<grid_for(n), 256, 0, s.stream>>>(out, in, n);
-  ZL_CUDA_LAUNCHED();
-}
-
 void zero_padded_rows(float* x, const int32_t* lengths, const Params& p, int64_t H, int64_t W, CudaState& s) {
   if (!lengths) return;
   zero_padded_rows_kernel<<<grid_for(p.B * H * p.T * W), 256, 0, s.stream>>>(x, lengths, p.B, H, p.T, W);
@@ -1092,11 +1072,11 @@ bool cudnn_forward(float* out, float* lse, const float* q, const float* k, const
   const int64_t nq = int64_t(p.B) * p.T * p.NH * p.HD, nkv = int64_t(p.B) * p.T * p.NKV * p.HD;
   auto* qb = static_cast<__nv_bfloat16*>(scratch(s, Scratch::AttentionBf16, size_t(2 * nq + 2 * nkv) * 2));
   __nv_bfloat16 *kb = qb + nq, *vb = kb + nkv, *ob = vb + nkv;
-  to_bf16(qb, q, nq, s);
-  to_bf16(kb, k, nkv, s);
-  to_bf16(vb, v, nkv, s);
+  round_to_bf16(qb, q, nq, s);
+  round_to_bf16(kb, k, nkv, s);
+  round_to_bf16(vb, v, nkv, s);
   if (!cudnn_attention_forward(ob, lse, qb, kb, vb, lengths, sdpa_shape(p), s)) return false;
-  to_f32(out, ob, nq, s);
+  widen_bf16(out, ob, nq, s);
   zero_padded_rows(out, lengths, p, 1, int64_t(p.NH) * p.HD, s);
   zero_padded_rows(lse, lengths, p, p.NH, 1, s);
   return true;
@@ -1109,15 +1089,15 @@ bool cudnn_backward(float* dq, float* dk, float* dv, const float* dout, const fl
   auto* qb = static_cast<__nv_bfloat16*>(scratch(s, Scratch::AttentionBf16, size_t(4 * nq + 4 * nkv) * 2));
   __nv_bfloat16 *kb = qb + nq, *vb = kb + nkv, *ob = vb + nkv, *gb = ob + nq, *dqb = gb + nq, *dkb = dqb + nq,
                 *dvb = dkb + nkv;
-  to_bf16(qb, q, nq, s);
-  to_bf16(kb, k, nkv, s);
-  to_bf16(vb, v, nkv, s);
-  to_bf16(ob, out, nq, s);
-  to_bf16(gb, dout, nq, s);
+  round_to_bf16(qb, q, nq, s);
+  round_to_bf16(kb, k, nkv, s);
+  round_to_bf16(vb, v, nkv, s);
+  round_to_bf16(ob, out, nq, s);
+  round_to_bf16(gb, dout, nq, s);
   if (!cudnn_attention_backward(dqb, dkb, dvb, qb, kb, vb, ob, gb, lse, lengths, sdpa_shape(p), s)) return false;
-  to_f32(dq, dqb, nq, s);
-  to_f32(dk, dkb, nkv, s);
-  to_f32(dv, dvb, nkv, s);
+  widen_bf16(dq, dqb, nq, s);
+  widen_bf16(dk, dkb, nkv, s);
+  widen_bf16(dv, dvb, nkv, s);
   zero_padded_rows(dq, lengths, p, 1, int64_t(p.NH) * p.HD, s);
   zero_padded_rows(dk, lengths, p, 1, int64_t(p.NKV) * p.HD, s);
   zero_padded_rows(dv, lengths, p, 1, int64_t(p.NKV) * p.HD, s);

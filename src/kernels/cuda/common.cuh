@@ -65,6 +65,11 @@ namespace cuda {
 // A device buffer of at least `bytes` for `purpose`, owned by the state.
 void* scratch(CudaState& s, Scratch purpose, size_t bytes);
 
+// n floats rounded to bf16 (nearest even, NaN stays NaN, as core::f32_to_bf16) into out, and bf16 widened back
+// to fp32 (kernels/cuda/elementwise.cu); out and in are device memory, enqueued on the state's stream.
+void round_to_bf16(void* out, const float* in, int64_t n, CudaState& s);
+void widen_bf16(float* out, const void* in, int64_t n, CudaState& s);
+
 inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 // Blocks for a grid-stride loop over n elements.
 inline unsigned grid_for(int64_t n, int threads = 256) {

@@ -1,5 +1,7 @@
 // Element-wise ops of the CUDA backend: embedding gather, SwiGLU, add, fill, scale and the LoRA dropout.
 // Grid-stride loops over flat indices (64-bit), one thread per element; all memory bound and coalesced.
+#include <cuda_bf16.h>
+
 #include <string>
 
 #include "kernels/cuda/common.cuh"
@@ -165,6 +167,30 @@ void dropout_apply(float* out, const float* x, int64_t M, int64_t in, const Drop
     dropout_kernel<true><<<grid_for(n), kThreads, 0, s.stream>>>(out, x, n, mask);
   else
     dropout_kernel<false><<<grid_for(n), kThreads, 0, s.stream>>>(out, x, n, mask);
+  ZL_CUDA_LAUNCHED();
+}
+
+namespace {
+__global__ void round_to_bf16_kernel(__nv_bfloat16* __restrict__ out, const float* __restrict__ in, int64_t n) {
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x)
+    out[i] = __float2bfloat16_rn(in[i]);
+}
+
+__global__ void widen_bf16_kernel(float* __restrict__ out, const __nv_bfloat16* __restrict__ in, int64_t n) {
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x)
+    out[i] = __bfloat162float(in[i]);
+}
+}  // namespace
+
+void round_to_bf16(void* out, const float* in, int64_t n, CudaState& s) {
+  if (n <= 0) return;
+  round_to_bf16_kernel<<<grid_for(n), 256, 0, s.stream>>>(static_cast<__nv_bfloat16*>(out), in, n);
+  ZL_CUDA_LAUNCHED();
+}
+
+void widen_bf16(float* out, const void* in, int64_t n, CudaState& s) {
+  if (n <= 0) return;
+  widen_bf16_kernel<<<grid_for(n), 256, 0, s.stream>>>(out, static_cast<const __nv_bfloat16*>(in), n);
   ZL_CUDA_LAUNCHED();
 }
 

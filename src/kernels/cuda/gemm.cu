@@ -244,12 +244,6 @@ void split_k_reduce(float* C, int64_t ldc, const float* partials, int64_t stride
   ZL_CUDA_LAUNCHED();
 }
 
-// fp32 -> bf16, round to nearest even (NaN stays NaN), as core::f32_to_bf16
-__global__ void to_bf16_kernel(__nv_bfloat16* out, const float* in, int64_t n) {
-  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x)
-    out[i] = __float2bfloat16_rn(in[i]);
-}
-
 // x rounded to the nearest IEEE half and back (--fp16's GEMM inputs)
 __global__ void round_fp16_kernel(float* out, const float* in, int64_t n) {
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x)
@@ -271,9 +265,8 @@ struct Operand {
 // fp32 (--fp16, into scratch), or the fp32 input itself.
 Operand activation_operand(const float* x, int64_t n, cudaDataType_t weight_type, bool fp16_inputs, CudaState& s) {
   if (weight_type == CUDA_R_16BF) {
-    auto* h = static_cast<__nv_bfloat16*>(scratch(s, Scratch::GemmInput, size_t(n) * 2));
-    to_bf16_kernel<<<grid_for(n), 256, 0, s.stream>>>(h, x, n);
-    ZL_CUDA_LAUNCHED();
+    void* h = scratch(s, Scratch::GemmInput, size_t(n) * 2);
+    round_to_bf16(h, x, n, s);
     return {CUDA_R_16BF, h};
   }
   if (fp16_inputs) {
