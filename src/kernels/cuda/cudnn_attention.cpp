@@ -28,12 +28,15 @@ using TensorPtr = std::shared_ptr<fe::graph::Tensor_attributes>;
 
 std::atomic<int64_t> g_executions{0};
 
+// Everything a graph is built from: set_attn_scale(float) bakes the scale into the graph as a constant, so it
+// is part of the key too (kernels.h fixes it at 1/sqrt(HD) today; the key must not rely on that).
 struct Key {
   bool backward, padded;
   int64_t B, T, NH, NKV, HD, window;
+  float scale;
   bool operator<(const Key& o) const {
-    return std::tie(backward, padded, B, T, NH, NKV, HD, window) <
-           std::tie(o.backward, o.padded, o.B, o.T, o.NH, o.NKV, o.HD, o.window);
+    return std::tie(backward, padded, B, T, NH, NKV, HD, window, scale) <
+           std::tie(o.backward, o.padded, o.B, o.T, o.NH, o.NKV, o.HD, o.window, o.scale);
   }
 };
 
@@ -115,12 +118,12 @@ std::shared_ptr<fe::graph::Graph> new_graph() {
   return g;
 }
 
-void define_forward(Entry& e, const Key& k, float scale) {
+void define_forward(Entry& e, const Key& k) {
   auto& g = *e.graph;
   e.q = g.tensor(bhtd("q", k.B, k.NH, k.T, k.HD));
   e.k = g.tensor(bhtd("k", k.B, k.NKV, k.T, k.HD));
   e.v = g.tensor(bhtd("v", k.B, k.NKV, k.T, k.HD));
-  auto a = fe::graph::SDPA_attributes().set_name("attention").set_generate_stats(true).set_attn_scale(scale);
+  auto a = fe::graph::SDPA_attributes().set_name("attention").set_generate_stats(true).set_attn_scale(k.scale);
   set_masks(a, e, g, k);
   auto [o, stats] = g.sdpa(e.q, e.k, e.v, a);
   const fe::graph::Tensor_attributes ol = bhtd("out", k.B, k.NH, k.T, k.HD);
@@ -131,7 +134,7 @@ void define_forward(Entry& e, const Key& k, float scale) {
   e.stats = stats;
 }
 
-void define_backward(Entry& e, const Key& k, float scale) {
+void define_backward(Entry& e, const Key& k) {
   auto& g = *e.graph;
   e.q = g.tensor(bhtd("q", k.B, k.NH, k.T, k.HD));
   e.k = g.tensor(bhtd("k", k.B, k.NKV, k.T, k.HD));
@@ -139,7 +142,7 @@ void define_backward(Entry& e, const Key& k, float scale) {
   e.o = g.tensor(bhtd("out", k.B, k.NH, k.T, k.HD));
   e.dout = g.tensor(bhtd("dout", k.B, k.NH, k.T, k.HD));
   e.stats = stats_tensor(g, k);
-  auto a = fe::graph::SDPA_backward_attributes().set_name("attention_backward").set_attn_scale(scale);
+  auto a = fe::graph::SDPA_backward_attributes().set_name("attention_backward").set_attn_scale(k.scale);
   set_masks(a, e, g, k);
   auto [dq, dk, dv] = g.sdpa_backward(e.q, e.k, e.v, e.o, e.dout, e.stats, a);
   const fe::graph::Tensor_attributes ql = bhtd("dq", k.B, k.NH, k.T, k.HD), kl = bhtd("dk", k.B, k.NKV, k.T, k.HD);
@@ -160,7 +163,7 @@ std::string describe(const Key& k) {
 }
 
 // The graph for this shape, built on first use; nullptr when cuDNN refuses it (said once per shape).
-const Entry* entry_for(const Key& k, float scale, CudaState& s) {
+const Entry* entry_for(const Key& k, CudaState& s) {
   CudnnState& st = state_of(s);
   if (!st.handle) return nullptr;
   auto it = st.graphs.find(k);
@@ -172,9 +175,9 @@ const Entry* entry_for(const Key& k, float scale, CudaState& s) {
   Entry e;
   e.graph = new_graph();
   if (k.backward)
-    define_backward(e, k, scale);
+    define_backward(e, k);
   else
-    define_forward(e, k, scale);
+    define_forward(e, k);
   fe::graph::Graph& g = *e.graph;
   fe::error_t err = g.validate();
   if (err.is_good()) err = g.build_operation_graph(st.handle);
@@ -201,7 +204,7 @@ void execute(const Entry& e, std::unordered_map<TensorPtr, void*>& pack, const K
 }
 
 Key key_of(bool backward, const int32_t* lengths, const SdpaShape& sh) {
-  return Key{backward, lengths != nullptr, sh.B, sh.T, sh.NH, sh.NKV, sh.HD, sh.window};
+  return Key{backward, lengths != nullptr, sh.B, sh.T, sh.NH, sh.NKV, sh.HD, sh.window, sh.scale};
 }
 
 }  // namespace
@@ -214,7 +217,7 @@ bool cudnn_attention_enabled() {
 bool cudnn_attention_forward(void* out, float* stats, const void* q, const void* k, const void* v,
                              const int32_t* lengths, const SdpaShape& shape, CudaState& s) {
   const Key key = key_of(false, lengths, shape);
-  const Entry* e = entry_for(key, shape.scale, s);
+  const Entry* e = entry_for(key, s);
   if (!e) return false;
   std::unordered_map<TensorPtr, void*> pack{{e->q, const_cast<void*>(q)}, {e->k, const_cast<void*>(k)},
                                             {e->v, const_cast<void*>(v)}, {e->o, out}, {e->stats, stats}};
@@ -230,7 +233,7 @@ bool cudnn_attention_backward(void* dq, void* dk, void* dv, const void* q, const
                               const void* out, const void* dout, const float* stats, const int32_t* lengths,
                               const SdpaShape& shape, CudaState& s) {
   const Key key = key_of(true, lengths, shape);
-  const Entry* e = entry_for(key, shape.scale, s);
+  const Entry* e = entry_for(key, s);
   if (!e) return false;
   std::unordered_map<TensorPtr, void*> pack{
       {e->q, const_cast<void*>(q)},       {e->k, const_cast<void*>(k)},  {e->v, const_cast<void*>(v)},
