@@ -10,6 +10,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <exception>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -173,18 +174,26 @@ const Entry* entry_for(const Key& k, CudaState& s) {
     st.graphs.clear();
   }
   Entry e;
-  e.graph = new_graph();
-  if (k.backward)
-    define_backward(e, k);
-  else
-    define_forward(e, k);
-  fe::graph::Graph& g = *e.graph;
-  fe::error_t err = g.validate();
-  if (err.is_good()) err = g.build_operation_graph(st.handle);
-  if (err.is_good()) err = g.create_execution_plans({fe::HeurMode_t::A, fe::HeurMode_t::FALLBACK});
-  if (err.is_good()) err = g.check_support(st.handle);
-  if (err.is_good()) err = g.build_plans(st.handle);
-  if (err.is_good()) err = g.get_workspace_size(e.workspace);
+  fe::error_t err;
+  // Most refusals come back as error_t, but the frontend also throws: Graph::sdpa throws std::runtime_error when
+  // no SDPA implementation accepts the attributes (graph_interface.h), its library shim when a symbol is missing.
+  // Either way this is a refusal of the shape (nothing was enqueued yet), not an error mid-step.
+  try {
+    e.graph = new_graph();
+    if (k.backward)
+      define_backward(e, k);
+    else
+      define_forward(e, k);
+    fe::graph::Graph& g = *e.graph;
+    err = g.validate();
+    if (err.is_good()) err = g.build_operation_graph(st.handle);
+    if (err.is_good()) err = g.create_execution_plans({fe::HeurMode_t::A, fe::HeurMode_t::FALLBACK});
+    if (err.is_good()) err = g.check_support(st.handle);
+    if (err.is_good()) err = g.build_plans(st.handle);
+    if (err.is_good()) err = g.get_workspace_size(e.workspace);
+  } catch (const std::exception& x) {
+    err = fe::error_t(fe::error_code_t::GRAPH_NOT_SUPPORTED, std::string("exception: ") + x.what());
+  }
   if (!err.is_good()) {
     std::fprintf(stderr, "zerolora: cuDNN attention refused %s (%s); using zerolora's attention kernels for it\n",
                  describe(k).c_str(), err.get_message().c_str());
