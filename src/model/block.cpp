@@ -1,5 +1,7 @@
 #include "model/block.h"
 
+#include <initializer_list>
+
 #include "core/error.h"
 #include "core/op_profile.h"
 #include "model/rope.h"
@@ -95,10 +97,26 @@ void block_backward(const Architecture& arch, int layer, const LayerWeights& W, 
   auto linear_back = [&](S* dx, const S* dy, const S* in, const S* u, Proj p) {
     lora_linear_backward<S>(dx, grads, dy, in, u, W.proj[int(p)], lora.branch[size_t(p)], lora.params, s.lora, M, ctx);
   };
+  // With recompute_inputs, a projection input that an adapted projection's dA reads is computed again here
+  // (rstd too: the same values into the same place); nothing else in the backward reads xn1, xn2 or act.
+  auto reads_input = [&](std::initializer_list<Proj> ps) {
+    if (!a.recompute_inputs || !grads) return false;
+    for (Proj p : ps)
+      if (lora.branch[size_t(p)].slot) return true;
+    return false;
+  };
   // MLP half: dres = d out (also d xmid through the residual)
+  if (reads_input({Proj::Down})) {
+    core::OpTimer t_(core::Op::Swiglu);
+    kernels::swiglu_forward<S>(a.act, a.gate, a.up, M * I, ctx);
+  }
   { core::OpTimer t_(core::Op::Elementwise); kernels::fill_zero<S>(s.dact, M * I, ctx); }
   linear_back(s.dact, dres, a.act, a.u[6], Proj::Down);
   { core::OpTimer t_(core::Op::Swiglu); kernels::swiglu_backward<S>(s.dgate, s.dup, s.dact, a.gate, a.up, M * I, ctx); }
+  if (reads_input({Proj::Gate, Proj::Up})) {
+    core::OpTimer t_(core::Op::Norm);
+    kernels::rmsnorm_forward<S>(a.xn2, a.rstd2, a.xmid, W.post_norm.data<S>(), M, C, arch.norm_eps, ctx);
+  }
   { core::OpTimer t_(core::Op::Elementwise); kernels::fill_zero<S>(s.dxn, M * C, ctx); }
   linear_back(s.dxn, s.dgate, a.xn2, a.u[4], Proj::Gate);
   linear_back(s.dxn, s.dup, a.xn2, a.u[5], Proj::Up);
@@ -114,6 +132,10 @@ void block_backward(const Architecture& arch, int layer, const LayerWeights& W, 
   }
   { core::OpTimer t_(core::Op::Rope); kernels::rope_backward<S>(s.dq, tok.rope, tok.positions, M, NH, HD, ctx); }
   { core::OpTimer t_(core::Op::Rope); kernels::rope_backward<S>(s.dk, tok.rope, tok.positions, M, NKV, HD, ctx); }
+  if (reads_input({Proj::Q, Proj::K, Proj::V})) {
+    core::OpTimer t_(core::Op::Norm);
+    kernels::rmsnorm_forward<S>(a.xn1, a.rstd1, x, W.input_norm.data<S>(), M, C, arch.norm_eps, ctx);
+  }
   { core::OpTimer t_(core::Op::Elementwise); kernels::fill_zero<S>(s.dxn, M * C, ctx); }
   linear_back(s.dxn, s.dq, a.xn1, a.u[0], Proj::Q);
   linear_back(s.dxn, s.dk, a.xn1, a.u[1], Proj::K);

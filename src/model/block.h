@@ -43,11 +43,19 @@ struct Architecture {
 // and rstd, q/k/v after RoPE, attention output and lse, the residual midpoint, the MLP's gate/up/act, and the
 // LoRA intermediates u[p] = drop(x) A^T per adapted projection (null when not adapted). The decoder, which has
 // no backward, points several of them at one buffer.
+//
+// recompute_inputs: xn1, xn2 and act are not kept per layer but point at buffers every layer shares (xn1 and xn2
+// may be one buffer), so they hold another layer's values when this block's backward runs. The backward then
+// recomputes each one that an adapted projection's dA reads (rmsnorm of x / xmid with the same weights, silu(gate)
+// * up: the same kernels on the same inputs, so the forward's exact values) and skips the rest; no other part of
+// the backward reads them (a frozen linear's input gradient needs only W). This is the training model without
+// gradient checkpointing (LlamaModel): 2 C + I of its ~6 C + 3 I activations per token and layer.
 template <typename S>
 struct BlockActivations {
   S *xn1 = nullptr, *rstd1 = nullptr, *q = nullptr, *k = nullptr, *v = nullptr, *att = nullptr, *lse = nullptr;
   S *xmid = nullptr, *xn2 = nullptr, *rstd2 = nullptr, *gate = nullptr, *up = nullptr, *act = nullptr;
   S* u[7] = {nullptr, nullptr, nullptr, nullptr, nullptr, nullptr, nullptr};
+  bool recompute_inputs = false;
 };
 
 // Scratch: tmp [M, C] for the forward; the gradient buffers for the backward (dxn [M, C], datt/dq [M, Q],

@@ -82,6 +82,30 @@ TEST(LlamaGradients, CheckpointingGivesIdenticalGradients) {
   EXPECT_LT(checkpointed.activation_bytes(), plain.activation_bytes());
 }
 
+// Without checkpointing a layer keeps what its backward cannot recompute cheaply; the projections' inputs xn1,
+// xn2 and act are shared by every layer and recomputed where a LoRA dA reads them (BlockActivations::
+// recompute_inputs; the gradients' equality with checkpointing and finite differences are the tests above).
+// One more layer costs exactly its kept set, counted here by hand from block.h's list.
+TEST(LlamaGradients, LayersKeepNoProjectionInputs) {
+  io::HfConfig c = tiny_grad_config();
+  model::LoraLayout layout2(c, all_targets(2));
+  io::HfConfig c3 = c;
+  c3.num_hidden_layers = 3;
+  model::LoraLayout layout3(c3, all_targets(2));
+  const int64_t B = 3, T = 37, M = B * T, C = c.hidden_size, I = c.intermediate_size, r = 2;
+  const int64_t Q = c.num_attention_heads * c.head_dim, KV = c.num_key_value_heads * c.head_dim;
+  auto pad = [](int64_t n) { return (n + 15) / 16 * 16; };
+  const int64_t kept = pad(M) + pad(M * Q) + 2 * pad(M * KV) + pad(M * Q) + pad(B * c.num_attention_heads * T) +
+                       pad(M * C) + pad(M) + 2 * pad(M * I) + 7 * pad(M * r);
+  const int64_t resid = pad(M * C);  // one more block output
+  const model::TrainOptions plain;
+  const int64_t d = model::LlamaModel<double>::estimate_activation_bytes(c3, &layout3, plain, B, T) -
+                    model::LlamaModel<double>::estimate_activation_bytes(c, &layout2, plain, B, T);
+  EXPECT_EQ(d, int64_t(sizeof(double)) * (kept + resid)) << "a layer keeps " << d / 8 << " elements";
+  // the three inputs would be 2 C + I more per token and layer
+  EXPECT_LT(d, int64_t(sizeof(double)) * (kept + resid + M * (2 * C + I)));
+}
+
 TEST(LlamaGradients, DropoutIsAppliedOnlyInTraining) {
   io::HfConfig c = tiny_grad_config();
   auto w = random_weights(c, core::DType::F64, core::DType::F64);
