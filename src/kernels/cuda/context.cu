@@ -71,6 +71,7 @@ void destroy_state(CudaState* s) {
   cudaSetDevice(s->device);
   cudaStreamSynchronize(s->stream);
   for (auto& b : s->scratch) b.reset();
+  s->cudnn.reset();  // the cuDNN handle is bound to s->stream: destroyed before it
   if (s->lt_workspace) cudaFree(s->lt_workspace);
   if (s->lt) cublasLtDestroy(s->lt);
   if (s->stream) cudaStreamDestroy(s->stream);

@@ -53,6 +53,7 @@ struct CudnnState {
   std::string refused;  // why no handle could be made (then every call returns false)
   std::map<Key, Entry> graphs;
   ~CudnnState() {
+    graphs.clear();  // the execution plans refer to the handle: they go first
     if (handle) cudnnDestroy(handle);
   }
 };
