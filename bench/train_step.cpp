@@ -55,9 +55,18 @@ struct Options {
   std::string dtype = "bf16", lora_targets = "q_proj,v_proj";
   double lora_alpha = 16, lora_dropout = 0.05;
   bool checkpointing = false, prepack = false, gemm = true, json_only = false, profile = false, offload_param = false;
+  bool estimate_only = false;
   std::string device = "cpu";
   int steps = 3, threads = 0;
 };
+
+// The model's options for this run: on a GPU the loss runs in larger chunks (model::gpu_loss_chunk_rows).
+model::TrainOptions train_options(const Options& o, const io::HfConfig& config) {
+  model::TrainOptions t;
+  t.gradient_checkpointing = o.checkpointing;
+  if (o.device == "cuda") t.loss_chunk_rows = model::gpu_loss_chunk_rows(config.vocab_size);
+  return t;
+}
 
 // bench/run and scripts/gpu-check.sh write the flags with dashes (--lora-r, --no-gemm): the one parser maps a
 // dash in a name to an underscore, so both spellings work.
@@ -87,6 +96,9 @@ Options parse(int argc, char** argv) {
   fs.add(train::bool_flag("no_gemm", no_gemm, "skip the GEMM-rate measurement (no MFU)"));
   fs.add(train::bool_flag("json_only", o.json_only, "print only the JSON line"));
   fs.add(train::bool_flag("profile", o.profile, "time by op over the timed steps"));
+  fs.add(train::bool_flag("estimate_only", o.estimate_only,
+                          "print the activation arena's size for this shape (the plan the model allocates; with "
+                          "--device cuda its larger loss chunk) and exit: builds no weights, needs no GPU"));
   fs.add(train::choice_flag("device", o.device, {"cpu", "cuda"}, "where the step runs"));
   fs.add(train::bool_flag("offload_param", o.offload_param,
                           "--device cuda: frozen weights in host memory, each part copied to the GPU ahead of its use "
@@ -182,6 +194,21 @@ int main(int argc, char** argv) {
     if (o.layers > 0) config.num_hidden_layers = o.layers;
     const core::DType storage = o.dtype == "f32" ? core::DType::F32 : core::DType::BF16;
     const int64_t B = o.batch, T = o.seq, M = B * T;
+    if (o.estimate_only) {
+      model::LoraConfig lc;
+      lc.r = o.lora_r;
+      lc.target_modules = split_targets(o.lora_targets);
+      const model::LoraLayout layout(config, lc);
+      const int64_t bytes =
+          model::LlamaModel<float>::estimate_activation_bytes(config, &layout, train_options(o, config), B, T);
+      std::printf("{\"bench\":\"activation_estimate\",\"preset\":\"%s\",\"layers\":%lld,\"batch\":%lld,\"seq\":%lld,"
+                  "\"lora_r\":%lld,\"lora_targets\":\"%s\",\"checkpointing\":%s,\"device\":\"%s\","
+                  "\"activation_bytes\":%lld,\"activation_gib\":%.3f}\n",
+                  o.preset.c_str(), (long long)config.num_hidden_layers, (long long)B, (long long)T,
+                  (long long)o.lora_r, o.lora_targets.c_str(), o.checkpointing ? "true" : "false", o.device.c_str(),
+                  (long long)bytes, double(bytes) / double(1 << 30));
+      return 0;
+    }
 
     core::Timer build_timer;
     model::LlamaWeights weights =
@@ -237,9 +264,7 @@ int main(int argc, char** argv) {
       p_ptr = params_dev.data(), g_ptr = grads_dev.data();
     }
 
-    model::TrainOptions topt;
-    topt.gradient_checkpointing = o.checkpointing;
-    if (gpu) topt.loss_chunk_rows = std::max<int64_t>(256, (int64_t(1) << 28) / config.vocab_size);  // ~1 GiB of logits
+    const model::TrainOptions topt = train_options(o, config);
     model::LlamaModel<float> net(gpu ? device_weights : weights, &layout, topt, ctx);
     if (device_stream) net.set_weight_stream(device_stream.get());
 

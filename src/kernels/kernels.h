@@ -155,7 +155,8 @@ void attention_decode(S* out, const S* q, const S* k_cache, const S* v_cache, in
                       int64_t NKV, int64_t HD, int64_t window = 0);
 
 // ---------------------------------------------------------------------------------------------
-// SwiGLU: out = silu(gate) * up, silu(x) = x / (1 + exp(-x)). All [n].
+// SwiGLU: out = silu(gate) * up, silu(x) = x / (1 + exp(-x)). All [n]. The backward may run in place (dgate ==
+// gate, dup == up: each element is read before it is written; the model's backward puts the gradients there).
 template <typename S>
 void swiglu_forward(S* out, const S* gate, const S* up, int64_t n);
 template <typename S>

@@ -112,14 +112,17 @@ void block_backward(const Architecture& arch, int layer, const LayerWeights& W, 
   }
   { core::OpTimer t_(core::Op::Elementwise); kernels::fill_zero<S>(s.dact, M * I, ctx); }
   linear_back(s.dact, dres, a.act, a.u[6], Proj::Down);
-  { core::OpTimer t_(core::Op::Swiglu); kernels::swiglu_backward<S>(s.dgate, s.dup, s.dact, a.gate, a.up, M * I, ctx); }
+  // d gate and d up in place of gate and up: nothing reads those after this
+  S* const dgate = a.gate;
+  S* const dup = a.up;
+  { core::OpTimer t_(core::Op::Swiglu); kernels::swiglu_backward<S>(dgate, dup, s.dact, a.gate, a.up, M * I, ctx); }
   if (reads_input({Proj::Gate, Proj::Up})) {
     core::OpTimer t_(core::Op::Norm);
     kernels::rmsnorm_forward<S>(a.xn2, a.rstd2, a.xmid, W.post_norm.data<S>(), M, C, arch.norm_eps, ctx);
   }
   { core::OpTimer t_(core::Op::Elementwise); kernels::fill_zero<S>(s.dxn, M * C, ctx); }
-  linear_back(s.dxn, s.dgate, a.xn2, a.u[4], Proj::Gate);
-  linear_back(s.dxn, s.dup, a.xn2, a.u[5], Proj::Up);
+  linear_back(s.dxn, dgate, a.xn2, a.u[4], Proj::Gate);
+  linear_back(s.dxn, dup, a.xn2, a.u[5], Proj::Up);
   { core::OpTimer t_(core::Op::Norm); kernels::rmsnorm_backward<S>(dres, s.dxn, a.xmid, W.post_norm.data<S>(), a.rstd2, M, C, ctx); }  // residual: +=
 
   // attention half: dres = d xmid (also d x through the residual)

@@ -59,12 +59,13 @@ struct BlockActivations {
 };
 
 // Scratch: tmp [M, C] for the forward; the gradient buffers for the backward (dxn [M, C], datt/dq [M, Q],
-// dk/dv [M, KV], dact/dgate/dup [M, I]); LoRA's dropout and du scratch.
+// dk/dv [M, KV], dact [M, I]; d gate and d up take the place of gate and up, see block_backward); LoRA's dropout
+// and du scratch.
 template <typename S>
 struct BlockScratch {
   S* tmp = nullptr;
   S *dxn = nullptr, *datt = nullptr, *dq = nullptr, *dk = nullptr, *dv = nullptr;
-  S *dact = nullptr, *dgate = nullptr, *dup = nullptr;
+  S* dact = nullptr;
   LoraScratch<S> lora;
 };
 
@@ -106,7 +107,9 @@ void block_forward(const Architecture& arch, int layer, const LayerWeights& W, c
                    const kernels::Context& ctx = kernels::host());
 
 // dres [M, C]: on entry d loss / d out, on return d loss / d x. LoRA gradients (+=) into grads (null: none).
-// x and a as the forward left them (with gradient checkpointing: a recomputed forward's).
+// x and a as the forward left them (with gradient checkpointing: a recomputed forward's). The backward
+// overwrites a.gate and a.up with their gradients (nothing reads them after SwiGLU's backward; saves two
+// [M, I] buffers) and, with recompute_inputs, the shared xn1/xn2/act: a second backward needs a new forward.
 template <typename S>
 void block_backward(const Architecture& arch, int layer, const LayerWeights& W, const BlockLora<S>& lora, S* grads,
                     const BlockTokens<S>& tok, const S* x, const BlockActivations<S>& a, BlockScratch<S>& scratch,

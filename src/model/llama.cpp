@@ -9,6 +9,10 @@
 
 namespace zerolora::model {
 
+int64_t gpu_loss_chunk_rows(int64_t vocab_size) {
+  return std::max<int64_t>(256, (int64_t(1) << 27) / std::max<int64_t>(vocab_size, 1));
+}
+
 void check_attention_span(const io::HfConfig&, int64_t, const std::string&, const std::string&) {
   // Every span is computed as the model defines it now (the attention kernels apply each layer's sliding
   // window, kernels::AttentionShape::window): nothing to refuse. Kept for train/trainer.cpp's call, which can go.
@@ -25,7 +29,7 @@ struct LlamaModel<S>::Arena {
   std::vector<Layer> layers;      // L sets (1 with gradient checkpointing)
   S *shared_xn = nullptr, *shared_act = nullptr;  // every layer's xn1/xn2 and act without checkpointing
   S *xf, *rstdf, *u_lm;           // final norm output, its rstd, lm_head LoRA intermediate
-  S *tmp, *dres, *dxn, *datt, *dq, *dk, *dv, *dact, *dgate, *dup;  // scratch
+  S *tmp, *dres, *dxn, *datt, *dq, *dk, *dv, *dact;  // scratch
   S *lora_h, *lora_du, *logits;   // LoRA scratch, one chunk of logits
   S *ones = nullptr;              // [M] of 1.0: bias gradients (--lora_bias)
   S *emb_at = nullptr, *emb_u = nullptr, *identity = nullptr;  // embed_tokens LoRA: A^T [V, r], [M, r], I_r
@@ -214,7 +218,7 @@ void LlamaModel<S>::plan_arena(Arena& a, std::vector<std::pair<S**, int64_t>>& p
   if (lora && lora->find(-1, Proj::LmHead)) plan.push_back({&a.u_lm, M * r});
   plan.insert(plan.end(), {{&a.tmp, M * C}, {&a.dres, M * C}, {&a.dxn, M * C}, {&a.datt, M * Q},
                            {&a.dq, M * Q}, {&a.dk, M * KV}, {&a.dv, M * KV}, {&a.dact, M * I},
-                           {&a.dgate, M * I}, {&a.dup, M * I}, {&a.lora_h, M * max_in}, {&a.lora_du, M * r},
+                           {&a.lora_h, M * max_in}, {&a.lora_du, M * r},
                            {&a.logits, chunk * V}});
   a.ones = a.emb_at = a.emb_u = a.identity = nullptr;
   if (lora && !lora->bias_slots().empty()) plan.push_back({&a.ones, M});
@@ -297,7 +301,7 @@ BlockTokens<S> LlamaModel<S>::block_tokens() const {
 template <typename S>
 BlockScratch<S> LlamaModel<S>::block_scratch() const {
   const Arena& a = *a_;
-  return BlockScratch<S>{a.tmp, a.dxn, a.datt, a.dq, a.dk, a.dv, a.dact, a.dgate, a.dup, {a.lora_h, a.lora_du, a.ones}};
+  return BlockScratch<S>{a.tmp, a.dxn, a.datt, a.dq, a.dk, a.dv, a.dact, {a.lora_h, a.lora_du, a.ones}};
 }
 
 template <typename S>

@@ -51,9 +51,14 @@ struct LossResult {
   int64_t tokens = 0;   // targets counted
 };
 
+// Rows of lm_head + cross-entropy per chunk on a GPU: 512 MiB of fp32 logits (4096 rows at Llama 2's vocab of
+// 32000, 1046 at Llama 3's 128256), products large enough for the tensor cores; 1 GiB until 2026-12-07 (run 4),
+// halved to lower the peak (the ~1 % lm_head + cross-entropy share of the step is what it can cost).
+int64_t gpu_loss_chunk_rows(int64_t vocab_size);
+
 struct TrainOptions {
   bool gradient_checkpointing = false;
-  int64_t loss_chunk_rows = 256;  // rows of lm_head + cross-entropy per chunk
+  int64_t loss_chunk_rows = 256;  // rows of lm_head + cross-entropy per chunk (GPU: gpu_loss_chunk_rows)
   // With bf16 frozen weights, attention takes bf16 operands where the CPU has a native bf16 matmul
   // (kernels::AttentionShape::bf16: autocast's numerics, on AMX); false keeps it fp32 everywhere
   // (comparisons against the fp32 KV-cache decoder).

@@ -694,8 +694,7 @@ void TrainingRun::open_device_and_model() {
 
   model::TrainOptions mopt;
   mopt.gradient_checkpointing = a_.gradient_checkpointing;
-  // the GPU takes the lm_head + cross-entropy in chunks of ~1 GiB of logits (few, large GEMMs)
-  if (gpu_) mopt.loss_chunk_rows = std::max<int64_t>(256, (int64_t(1) << 28) / std::max<int64_t>(L_->config.vocab_size, 1));
+  if (gpu_) mopt.loss_chunk_rows = model::gpu_loss_chunk_rows(L_->config.vocab_size);
   model_ = std::make_unique<model::LlamaModel<float>>(gpu_ ? device_weights_ : L_->weights(), &*layout_, mopt, ctx);
   if (L_->zero3) model_->set_weight_stream(device_stream_ ? static_cast<model::FrozenWeightStream*>(device_stream_.get())
                                                          : L_->zero3.get());

@@ -174,6 +174,10 @@ TEST_F(CudaKernels, SwiGluForwardBackwardMatchCpu) {
   EXPECT_LE(rel_err(download(d_out), out), 16 * kUlp);
   EXPECT_LE(rel_err(download(d_du), du), 16 * kUlp);
   EXPECT_LE(rel_err(download(d_dg), dg), 64 * kUlp);
+  // in place (d gate over gate, d up over up, as the model's backward runs it): the same bits as out of place
+  swiglu_backward<float>(d_g.data(), d_u.data(), d_dout.data(), d_g.data(), d_u.data(), n, ctx());
+  EXPECT_EQ(download(d_g), download(d_dg));
+  EXPECT_EQ(download(d_u), download(d_du));
 }
 
 // ---- add, scale, fill_zero: one fp32 operation per element, bit for bit ------------------------------------

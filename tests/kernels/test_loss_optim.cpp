@@ -73,6 +73,23 @@ TEST(SwiGlu, FloatMatchesDouble) {
   EXPECT_LT(rel_err(duf, du), kFloatTol);
 }
 
+// The model's backward writes d gate and d up over gate and up (block.cpp): in place, the same bits.
+TEST(SwiGlu, BackwardInPlaceEqualsOutOfPlace) {
+  const int64_t n = 100003;  // the threaded, vectorised path and a tail
+  const Vec g = randn(n, 7, 4.0), u = randn(n, 8), R = randn(n, 9);
+  Vec dg(n), du(n), g2 = g, u2 = u;
+  swiglu_backward<double>(dg.data(), du.data(), R.data(), g.data(), u.data(), n);
+  swiglu_backward<double>(g2.data(), u2.data(), R.data(), g2.data(), u2.data(), n);
+  EXPECT_EQ(g2, dg);
+  EXPECT_EQ(u2, du);
+  auto gf = to_float(g), uf = to_float(u), Rf = to_float(R);
+  std::vector<float> dgf(n), duf(n);
+  swiglu_backward<float>(dgf.data(), duf.data(), Rf.data(), gf.data(), uf.data(), n);
+  swiglu_backward<float>(gf.data(), uf.data(), Rf.data(), gf.data(), uf.data(), n);
+  EXPECT_EQ(gf, dgf);
+  EXPECT_EQ(uf, duf);
+}
+
 // ---- cross-entropy ------------------------------------------------------------------------------------
 
 namespace {
