@@ -146,7 +146,7 @@ bool lora_dropout_forward(S* u, const S* x, const S* A, int64_t M, int64_t in, i
                           const Context& ctx) {
   if constexpr (std::is_same_v<S, float>)
     if (ctx.on_cuda()) return cuda::lora_dropout_forward(u, x, A, M, in, r, mask, *ctx.cuda);
-  return false;
+  return lora_dropout_forward<S>(u, x, A, M, in, r, mask);
 }
 
 template <typename S>
@@ -154,7 +154,7 @@ bool lora_dropout_backward_input(S* dx, const S* du, const S* A, int64_t M, int6
                                  const DropoutMask& mask, const Context& ctx) {
   if constexpr (std::is_same_v<S, float>)
     if (ctx.on_cuda()) return cuda::lora_dropout_backward_input(dx, du, A, M, in, r, mask, *ctx.cuda);
-  return false;
+  return lora_dropout_backward_input<S>(dx, du, A, M, in, r, mask);
 }
 
 template <typename S>
@@ -162,7 +162,7 @@ bool lora_dropout_weight_grad(S* dA, const S* du, const S* x, int64_t M, int64_t
                               const DropoutMask& mask, const Context& ctx) {
   if constexpr (std::is_same_v<S, float>)
     if (ctx.on_cuda()) return cuda::lora_dropout_weight_grad(dA, du, x, M, in, r, mask, *ctx.cuda);
-  return false;
+  return lora_dropout_weight_grad<S>(dA, du, x, M, in, r, mask);
 }
 
 template <typename S>

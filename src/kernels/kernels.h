@@ -194,6 +194,21 @@ void add(S* out, const S* a, const S* b, int64_t n);
 template <typename S>
 void dropout_apply(S* out, const S* x, int64_t M, int64_t in, const DropoutMask& mask, bool accumulate);
 
+// LoRA's dropout fused into its products with the [M, in] operand (the context versions below say what each
+// computes). On the CPU (float): the masked operand a block at a time in L2 (kernels/cpu/lora_dropout.cpp);
+// false (nothing done) for double, which keeps the unfused reference path, and with ZEROLORA_LORA_FUSED=0.
+template <typename S>
+bool lora_dropout_forward(S* u, const S* x, const S* A, int64_t M, int64_t in, int64_t r, const DropoutMask& mask);
+template <typename S>
+bool lora_dropout_backward_input(S* dx, const S* du, const S* A, int64_t M, int64_t in, int64_t r,
+                                 const DropoutMask& mask);
+template <typename S>
+bool lora_dropout_weight_grad(S* dA, const S* du, const S* x, int64_t M, int64_t in, int64_t r,
+                              const DropoutMask& mask);
+// ZEROLORA_LORA_FUSED: unset, empty or 1 = the fused products on every backend that has them (the default), 0 =
+// dropout_apply + GEMMs (A/B runs); another value throws core::Error. Read once.
+bool lora_fused_enabled();
+
 // =============================================================================================
 // Entry points with an execution context: the same ops, run on the context's device. For a CUDA context
 // every pointer is device memory and S must be float (double is the CPU's gradient-check type).
@@ -246,8 +261,9 @@ template <typename S>
 void dropout_apply(S* out, const S* x, int64_t M, int64_t in, const DropoutMask& mask, bool accumulate,
                    const Context& ctx);
 // LoRA's dropout fused into its products with the [M, in] operand, where the context's backend has such kernels
-// (CUDA, float, r 4/8/16/32/64): u [M, r] = (mask * x) A^T; dx [M, in] += mask * (du A); dA [r, in] += du^T (mask * x).
-// false: nothing done (the host context, other r): the caller runs dropout_apply and gemm, the same products.
+// (CUDA: float, r 4/8/16/32/64; the host: float, above): u [M, r] = (mask * x) A^T; dx [M, in] += mask * (du A);
+// dA [r, in] += du^T (mask * x). false: nothing done (double, other r on CUDA, ZEROLORA_LORA_FUSED=0): the
+// caller runs dropout_apply and gemm, the same products.
 template <typename S>
 bool lora_dropout_forward(S* u, const S* x, const S* A, int64_t M, int64_t in, int64_t r, const DropoutMask& mask,
                           const Context& ctx);

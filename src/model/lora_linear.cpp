@@ -104,9 +104,9 @@ double dropout_multiplier(uint64_t seed, int slot_index, int64_t m, int64_t i, i
 }
 
 namespace {
-// On a CUDA context (float), with dropout: the fused kernels in place of dropout_apply + GEMM (see
-// kernels/cuda/gemm.cu); false where they do not apply (then the generic path runs, as on the CPU).
-// LoRA's dropout fused into the products with the [M, in] operand where the backend has it (kernels.h)
+// With dropout: LoRA's dropout fused into the products with the [M, in] operand where the backend has it
+// (kernels.h: CUDA and the host, float); false where it does not apply (double, ZEROLORA_LORA_FUSED=0): then
+// dropout_apply + GEMMs run.
 template <typename S>
 bool fused_dropout_forward(S* u, const S* x, const S* A, int64_t M, const LoraSlot& s, const LoraBranch& lora,
                            const kernels::Context& ctx) {

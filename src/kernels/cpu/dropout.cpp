@@ -1,6 +1,7 @@
 // LoRA dropout on the CPU: out = mask(x) (or out += mask(x)), the mask of kernels/dropout.h.
 #include <algorithm>
 
+#include "kernels/cpu/dropout_rows.h"
 #include "kernels/dropout.h"
 #include "kernels/kernels.h"
 
@@ -22,41 +23,48 @@ DropoutMask::DropoutMask(uint64_t seed, int slot_index, double p) {
   keep_scale = p <= 0 ? 1.0f : p >= 1 ? 0.0f : float(1.0 / (1.0 - p));
 }
 
+namespace cpu {
+
 template <typename S>
-void dropout_apply(S* out, const S* x, int64_t M, int64_t in, const DropoutMask& mask, bool accumulate) {
+void dropout_run(S* o, const S* xr, uint64_t n0, int64_t n, const DropoutMask& mask, bool accumulate) {
   const S scale = S(mask.keep_scale);
-#pragma omp parallel for schedule(static)
-  for (int64_t m = 0; m < M; ++m) {
-    S* o = out + m * in;
-    const S* xr = x + m * in;
-    // the element counter in two 32-bit halves (rows never cross 2^32 elements within a row's loop)
-    const uint64_t n0 = uint64_t(m * in);
-    const uint32_t lo0 = uint32_t(n0), hi = mask.key_hi ^ uint32_t(n0 >> 32);
-    if (uint64_t(lo0) + uint64_t(in) > (uint64_t(1) << 32)) {  // this row wraps the low half: rare, scalar
-      for (int64_t i = 0; i < in; ++i) {
-        const S v = mask.keep(n0 + uint64_t(i)) ? xr[i] * scale : S(0);
-        o[i] = accumulate ? o[i] + v : v;
-      }
-      continue;
+  // the element counter in two 32-bit halves (the vector loops need the low half not to wrap within the run)
+  const uint32_t lo0 = uint32_t(n0), hi = mask.key_hi ^ uint32_t(n0 >> 32);
+  if (uint64_t(lo0) + uint64_t(n) > (uint64_t(1) << 32)) {  // this run wraps the low half: rare, scalar
+    for (int64_t i = 0; i < n; ++i) {
+      const S v = mask.keep(n0 + uint64_t(i)) ? xr[i] * scale : S(0);
+      o[i] = accumulate ? o[i] + v : v;
     }
-    if (accumulate) {
+    return;
+  }
+  if (accumulate) {
 #pragma omp simd
-      for (int64_t i = 0; i < in; ++i) {
-        const uint32_t h = DropoutMask::fmix32(DropoutMask::fmix32(mask.key_lo ^ (lo0 + uint32_t(i))) ^ hi);
-        // keep = (h >> 8) >= threshold as 0/1 without a branch: both sides are below 2^24, so the sign of
-        // their difference decides
-        const int32_t keep = 1 + (int32_t((h >> 8) - mask.threshold) >> 31);
-        o[i] += S(keep) * scale * xr[i];
-      }
-    } else {
+    for (int64_t i = 0; i < n; ++i) {
+      const uint32_t h = DropoutMask::fmix32(DropoutMask::fmix32(mask.key_lo ^ (lo0 + uint32_t(i))) ^ hi);
+      // keep = (h >> 8) >= threshold as 0/1 without a branch: both sides are below 2^24, so the sign of
+      // their difference decides
+      const int32_t keep = 1 + (int32_t((h >> 8) - mask.threshold) >> 31);
+      o[i] += S(keep) * scale * xr[i];
+    }
+  } else {
 #pragma omp simd
-      for (int64_t i = 0; i < in; ++i) {
-        const uint32_t h = DropoutMask::fmix32(DropoutMask::fmix32(mask.key_lo ^ (lo0 + uint32_t(i))) ^ hi);
-        const int32_t keep = 1 + (int32_t((h >> 8) - mask.threshold) >> 31);
-        o[i] = S(keep) * scale * xr[i];
-      }
+    for (int64_t i = 0; i < n; ++i) {
+      const uint32_t h = DropoutMask::fmix32(DropoutMask::fmix32(mask.key_lo ^ (lo0 + uint32_t(i))) ^ hi);
+      const int32_t keep = 1 + (int32_t((h >> 8) - mask.threshold) >> 31);
+      o[i] = S(keep) * scale * xr[i];
     }
   }
+}
+
+template void dropout_run<float>(float*, const float*, uint64_t, int64_t, const DropoutMask&, bool);
+template void dropout_run<double>(double*, const double*, uint64_t, int64_t, const DropoutMask&, bool);
+
+}  // namespace cpu
+
+template <typename S>
+void dropout_apply(S* out, const S* x, int64_t M, int64_t in, const DropoutMask& mask, bool accumulate) {
+#pragma omp parallel for schedule(static)
+  for (int64_t m = 0; m < M; ++m) cpu::dropout_run<S>(out + m * in, x + m * in, uint64_t(m * in), in, mask, accumulate);
 }
 
 template void dropout_apply<float>(float*, const float*, int64_t, int64_t, const DropoutMask&, bool);

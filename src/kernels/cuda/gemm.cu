@@ -593,17 +593,7 @@ void launch_da(float* dA, const float* du, const float* x, int64_t M, int64_t in
   split_k_reduce(dA, in, partials, stride, int(used), R, in, 1.f, 1.f, s);
 }
 
-bool fused_enabled() {
-  static const bool on = [] {
-    const char* v = std::getenv("ZEROLORA_LORA_FUSED");
-    if (!v || !*v) return true;
-    const std::string s(v);
-    core::check(s == "0" || s == "1", "ZEROLORA_LORA_FUSED", "unknown value '" + s + "'",
-                "set 1 (the LoRA dropout fused into its GPU products, the default) or 0 (dropout_apply + GEMMs)");
-    return s == "1";
-  }();
-  return on;
-}
+bool fused_enabled() { return kernels::lora_fused_enabled(); }  // ZEROLORA_LORA_FUSED (kernels.h)
 
 bool fusable(int64_t r, int64_t M, int64_t in) {
   return fused_enabled() && (r == 4 || r == 8 || r == 16 || r == 32 || r == 64) && ceil_div(M, kFuseRows) <= 65535 &&

@@ -1,0 +1,133 @@
+// LoRA's dropout fused into its products on the CPU (float): the masked copy of the [M, in] operand is made a
+// block of rows (or of rows x columns) at a time into a per-thread buffer that stays in L2, and the block's
+// product runs on it at once, instead of writing the whole [M, in] masked copy to memory and reading it back
+// (three such passes per adapted projection and step: 4-11 MiB each at the TinyLlama shape, T 512).
+// The blocks are fixed by the shape, not by the thread count, and each block's product runs on one thread
+// (dnnl_sgemm inside a parallel region runs single-threaded), so the result does not depend on the threads.
+// The products are fp32 dnnl_sgemm as in the unfused path; what changes is only where the sums over rows
+// are cut (dA adds one block's partial at a time).
+#include <algorithm>
+#include <cstdlib>
+#include <string>
+#include <vector>
+
+#include <oneapi/dnnl/dnnl.h>
+
+#include "core/error.h"
+#include "kernels/cpu/dropout_rows.h"
+#include "kernels/kernels.h"
+
+namespace zerolora::kernels {
+
+namespace {
+
+void sgemm(bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha, const float* A, int64_t lda,
+           const float* B, int64_t ldb, float beta, float* C, int64_t ldc) {
+  const dnnl_status_t st = dnnl_sgemm(ta ? 'T' : 'N', tb ? 'T' : 'N', M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+  core::check(st == dnnl_success, "lora dropout gemm", "dnnl_sgemm failed (status " + std::to_string(int(st)) + ")");
+}
+
+// Rows per block for a masked [rows, in] block of ~512 KiB (L2 is 1-2 MiB per core on the CPUs we run on).
+int64_t block_rows(int64_t in) { return std::clamp<int64_t>(131072 / std::max<int64_t>(in, 1), 8, 64); }
+
+constexpr int64_t kCols = 256;     // dA: columns per task (each task owns its columns of dA: no reduction)
+constexpr int64_t kColRows = 512;  // dA: rows per masked [rows, kCols] block (512 KiB)
+
+float* thread_buffer(size_t n) {
+  static thread_local std::vector<float> buf;
+  if (buf.size() < n) buf.resize(n);
+  return buf.data();
+}
+
+}  // namespace
+
+bool lora_fused_enabled() {
+  static const bool on = [] {
+    const char* v = std::getenv("ZEROLORA_LORA_FUSED");
+    if (!v || !*v) return true;
+    const std::string s(v);
+    core::check(s == "0" || s == "1", "ZEROLORA_LORA_FUSED", "unknown value '" + s + "'",
+                "set 1 (the LoRA dropout fused into its products, the default) or 0 (dropout_apply + GEMMs)");
+    return s == "1";
+  }();
+  return on;
+}
+
+template <typename S>
+bool lora_dropout_forward(S* u, const S* x, const S* A, int64_t M, int64_t in, int64_t r, const DropoutMask& mask) {
+  if constexpr (!std::is_same_v<S, float>) {
+    return false;  // double: the finite-difference checks keep the unfused reference path
+  } else {
+    if (!lora_fused_enabled() || M <= 0 || in <= 0 || r <= 0) return false;
+    const int64_t R = block_rows(in), blocks = (M + R - 1) / R;
+#pragma omp parallel for schedule(static)
+    for (int64_t b = 0; b < blocks; ++b) {
+      const int64_t m0 = b * R, rows = std::min(R, M - m0);
+      float* h = thread_buffer(size_t(R * in));
+      for (int64_t i = 0; i < rows; ++i)
+        cpu::dropout_run<float>(h + i * in, x + (m0 + i) * in, uint64_t((m0 + i) * in), in, mask, false);
+      sgemm(false, true, rows, r, in, 1.f, h, in, A, in, 0.f, u + m0 * r, r);  // u rows = h A^T
+    }
+    return true;
+  }
+}
+
+template <typename S>
+bool lora_dropout_backward_input(S* dx, const S* du, const S* A, int64_t M, int64_t in, int64_t r,
+                                 const DropoutMask& mask) {
+  if constexpr (!std::is_same_v<S, float>) {
+    return false;
+  } else {
+    if (!lora_fused_enabled() || M <= 0 || in <= 0 || r <= 0) return false;
+    const int64_t R = block_rows(in), blocks = (M + R - 1) / R;
+#pragma omp parallel for schedule(static)
+    for (int64_t b = 0; b < blocks; ++b) {
+      const int64_t m0 = b * R, rows = std::min(R, M - m0);
+      float* h = thread_buffer(size_t(R * in));
+      sgemm(false, false, rows, in, r, 1.f, du + m0 * r, r, A, in, 0.f, h, in);  // h = du A
+      for (int64_t i = 0; i < rows; ++i)
+        cpu::dropout_run<float>(dx + (m0 + i) * in, h + i * in, uint64_t((m0 + i) * in), in, mask, true);
+    }
+    return true;
+  }
+}
+
+template <typename S>
+bool lora_dropout_weight_grad(S* dA, const S* du, const S* x, int64_t M, int64_t in, int64_t r,
+                              const DropoutMask& mask) {
+  if constexpr (!std::is_same_v<S, float>) {
+    return false;
+  } else {
+    if (!lora_fused_enabled() || M <= 0 || in <= 0 || r <= 0) return false;
+    const int64_t tasks = (in + kCols - 1) / kCols;
+#pragma omp parallel for schedule(static)
+    for (int64_t t = 0; t < tasks; ++t) {
+      const int64_t c0 = t * kCols, cols = std::min(kCols, in - c0);
+      float* h = thread_buffer(size_t(kColRows * kCols));
+      for (int64_t m0 = 0; m0 < M; m0 += kColRows) {  // in row order: each dA element sums its blocks in order
+        const int64_t rows = std::min(kColRows, M - m0);
+        for (int64_t i = 0; i < rows; ++i)
+          cpu::dropout_run<float>(h + i * kCols, x + (m0 + i) * in + c0, uint64_t((m0 + i) * in + c0), cols, mask,
+                                  false);
+        // dA[:, c0 : c0 + cols] += du[m0 : m0 + rows]^T h
+        sgemm(true, false, r, cols, rows, 1.f, du + m0 * r, r, h, kCols, 1.f, dA + c0, in);
+      }
+    }
+    return true;
+  }
+}
+
+template bool lora_dropout_forward<float>(float*, const float*, const float*, int64_t, int64_t, int64_t,
+                                          const DropoutMask&);
+template bool lora_dropout_forward<double>(double*, const double*, const double*, int64_t, int64_t, int64_t,
+                                           const DropoutMask&);
+template bool lora_dropout_backward_input<float>(float*, const float*, const float*, int64_t, int64_t, int64_t,
+                                                 const DropoutMask&);
+template bool lora_dropout_backward_input<double>(double*, const double*, const double*, int64_t, int64_t, int64_t,
+                                                  const DropoutMask&);
+template bool lora_dropout_weight_grad<float>(float*, const float*, const float*, int64_t, int64_t, int64_t,
+                                              const DropoutMask&);
+template bool lora_dropout_weight_grad<double>(double*, const double*, const double*, int64_t, int64_t, int64_t,
+                                               const DropoutMask&);
+
+}  // namespace zerolora::kernels
