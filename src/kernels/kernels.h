@@ -196,7 +196,8 @@ void dropout_apply(S* out, const S* x, int64_t M, int64_t in, const DropoutMask&
 
 // LoRA's dropout fused into its products with the [M, in] operand (the context versions below say what each
 // computes). On the CPU (float): the masked operand a block at a time in L2 (kernels/cpu/lora_dropout.cpp);
-// false (nothing done) for double, which keeps the unfused reference path, and with ZEROLORA_LORA_FUSED=0.
+// false (nothing done) for double, which keeps the unfused reference path, for an [M, in] operand under 2^19
+// elements (it stays in cache unfused) and with ZEROLORA_LORA_FUSED=0.
 template <typename S>
 bool lora_dropout_forward(S* u, const S* x, const S* A, int64_t M, int64_t in, int64_t r, const DropoutMask& mask);
 template <typename S>

@@ -44,7 +44,8 @@ Results run_fused(const Shape& s, const std::vector<float>& x, const std::vector
 
 TEST(LoraDropoutCpu, FusedProductsWithinFp32BoundsAndIndependentOfThreads) {
   // odd sizes: row blocks and 256-column tasks with tails, r not a power of two; the TinyLlama down_proj width
-  for (const Shape s : {Shape{67, 300, 5}, Shape{513, 2048, 16}, Shape{130, 5632, 8}}) {
+  // (each at least the 2^19 elements from which the CPU fuses)
+  for (const Shape s : {Shape{1031, 521, 5}, Shape{513, 2048, 16}, Shape{131, 5632, 8}}) {
     SCOPED_TRACE("M " + std::to_string(s.M) + " in " + std::to_string(s.in) + " r " + std::to_string(s.r));
     const DropoutMask mask(77, 3, 0.1);
     const auto x = to_float(randn(size_t(s.M * s.in), 1)), du = to_float(randn(size_t(s.M * s.r), 2));
@@ -107,10 +108,20 @@ TEST(LoraDropoutCpu, FusedProductsWithinFp32BoundsAndIndependentOfThreads) {
   }
 }
 
-TEST(LoraDropoutCpu, DoubleKeepsTheUnfusedPath) {
+// double keeps the unfused reference path (the finite-difference checks); so does a float operand that fits in
+// cache (under 2^19 elements): nothing is written, the caller runs dropout_apply + gemm
+TEST(LoraDropoutCpu, DoubleAndSmallOperandsKeepTheUnfusedPath) {
   const DropoutMask mask(1, 0, 0.1);
-  std::vector<double> b(64, 0.0);
-  EXPECT_FALSE(lora_dropout_forward<double>(b.data(), b.data(), b.data(), 4, 4, 2, mask));
-  EXPECT_FALSE(lora_dropout_weight_grad<double>(b.data(), b.data(), b.data(), 4, 4, 2, mask));
-  EXPECT_FALSE(lora_dropout_backward_input<double>(b.data(), b.data(), b.data(), 4, 4, 2, mask));
+  const int64_t M = 1024, in = 512, r = 2;  // 2^19 elements: fused in float
+  std::vector<double> b(size_t(M * in), 0.0);
+  EXPECT_FALSE(lora_dropout_forward<double>(b.data(), b.data(), b.data(), M, in, r, mask));
+  EXPECT_FALSE(lora_dropout_weight_grad<double>(b.data(), b.data(), b.data(), M, in, r, mask));
+  EXPECT_FALSE(lora_dropout_backward_input<double>(b.data(), b.data(), b.data(), M, in, r, mask));
+  std::vector<float> f(size_t(M * in), 1.0f), out(size_t(M * r), -1.0f);
+  EXPECT_FALSE(lora_dropout_forward<float>(out.data(), f.data(), f.data(), M - 1, in, r, mask));
+  EXPECT_FALSE(lora_dropout_weight_grad<float>(out.data(), f.data(), f.data(), M - 1, in, r, mask));
+  EXPECT_FALSE(lora_dropout_backward_input<float>(f.data(), out.data(), f.data(), M - 1, in, r, mask));
+  EXPECT_EQ(out, std::vector<float>(size_t(M * r), -1.0f));
+  EXPECT_EQ(f, std::vector<float>(size_t(M * in), 1.0f));
+  EXPECT_TRUE(lora_dropout_forward<float>(out.data(), f.data(), f.data(), M, in, r, mask));
 }
