@@ -60,68 +60,78 @@ bool lora_fused_enabled() {
   return on;
 }
 
-template <typename S>
-bool lora_dropout_forward(S* u, const S* x, const S* A, int64_t M, int64_t in, int64_t r, const DropoutMask& mask) {
-  if constexpr (!std::is_same_v<S, float>) {
-    return false;  // double: the finite-difference checks keep the unfused reference path
-  } else {
-    if (!worth_fusing(M, in, r)) return false;
-    const int64_t R = block_rows(in), blocks = (M + R - 1) / R;
+namespace {
+
+// Runs block(m0, rows, h) over the fixed row blocks of an [M, in] operand, in parallel, h a per-thread buffer of
+// block_rows(in) x in floats.
+template <typename Block>
+void for_row_blocks(int64_t M, int64_t in, Block&& block) {
+  const int64_t R = block_rows(in), blocks = (M + R - 1) / R;
 #pragma omp parallel for schedule(static)
-    for (int64_t b = 0; b < blocks; ++b) {
-      const int64_t m0 = b * R, rows = std::min(R, M - m0);
-      float* h = thread_buffer(size_t(R * in));
-      for (int64_t i = 0; i < rows; ++i)
-        cpu::dropout_run<float>(h + i * in, x + (m0 + i) * in, uint64_t((m0 + i) * in), in, mask, false);
-      sgemm(false, true, rows, r, in, 1.f, h, in, A, in, 0.f, u + m0 * r, r);  // u rows = h A^T
-    }
-    return true;
-  }
+  for (int64_t b = 0; b < blocks; ++b) block(b * R, std::min(R, M - b * R), thread_buffer(size_t(R * in)));
 }
 
+bool fused_forward(float* u, const float* x, const float* A, int64_t M, int64_t in, int64_t r,
+                   const DropoutMask& mask) {
+  if (!worth_fusing(M, in, r)) return false;
+  for_row_blocks(M, in, [&](int64_t m0, int64_t rows, float* h) {
+    for (int64_t i = 0; i < rows; ++i)
+      cpu::dropout_run<float>(h + i * in, x + (m0 + i) * in, uint64_t((m0 + i) * in), in, mask, false);
+    sgemm(false, true, rows, r, in, 1.f, h, in, A, in, 0.f, u + m0 * r, r);  // u rows = h A^T
+  });
+  return true;
+}
+
+bool fused_backward_input(float* dx, const float* du, const float* A, int64_t M, int64_t in, int64_t r,
+                          const DropoutMask& mask) {
+  if (!worth_fusing(M, in, r)) return false;
+  for_row_blocks(M, in, [&](int64_t m0, int64_t rows, float* h) {
+    sgemm(false, false, rows, in, r, 1.f, du + m0 * r, r, A, in, 0.f, h, in);  // h = du A
+    for (int64_t i = 0; i < rows; ++i)
+      cpu::dropout_run<float>(dx + (m0 + i) * in, h + i * in, uint64_t((m0 + i) * in), in, mask, true);
+  });
+  return true;
+}
+
+bool fused_weight_grad(float* dA, const float* du, const float* x, int64_t M, int64_t in, int64_t r,
+                       const DropoutMask& mask) {
+  if (!worth_fusing(M, in, r)) return false;
+  const int64_t tasks = (in + kCols - 1) / kCols;
+#pragma omp parallel for schedule(static)
+  for (int64_t t = 0; t < tasks; ++t) {
+    const int64_t c0 = t * kCols, cols = std::min(kCols, in - c0);
+    float* h = thread_buffer(size_t(kColRows * kCols));
+    for (int64_t m0 = 0; m0 < M; m0 += kColRows) {  // in row order: each dA element sums its blocks in order
+      const int64_t rows = std::min(kColRows, M - m0);
+      for (int64_t i = 0; i < rows; ++i)
+        cpu::dropout_run<float>(h + i * kCols, x + (m0 + i) * in + c0, uint64_t((m0 + i) * in + c0), cols, mask,
+                                false);
+      // dA[:, c0 : c0 + cols] += du[m0 : m0 + rows]^T h
+      sgemm(true, false, r, cols, rows, 1.f, du + m0 * r, r, h, kCols, 1.f, dA + c0, in);
+    }
+  }
+  return true;
+}
+
+}  // namespace
+
+// float: the fused products above; double: false (the finite-difference checks keep the unfused reference path)
+template <typename S>
+bool lora_dropout_forward(S* u, const S* x, const S* A, int64_t M, int64_t in, int64_t r, const DropoutMask& mask) {
+  if constexpr (std::is_same_v<S, float>) return fused_forward(u, x, A, M, in, r, mask);
+  return false;
+}
 template <typename S>
 bool lora_dropout_backward_input(S* dx, const S* du, const S* A, int64_t M, int64_t in, int64_t r,
                                  const DropoutMask& mask) {
-  if constexpr (!std::is_same_v<S, float>) {
-    return false;
-  } else {
-    if (!worth_fusing(M, in, r)) return false;
-    const int64_t R = block_rows(in), blocks = (M + R - 1) / R;
-#pragma omp parallel for schedule(static)
-    for (int64_t b = 0; b < blocks; ++b) {
-      const int64_t m0 = b * R, rows = std::min(R, M - m0);
-      float* h = thread_buffer(size_t(R * in));
-      sgemm(false, false, rows, in, r, 1.f, du + m0 * r, r, A, in, 0.f, h, in);  // h = du A
-      for (int64_t i = 0; i < rows; ++i)
-        cpu::dropout_run<float>(dx + (m0 + i) * in, h + i * in, uint64_t((m0 + i) * in), in, mask, true);
-    }
-    return true;
-  }
+  if constexpr (std::is_same_v<S, float>) return fused_backward_input(dx, du, A, M, in, r, mask);
+  return false;
 }
-
 template <typename S>
 bool lora_dropout_weight_grad(S* dA, const S* du, const S* x, int64_t M, int64_t in, int64_t r,
                               const DropoutMask& mask) {
-  if constexpr (!std::is_same_v<S, float>) {
-    return false;
-  } else {
-    if (!worth_fusing(M, in, r)) return false;
-    const int64_t tasks = (in + kCols - 1) / kCols;
-#pragma omp parallel for schedule(static)
-    for (int64_t t = 0; t < tasks; ++t) {
-      const int64_t c0 = t * kCols, cols = std::min(kCols, in - c0);
-      float* h = thread_buffer(size_t(kColRows * kCols));
-      for (int64_t m0 = 0; m0 < M; m0 += kColRows) {  // in row order: each dA element sums its blocks in order
-        const int64_t rows = std::min(kColRows, M - m0);
-        for (int64_t i = 0; i < rows; ++i)
-          cpu::dropout_run<float>(h + i * kCols, x + (m0 + i) * in + c0, uint64_t((m0 + i) * in + c0), cols, mask,
-                                  false);
-        // dA[:, c0 : c0 + cols] += du[m0 : m0 + rows]^T h
-        sgemm(true, false, r, cols, rows, 1.f, du + m0 * r, r, h, kCols, 1.f, dA + c0, in);
-      }
-    }
-    return true;
-  }
+  if constexpr (std::is_same_v<S, float>) return fused_weight_grad(dA, du, x, M, in, r, mask);
+  return false;
 }
 
 template bool lora_dropout_forward<float>(float*, const float*, const float*, int64_t, int64_t, int64_t,
