@@ -10,6 +10,7 @@
 #include "cli/commands.h"
 #include "kernels/context.h"
 #include "kernels/cpu_info.h"
+#include "kernels/kernels.h"
 #include "zerolora_build_info.h"
 
 namespace zerolora::cli {
@@ -45,6 +46,10 @@ int cmd_version(int argc, char** argv) {
               ""
 #endif
   );
+  std::printf("              LoRA dropout %s\n",
+              kernels::lora_fused_enabled()
+                  ? "fused into its products (float; on the CPU from 2^19 elements of [M, in] operand)"
+                  : "unfused: dropout_apply + GEMMs (ZEROLORA_LORA_FUSED=0)");
   std::printf("              %d OpenMP threads\n", cpu.threads);
   std::string caps;
   for (const auto& v : cpu.variants_here) caps += (caps.empty() ? "" : ", ") + v;
