@@ -197,6 +197,7 @@ int main(int argc, char** argv) {
     if (o.estimate_only) {
       model::LoraConfig lc;
       lc.r = o.lora_r;
+      lc.dropout = o.lora_dropout;  // the masked-input scratch exists only with dropout
       lc.target_modules = split_targets(o.lora_targets);
       const model::LoraLayout layout(config, lc);
       const int64_t bytes =

@@ -181,8 +181,8 @@ void LlamaModel<S>::plan_arena(Arena& a, std::vector<std::pair<S**, int64_t>>& p
   const int64_t L = c.num_hidden_layers, NH = c.num_attention_heads;
   const int64_t r = lora ? lora->config().r : 0;
   const int64_t chunk = std::min<int64_t>(opt.loss_chunk_rows, M);
-  int64_t max_in = 0;
-  if (lora)
+  int64_t max_in = 0;  // the masked LoRA input (unfused dropout path): none without dropout
+  if (lora && lora->config().dropout > 0)
     for (const auto& s : lora->slots())
       if (s.proj != Proj::Embed) max_in = std::max(max_in, s.in);  // embed_tokens' in is V; it has no dropout
   a.resid.assign(L + 1, nullptr);
