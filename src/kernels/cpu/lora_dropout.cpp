@@ -4,14 +4,12 @@
 // (three such passes per adapted projection and step: 4-11 MiB each at the TinyLlama shape, T 512).
 // The blocks are fixed by the shape, not by the thread count, and each block's product runs on one thread
 // (dnnl_sgemm inside a parallel region runs single-threaded), so the result does not depend on the threads.
-// The products are fp32 dnnl_sgemm as in the unfused path; what changes is only where the sums over rows
-// are cut (dA adds one block's partial at a time).
+// The products are kernels::gemm<float> (dnnl_sgemm) as in the unfused path; what changes is only where the sums
+// over rows are cut (dA adds one block's partial at a time).
 #include <algorithm>
 #include <cstdlib>
 #include <string>
 #include <vector>
-
-#include <oneapi/dnnl/dnnl.h>
 
 #include "core/error.h"
 #include "kernels/cpu/dropout_rows.h"
@@ -21,16 +19,11 @@ namespace zerolora::kernels {
 
 namespace {
 
-void sgemm(bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha, const float* A, int64_t lda,
-           const float* B, int64_t ldb, float beta, float* C, int64_t ldc) {
-  const dnnl_status_t st = dnnl_sgemm(ta ? 'T' : 'N', tb ? 'T' : 'N', M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
-  core::check(st == dnnl_success, "lora dropout gemm", "dnnl_sgemm failed (status " + std::to_string(int(st)) + ")");
-}
-
 // Rows per block for a masked [rows, in] block of ~512 KiB (L2 is 1-2 MiB per core on the CPUs we run on).
 int64_t block_rows(int64_t in) { return std::clamp<int64_t>(131072 / std::max<int64_t>(in, 1), 8, 64); }
 
 constexpr int64_t kCols = 256;     // dA: columns per task (each task owns its columns of dA: no reduction)
+constexpr int64_t kColRows = 512;  // dA: rows per masked [rows, kCols] block (512 KiB)
 
 // Below 2 MiB of fp32 operand the masked copy stays in cache anyway, and one product per call beats a product per
 // block (a tiny model's step, e.g. stories260K, was ~10 % slower fused): the unfused path runs there.
@@ -38,8 +31,6 @@ constexpr int64_t kMinFusedElements = int64_t(1) << 19;
 bool worth_fusing(int64_t M, int64_t in, int64_t r) {
   return lora_fused_enabled() && M > 0 && in > 0 && r > 0 && M * in >= kMinFusedElements;
 }
-constexpr int64_t kColRows = 512;  // dA: rows per masked [rows, kCols] block (512 KiB)
-
 float* thread_buffer(size_t n) {
   static thread_local std::vector<float> buf;
   if (buf.size() < n) buf.resize(n);
@@ -77,7 +68,7 @@ bool fused_forward(float* u, const float* x, const float* A, int64_t M, int64_t 
   for_row_blocks(M, in, [&](int64_t m0, int64_t rows, float* h) {
     for (int64_t i = 0; i < rows; ++i)
       cpu::dropout_run<float>(h + i * in, x + (m0 + i) * in, uint64_t((m0 + i) * in), in, mask, false);
-    sgemm(false, true, rows, r, in, 1.f, h, in, A, in, 0.f, u + m0 * r, r);  // u rows = h A^T
+    gemm<float>(false, true, rows, r, in, 1.f, h, in, A, in, 0.f, u + m0 * r, r);  // u rows = h A^T
   });
   return true;
 }
@@ -86,7 +77,7 @@ bool fused_backward_input(float* dx, const float* du, const float* A, int64_t M,
                           const DropoutMask& mask) {
   if (!worth_fusing(M, in, r)) return false;
   for_row_blocks(M, in, [&](int64_t m0, int64_t rows, float* h) {
-    sgemm(false, false, rows, in, r, 1.f, du + m0 * r, r, A, in, 0.f, h, in);  // h = du A
+    gemm<float>(false, false, rows, in, r, 1.f, du + m0 * r, r, A, in, 0.f, h, in);  // h = du A
     for (int64_t i = 0; i < rows; ++i)
       cpu::dropout_run<float>(dx + (m0 + i) * in, h + i * in, uint64_t((m0 + i) * in), in, mask, true);
   });
@@ -107,7 +98,7 @@ bool fused_weight_grad(float* dA, const float* du, const float* x, int64_t M, in
         cpu::dropout_run<float>(h + i * kCols, x + (m0 + i) * in + c0, uint64_t((m0 + i) * in + c0), cols, mask,
                                 false);
       // dA[:, c0 : c0 + cols] += du[m0 : m0 + rows]^T h
-      sgemm(true, false, r, cols, rows, 1.f, du + m0 * r, r, h, kCols, 1.f, dA + c0, in);
+      gemm<float>(true, false, r, cols, rows, 1.f, du + m0 * r, r, h, kCols, 1.f, dA + c0, in);
     }
   }
   return true;
