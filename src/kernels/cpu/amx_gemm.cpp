@@ -355,13 +355,16 @@ ZL_AMX_TARGET void interleave_weight_group(uint32_t* wv, const uint16_t* W, int6
   alignas(64) static const uint16_t kInterleave[32] = {0, 32, 1, 33, 2, 34, 3, 35, 4, 36, 5, 37, 6, 38, 7, 39,
                                                        8, 40, 9, 41, 10, 42, 11, 43, 12, 44, 13, 45, 14, 46, 15, 47};
   const __m512i idx = _mm512_load_si512(kInterleave);
-  for (int64_t g = 0; g < gn; ++g) {
-    const int64_t kcol = (g0 + g) * 32;
-    const bool full_cols = kcol + 32 <= K;
-    uint32_t* wg = wv + g * nc * 512;
-    for (int64_t s = 0; s < steps; ++s)
-      for (int p = 0; p < 16; ++p) {
-        const int64_t n = (s0 + s) * 32 + 2 * p;
+  // Row pair by row pair, all of the group's panels at once: each weight row's gn * 64 bytes are read in one
+  // sequential run (the rows are K * 2 bytes apart; panel by panel, every 64-byte line of a row was a separate
+  // trip to memory)
+  for (int64_t s = 0; s < steps; ++s)
+    for (int p = 0; p < 16; ++p) {
+      const int64_t n = (s0 + s) * 32 + 2 * p;
+      for (int64_t g = 0; g < gn; ++g) {
+        const int64_t kcol = (g0 + g) * 32;
+        const bool full_cols = kcol + 32 <= K;
+        uint32_t* wg = wv + g * nc * 512;
         for (int j = 0; j < 2; ++j) {
           const int64_t k = kcol + 16 * j;
           __m256i r0 = _mm256_setzero_si256(), r1 = _mm256_setzero_si256();
@@ -378,7 +381,7 @@ ZL_AMX_TARGET void interleave_weight_group(uint32_t* wv, const uint16_t* W, int6
           _mm512_store_si512(wg + (2 * s + j) * 256 + p * 16, v);
         }
       }
-  }
+    }
 }
 
 ZL_AMX_TARGET void backward_pass_thread(float* dinp, const float* dout, const uint16_t* W, int64_t M, int64_t N,
