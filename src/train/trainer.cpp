@@ -439,6 +439,19 @@ struct CheckpointSetting {
   double base_lr = 0;
 };
 
+// output_dir/loss_curve.svg from the log history. The curve is a picture for people, not part of a checkpoint or
+// the adapter: failing to redraw it (a full disk, a folder in its place) is one warning line and never ends the
+// run or unsays a saved checkpoint.
+void redraw_loss_curve(const std::vector<nlohmann::json>& log_history, const std::string& output_dir,
+                       Progress& progress) {
+  const std::string path = (fs::path(output_dir) / "loss_curve.svg").string();
+  try {
+    write_loss_curve_svg(log_history, path);
+  } catch (const core::Error& e) {
+    progress.message(std::string("warning: ") + path + " was not updated (" + e.what() + ")");
+  }
+}
+
 // checkpoint-<step> in output_dir; every rank calls it (the engine gathers the sharded moments). Returns false
 // when the save failed and --continue_on_save_error let training go on. A save for a stop signal (stopping)
 // must succeed: its failure always ends the run with the error.
@@ -463,20 +476,26 @@ bool save_checkpoint(const CheckpointSetting& c, ZeroEngine& engine, const RunCo
                       {"skipped_steps", r.skipped_steps}, {"loss_scaler", r.scaler.to_json()}};
     snap.args = c.run_args;
     const std::string dir = (fs::path(a.output_dir) / ("checkpoint-" + std::to_string(step))).string();
+    bool committed = false;
     try {
       save_training_checkpoint(dir, snap, c.layout, a.model_name_or_path);
-      write_loss_curve_svg(r.state.log_history, (fs::path(a.output_dir) / "loss_curve.svg").string());
+      committed = true;
       if (a.save_total_limit) io::rotate_checkpoints(a.output_dir, *a.save_total_limit);
       progress.message("saved " + dir);
     } catch (const core::Error& e) {
-      // nothing of it is left (the temp folder is removed), the previous checkpoint is untouched
       if (!a.continue_on_save_error || stopping) throw;
-      saved_ok = false;
-      const std::string last = io::find_last_checkpoint(a.output_dir);
-      progress.message("warning: checkpoint-" + std::to_string(step) + " was not saved (" + e.what() +
-                       "); training continues (--continue_on_save_error), the last complete checkpoint is " +
-                       (last.empty() ? std::string("none") : last));
+      if (committed) {  // the checkpoint is whole; only removing the oldest ones failed
+        progress.message("warning: saved " + dir + ", but older checkpoints were not removed for --save_total_limit (" +
+                         e.what() + "); training continues (--continue_on_save_error)");
+      } else {  // nothing of it is left (the temp folder is removed), the previous checkpoint is untouched
+        saved_ok = false;
+        const std::string last = io::find_last_checkpoint(a.output_dir);
+        progress.message("warning: checkpoint-" + std::to_string(step) + " was not saved (" + e.what() +
+                         "); training continues (--continue_on_save_error), the last complete checkpoint is " +
+                         (last.empty() ? std::string("none") : last));
+      }
     }
+    if (committed) redraw_loss_curve(r.state.log_history, a.output_dir, progress);
   }
   comm.barrier();
   return saved_ok;
@@ -1087,7 +1106,7 @@ void TrainingRun::save_final() {
   save_final_adapter(a_.output_dir, *layout_, engine_->host_params(), a_.model_name_or_path);
   state.stateful_callbacks = trainer_control_callbacks(false, true);  // HF's save_state after train()
   save_trainer_state(state, (fs::path(a_.output_dir) / "trainer_state.json").string());
-  write_loss_curve_svg(state.log_history, (fs::path(a_.output_dir) / "loss_curve.svg").string());
+  redraw_loss_curve(state.log_history, a_.output_dir, *progress_);
   progress_->message("adapter written to " + a_.output_dir + " (adapter_config.json, adapter_model.safetensors)");
 }
 

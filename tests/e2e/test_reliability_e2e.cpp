@@ -291,6 +291,30 @@ TEST(ReliabilityE2E, FinalAdapterIsWrittenAllOrNothing) {
   EXPECT_TRUE(fs::is_regular_file(out / "adapter_config.json"));
 }
 
+// loss_curve.svg is a picture, not part of a checkpoint: when it cannot be written (here a folder stands in its
+// place; a full disk does the same) each save says so in one warning line, the checkpoints and the adapter are
+// written and the run ends as usual, without --continue_on_save_error. Before, the failed picture ended the run
+// (or, with --continue_on_save_error, said that a checkpoint that was written "was not saved").
+TEST(ReliabilityE2E, LossCurveThatCannotBeWrittenIsAWarningOnly) {
+  TinyRun run(16);
+  const fs::path out = run.dir / "out";
+  fs::create_directories(out / "loss_curve.svg" / "x");
+  std::string log;
+  ASSERT_EQ(run_command(run.train_cmd(out.string(), "--max_steps 2 --per_device_train_batch_size 2 --save_steps 1 "
+                                                    "--save_total_limit 1 --lora_r 4"),
+                        &log),
+            0)
+      << log;
+  EXPECT_NE(log.find("warning: " + (out / "loss_curve.svg").string() + " was not updated ("), std::string::npos)
+      << log;
+  EXPECT_EQ(log.find("was not saved"), std::string::npos) << log;
+  EXPECT_NE(log.find("saved " + (out / "checkpoint-2").string()), std::string::npos) << log;
+  EXPECT_FALSE(fs::exists(out / "checkpoint-1")) << "rotation still runs: " << log;
+  EXPECT_TRUE(fs::exists(out / "checkpoint-2" / "adapter_model.safetensors")) << log;
+  EXPECT_TRUE(fs::exists(out / "adapter_model.safetensors")) << log;
+  EXPECT_TRUE(fs::is_directory(out / "loss_curve.svg")) << log;
+}
+
 // --model_max_length far beyond max_position_embeddings (512 in the tiny preset): a warning as HF gives, and
 // rows are not padded to it (--padding max_length would make every row 100000 long); the result is the run
 // with a model_max_length that fits (the samples are shorter than either).
