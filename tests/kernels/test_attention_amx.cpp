@@ -7,6 +7,7 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <cstdio>
 #include <cstdint>
@@ -15,6 +16,7 @@
 #include <vector>
 
 #include "core/dtype.h"
+#include "core/error.h"
 #include "core/runtime.h"
 #include "kernels/cpu/amx_gemm.h"
 #include "kernels/cpu/attention_variants.h"
@@ -102,6 +104,57 @@ TEST(AmxGemmBf16, MatchesDoubleOnEveryTail) {
   check_gemm(4, 512, 256, 64, true, false, 1);
   check_gemm(4, 512, 64, 256, false, true, 2);
   check_gemm(4, 64, 256, 512, false, true, 3);
+}
+
+// The pair kernel hands each 32 x 32 block of both products to the epilogue once, and every entry is the fp32 sum
+// amx_gemm_bf16 forms for the same operands (trans_b, overwriting), bit for bit: compared against two
+// amx_gemm_bf16 calls (themselves bounded against double above), with strides wider than the data and 2 threads.
+namespace {
+struct PairCapture {
+  int64_t M, N;
+  std::vector<float>*c1, *c2;
+  std::vector<int>* seen;
+  static void run(void* ctx, int64_t i, int64_t m0, int64_t n0, const float* a, const float* b) {
+    auto& e = *static_cast<PairCapture*>(ctx);
+    for (int64_t r = 0; r < 32; ++r)
+      for (int64_t c = 0; c < 32; ++c) {
+        const size_t at = size_t((i * e.M + m0 + r) * e.N + n0 + c);
+        (*e.c1)[at] = a[r * 32 + c];
+        (*e.c2)[at] = b[r * 32 + c];
+      }
+#pragma omp atomic
+    (*e.seen)[size_t((i * e.M + m0) / 32 * (e.N / 32) + n0 / 32)] += 1;
+  }
+};
+}  // namespace
+
+TEST(AmxGemmBf16, PairEqualsTwoProductsBitForBit) {
+  SKIP_WITHOUT_AMX();
+  const std::array<int64_t, 4> shapes[] = {{1, 32, 32, 32}, {3, 96, 64, 64}, {4, 512, 256, 64}, {2, 64, 128, 128}};
+  for (auto [batch, M, N, K] : shapes) {
+    SCOPED_TRACE("batch " + std::to_string(batch) + " M " + std::to_string(M) + " N " + std::to_string(N) + " K " +
+                 std::to_string(K));
+    const int64_t lda = K + 32, ldb = K + 16, sa = M * lda + 64, sb = N * ldb + 32;
+    const uint64_t seed = uint64_t(batch * 7 + M + N + K);
+    const auto A1 = random_bf16(size_t(batch * sa), seed), B1 = random_bf16(size_t(batch * sb), seed + 1);
+    const auto A2 = random_bf16(size_t(batch * sa), seed + 2), B2 = random_bf16(size_t(batch * sb), seed + 3);
+    std::vector<float> r1(size_t(batch * M * N)), r2(r1.size()), c1(r1.size(), -1.0f), c2(r1.size(), -1.0f);
+    cpu::amx_gemm_bf16({batch, M, N, K, lda, ldb, N, sa, sb, M * N, true, false}, A1.data(), B1.data(), r1.data());
+    cpu::amx_gemm_bf16({batch, M, N, K, lda, ldb, N, sa, sb, M * N, true, false}, A2.data(), B2.data(), r2.data());
+    std::vector<int> seen(size_t(batch * (M / 32) * (N / 32)), 0);
+    PairCapture cap{M, N, &c1, &c2, &seen};
+    const int before = core::num_threads();
+    core::set_num_threads(std::min(2, core::default_num_threads()));
+    cpu::amx_gemm_bf16_pair({batch, M, N, K, lda, ldb, sa, sb}, A1.data(), B1.data(), A2.data(), B2.data(),
+                            &PairCapture::run, &cap);
+    core::set_num_threads(before);
+    EXPECT_TRUE(c1 == r1);
+    EXPECT_TRUE(c2 == r2);
+    EXPECT_EQ(seen, std::vector<int>(seen.size(), 1)) << "every block exactly once";
+  }
+  EXPECT_THROW(cpu::amx_gemm_bf16_pair({1, 48, 32, 32, 32, 32, 0, 0}, nullptr, nullptr, nullptr, nullptr,
+                                       &PairCapture::run, nullptr),
+               core::Error);
 }
 
 TEST(AmxGemmBf16, EmptyReductionZeroesOrKeeps) {
@@ -242,6 +295,44 @@ TEST(AttentionAmx, Bf16ShapeTakesTheAmxProducts) {
   EXPECT_EQ(dq, blocked.dq);
   EXPECT_EQ(dk, blocked.dk);
   EXPECT_EQ(dv, blocked.dv);
+}
+
+// The backward's S and dP turned into P and dS per 32 x 32 block as the pair kernel computes them (the default)
+// against the path that writes S and dP out and makes a pass over them: the same values, bit for bit, on shapes
+// with padding, packing, a sliding window, GQA groups of 8 and 2, head sizes 64 and 128 (and 40: not a multiple of
+// 32, where the fused path does not apply and both runs take the unfused one), two key chunks, 1 and 2 threads.
+TEST(AttentionAmx, FusedScoresEqualTheUnfusedPassBitForBit) {
+  SKIP_WITHOUT_AMX();
+  std::vector<Problem> problems = {make_problem("gqa 8/2 HD 64 packed", {2, 200, 8, 2, 64}, 150, 90, 51),
+                                   make_problem("gqa 4/2 HD 128 padded", {2, 130, 4, 2, 128}, 65, 0, 52),
+                                   make_problem("mha 2/2 HD 40", {1, 100, 2, 2, 40}, 100, 0, 53)};
+  problems[0].s.window = 70;
+  const int before = core::num_threads();
+  for (int threads : {1, 2}) {
+    if (threads > core::default_num_threads()) continue;
+    core::set_num_threads(threads);
+    for (int64_t chunk : {256, 64}) {
+      const int64_t chunk_before = attention_blocked_key_chunk(chunk);
+      for (const Problem& p : problems) {
+        SCOPED_TRACE(p.name + ", chunk " + std::to_string(chunk) + ", threads " + std::to_string(threads));
+        const Result fused = run_bf16(p);
+        const bool was = attention_blocked_fused_scores(false);
+        const Result unfused = run_bf16(p);
+        attention_blocked_fused_scores(was);
+        EXPECT_TRUE(fused.o == unfused.o) << "out";
+        EXPECT_TRUE(fused.dq == unfused.dq) << "dq";
+        EXPECT_TRUE(fused.dk == unfused.dk) << "dk";
+        EXPECT_TRUE(fused.dv == unfused.dv) << "dv";
+      }
+      attention_blocked_key_chunk(chunk_before);
+    }
+  }
+  core::set_num_threads(before);
+  // the fused path did run (its line in the record of kernels)
+  bool recorded = false;
+  for (const std::string& line : attention_blocked_native_kernels())
+    recorded |= line.find("P and dS formed per 32 x 32 block") != std::string::npos;
+  EXPECT_TRUE(recorded);
 }
 
 // With the AMX products and kv heads that divide evenly over the threads, each thread runs whole kv heads alone (one

@@ -570,12 +570,71 @@ ZL_AMX_TARGET void gemm_bf16_thread(const AmxGemmShape& g, const uint16_t* A, co
   if (configured) _tile_release();
 }
 
+// One thread's part of amx_gemm_bf16_pair: items (batch element, 32-column block) as gemm_bf16_thread's, each
+// packing both products' 32 columns of B, then every 32-row block: the 2x2 tiles of product 1, stored into c1, the
+// same for product 2 into c2, and the epilogue.
+ZL_AMX_TARGET void gemm_pair_thread(const AmxPairShape& p, const uint16_t* A1, const uint16_t* B1, const uint16_t* A2,
+                                    const uint16_t* B2, AmxPairEpilogue epilogue, void* ctx) {
+  const int64_t mblocks = p.M / 32, nblocks = p.N / 32, ksteps = p.K / 32, Kp = p.K;
+  const AmxGemmShape packing{p.batch, p.M, p.N, p.K, p.lda, p.ldb, 0, p.sa, p.sb, 0, true, false};
+  static thread_local Scratch bs;
+  uint32_t* bp1 = static_cast<uint32_t*>(bs.get(size_t(Kp) * 128));  // each product: Kp / 2 pairs x 2 tiles x 64 B
+  uint32_t* bp2 = bp1 + Kp * 16;
+  alignas(64) float c1[1024], c2[1024];
+  bool configured = false;
+#pragma omp for schedule(dynamic, 1) nowait
+  for (int64_t item = 0; item < p.batch * nblocks; ++item) {
+    const int64_t i = item / nblocks, nb = item % nblocks;
+    if (!configured) {
+      configure_tiles();
+      configured = true;
+    }
+    pack_b_pairs(bp1, packing, B1 + i * p.sb, 2 * nb, Kp);
+    pack_b_pairs(bp2, packing, B2 + i * p.sb, 2 * nb, Kp);
+    for (int64_t mb = 0; mb < mblocks; ++mb) {
+      for (int which = 0; which < 2; ++which) {
+        const uint16_t* A = which == 0 ? A1 : A2;
+        const std::byte* a0 = reinterpret_cast<const std::byte*>(A + i * p.sa + mb * 32 * p.lda);
+        const std::byte* b0 = reinterpret_cast<const std::byte*>(which == 0 ? bp1 : bp2);
+        float* c = which == 0 ? c1 : c2;
+        _tile_zero(0);
+        _tile_zero(1);
+        _tile_zero(2);
+        _tile_zero(3);
+        kernel_2x2(a0, a0 + 16 * p.lda * 2, p.lda * 2, b0, b0 + (Kp / 2) * 64, ksteps);
+        // tile t = 2 (m tile) + (n tile), as kernel_2x2 accumulates them, into the 32 x 32 block
+        _tile_stored(0, c, 128);
+        _tile_stored(1, c + 16, 128);
+        _tile_stored(2, c + 512, 128);
+        _tile_stored(3, c + 528, 128);
+      }
+      epilogue(ctx, i, mb * 32, nb * 32, c1, c2);
+    }
+  }
+  if (configured) _tile_release();
+}
+
+ZL_AMX_TARGET void gemm_pair(const AmxPairShape& p, const uint16_t* A1, const uint16_t* B1, const uint16_t* A2,
+                             const uint16_t* B2, AmxPairEpilogue epilogue, void* ctx) {
+#pragma omp parallel if (!omp_in_parallel())  // inside a parallel region (attention's head per thread): alone
+  gemm_pair_thread(p, A1, B1, A2, B2, epilogue, ctx);
+}
+
 ZL_AMX_TARGET void gemm_bf16(const AmxGemmShape& g, const uint16_t* A, const uint16_t* B, float* C) {
 #pragma omp parallel if (!omp_in_parallel())  // inside a parallel region (attention's head per thread): alone
   gemm_bf16_thread(g, A, B, C);
 }
 
 }  // namespace
+
+void amx_gemm_bf16_pair(const AmxPairShape& g, const uint16_t* A1, const uint16_t* B1, const uint16_t* A2,
+                        const uint16_t* B2, AmxPairEpilogue epilogue, void* ctx) {
+  if (g.batch <= 0 || g.M <= 0 || g.N <= 0) return;
+  core::check(g.M % 32 == 0 && g.N % 32 == 0 && g.K % 32 == 0 && g.K > 0, "amx_gemm_bf16_pair",
+              "M, N and K must be positive multiples of 32 (got " + std::to_string(g.M) + ", " + std::to_string(g.N) +
+                  ", " + std::to_string(g.K) + ")");
+  gemm_pair(g, A1, B1, A2, B2, epilogue, ctx);
+}
 
 void amx_gemm_bf16(const AmxGemmShape& g, const uint16_t* A, const uint16_t* B, float* C) {
   if (g.batch <= 0 || g.M <= 0 || g.N <= 0) return;

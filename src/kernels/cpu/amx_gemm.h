@@ -54,6 +54,22 @@ struct AmxGemmShape {
 };
 void amx_gemm_bf16(const AmxGemmShape& g, const uint16_t* A, const uint16_t* B, float* C);
 
+// Two products with one output shape, 32 x 32 blocks at a time, the output never written out (attention's
+// backward: S = Q K^T and dP = dO V^T, turned into P and dS by the caller while they are in L1): for i < batch and
+// every 32-row block m0 and 32-column block n0, C1 = A1_i[m0:m0+32, :] B1_i[n0:n0+32, :]^T and C2 likewise from
+// A2_i, B2_i (A [M, K] row-major, lda, stride sa; B [N, K] row-major, ldb, stride sb, as trans_b above) go to
+// epilogue(ctx, i, m0, n0, c1, c2) as 32 x 32 fp32 blocks, row-major, rows 32 apart, in the calling thread's
+// scratch (valid during the call). Each C entry is the fp32 sum amx_gemm_bf16 forms for the same operands
+// (trans_b, not accumulating), bit for bit. M, N and K multiples of 32. Threads as amx_gemm_bf16's (items
+// (i, 32-column block) taken dynamically; inside a parallel region the calling thread runs it alone); the
+// epilogue runs on the thread that computed the block. Needs amx_supported().
+struct AmxPairShape {
+  int64_t batch, M, N, K, lda, ldb, sa, sb;
+};
+using AmxPairEpilogue = void (*)(void* ctx, int64_t i, int64_t m0, int64_t n0, const float* c1, const float* c2);
+void amx_gemm_bf16_pair(const AmxPairShape& g, const uint16_t* A1, const uint16_t* B1, const uint16_t* A2,
+                        const uint16_t* B2, AmxPairEpilogue epilogue, void* ctx);
+
 // Blocking of both kernels (bench_cpu_matrix_units --amx-blocking P,KC tunes it). Of 4,256 / 4,512 / 8,512 /
 // 8,1024 / 16,512 / 2,1024 on the TinyLlama products (1 thread, M 512, Sapphire Rapids VM, loaded), 8,512 beat
 // the first default 4,512 on 7 of 8 products and was within noise of the best; at M = 512 its accumulators and

@@ -89,6 +89,7 @@ std::map<MatmulKey, NativeMatmul> g_native;
 std::map<std::string, std::vector<std::string>> g_used;  // product -> kernels it ran on
 double g_product_seconds = 0;                            // wall time inside the products, since the start
 double g_seconds_by_product[6] = {};                     // the same per product
+bool g_fused_scores = true;                              // attention_blocked_fused_scores
 
 // The record may be written from the threads of one attention call at once (one kv head per thread).
 void note_kernel(Product p, const std::string& impl) {
@@ -206,16 +207,35 @@ void matmul_untimed(Product p, const MatmulKey& k, const uint16_t* A, const uint
   sgemm(dense, wa, wb, C);
 }
 
-template <typename E>
-void matmul(Product p, const MatmulKey& k, const E* A, const E* B, float* C) {
-  const auto start = std::chrono::steady_clock::now();
-  matmul_untimed(p, k, A, B, C);
-  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+void record_seconds(Product p, double seconds) {
 #pragma omp critical(zl_attention_record)
   {
     g_product_seconds += seconds;
     g_seconds_by_product[int(p)] += seconds;
   }
+}
+
+template <typename E>
+void matmul(Product p, const MatmulKey& k, const E* A, const E* B, float* C) {
+  const auto start = std::chrono::steady_clock::now();
+  matmul_untimed(p, k, A, B, C);
+  record_seconds(p, std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
+}
+
+// The backward's S = Q K^T and dP = dO V^T as one cpu::amx_gemm_bf16_pair with the caller's P / dS epilogue, where
+// it applies: bf16 operands on zerolora's AMX products, head size and rows multiples of 32 (the key chunk is a
+// multiple of kKeyAlign), not switched off. Its wall time (products and epilogue) counts as S = Q K^T's.
+bool fused_scores_apply(int64_t HD, int64_t M) {
+  return g_fused_scores && HD % 32 == 0 && M % 32 == 0 && cpu::bf16_use_native() && cpu::amx_gemm_in_use();
+}
+
+void fused_scores(const cpu::AmxPairShape& g, const uint16_t* Q, const uint16_t* K, const uint16_t* dO,
+                  const uint16_t* V, cpu::AmxPairEpilogue epilogue, void* ctx) {
+  const auto start = std::chrono::steady_clock::now();
+  note_kernel(Product::QK, "zerolora AMX tiles, P and dS formed per 32 x 32 block (backward)");
+  note_kernel(Product::dOV, "zerolora AMX tiles, with S = Q K^T (backward)");
+  cpu::amx_gemm_bf16_pair(g, Q, K, dO, V, epilogue, ctx);
+  record_seconds(Product::QK, std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
 }
 
 // ---- geometry and scratch -------------------------------------------------------------------------
@@ -278,6 +298,7 @@ struct Buffers {
   std::vector<float> s, dp, o;        // [NKV, M, N] scores, dP; [NKV, M, HD] O or dQ
   std::vector<float> dkt, dvt;        // [NKV, HD, Tp] dK^T, dV^T of row b
   std::vector<float> row_a, row_b;    // [NKV, M] running max and sum (forward); lse and D (backward)
+  std::vector<int32_t> key_j0, key_j1;  // [NKV, M] each row's visible keys of the current chunk (fused backward)
   void size(const Geometry& g, bool backward) {
     const auto HD = size_t(g.L.HD), M = size_t(g.M), T = size_t(g.Tp), C = size_t(g.chunk), H = size_t(g.L.NKV);
     auto fit = [](size_t n, auto&... v) { (v.resize(n), ...); };
@@ -290,6 +311,7 @@ struct Buffers {
       fit(H * HD * M, qbt, dobt);
       fit(H * M * C, dsb, dp);
       fit(H * HD * T, dkt, dvt);
+      fit(H * M, key_j0, key_j1);
     }
   }
 };
@@ -380,6 +402,13 @@ int64_t attention_blocked_key_chunk(int64_t keys) {
                 "key chunk " + std::to_string(keys) + " is not a positive multiple of " + std::to_string(kKeyAlign));
     g_key_chunk = keys;
   }
+  return before;
+}
+
+bool attention_blocked_fused_scores(bool on) {
+  std::lock_guard<std::mutex> lock(g_mutex);
+  const bool before = g_fused_scores;
+  g_fused_scores = on;
   return before;
 }
 

@@ -142,6 +142,44 @@ void attention_forward_impl(float* out, float* lse, const float* q, const float*
   }
 }
 
+// The fused backward's epilogue (cpu::amx_gemm_bf16_pair): one 32 x 32 block of S and dP (batch element i = kv
+// head g0 + i, rows m0.., keys n0.. of the chunk) -> P = exp(scale S - lse) and dS = scale P (dP - D), masked, into
+// the operand buffers, as the unfused pass below forms them, value for value. The rows' visible keys [j0, j1) of
+// the chunk (j0 >= j1: none, the row's P and dS are zeros) come from a table the caller fills once per chunk.
+template <typename E>
+struct ScoresEpilogue {
+  Buffers<E>* w;
+  const float *lse_row, *d_row;
+  const int32_t *j0, *j1;  // per row gr of the heads, as lse_row
+  int64_t M, chunk, g0, N;
+  float scale;
+  static void run(void* ctx, int64_t i, int64_t m0, int64_t n0, const float* s32, const float* dp32) {
+    const ScoresEpilogue& e = *static_cast<const ScoresEpilogue*>(ctx);
+    const int64_t g = e.g0 + i, gr0 = g * e.M + m0;
+    E* p = e.w->pb.data() + g * e.M * e.chunk + m0 * e.N + n0;  // Geometry::chunk_row(gr0, N) + n0
+    E* ds = e.w->dsb.data() + g * e.M * e.chunk + m0 * e.N + n0;
+    const float scale = e.scale;
+    for (int64_t r = 0; r < 32; ++r, p += e.N, ds += e.N) {
+      const int64_t gr = gr0 + r, a = e.j0[gr], z = e.j1[gr];
+      if (a >= z) {  // padding, or no key of this chunk visible
+        std::fill_n(p, 32, E(0));
+        std::fill_n(ds, 32, E(0));
+        continue;
+      }
+      const int64_t j0 = a - n0, j1 = z - n0;
+      const float* srow = s32 + r * 32;
+      const float* dprow = dp32 + r * 32;
+      const float lr = e.lse_row[gr], D = e.d_row[gr];
+#pragma omp simd
+      for (int64_t j = 0; j < 32; ++j) {
+        const float pj = cpu::select(j >= j0 && j < j1, cpu::exp_fast(srow[j] * scale - lr), 0.0f);
+        put(p[j], pj);
+        put(ds[j], scale * pj * (dprow[j] - D));
+      }
+    }
+  }
+};
+
 // Batch row b, kv heads [g0, g1), as forward_heads.
 template <typename E>
 void backward_heads(float* dq, float* dk, float* dv, const float* dout, const float* q, const float* k, const float* v,
@@ -210,31 +248,48 @@ void backward_heads(float* dq, float* dk, float* dv, const float* dout, const fl
         }
       for (int64_t c0 = ks; c0 < ke; c0 += geo.chunk) {
         const int64_t N = std::min(geo.chunk, ke - c0);
-        const MatmulKey by_keys{nh, M, N, HD, HD, HD, N, M * HD, Tp * HD, SC, true, false};
-        matmul(Product::QK, by_keys, w.qb.data() + r0 * HD, w.kg.data() + (g0 * Tp + c0) * HD,
-               w.s.data() + g0 * SC);
-        matmul(Product::dOV, by_keys, w.dob.data() + r0 * HD, w.vg.data() + (g0 * Tp + c0) * HD,
-               w.dp.data() + g0 * SC);
-        // P = exp(scale S - lse) and dS = scale P (dP - D), masked, as operands
-#pragma omp parallel for schedule(static) if (par)
-        for (int64_t gr = r0; gr < r1; ++gr) {
-          const int64_t t = t0 + gr % M % R;
-          E* p = w.pb.data() + geo.chunk_row(gr, N);
-          E* ds = w.dsb.data() + geo.chunk_row(gr, N);
-          const int64_t j0 = t < tv ? L.lo(b, t) - c0 : 0, j1 = t < tv ? std::min(t + 1 - c0, N) : 0;
-          if (j0 >= j1) {
-            std::fill_n(p, N, E(0));
-            std::fill_n(ds, N, E(0));
-            continue;
+        bool fused = false;
+        if constexpr (std::is_same_v<E, uint16_t>) {
+          if (fused_scores_apply(HD, M)) {  // P and dS straight from S and dP's 32 x 32 blocks, in L1
+            for (int64_t gr = r0; gr < r1; ++gr) {  // each row's visible keys of this chunk, as the pass below
+              const int64_t t = t0 + gr % M % R;
+              w.key_j0[size_t(gr)] = t < tv ? int32_t(L.lo(b, t) - c0) : 0;
+              w.key_j1[size_t(gr)] = t < tv ? int32_t(std::min(t + 1 - c0, N)) : 0;
+            }
+            ScoresEpilogue<E> ep{&w, lse_row, d_row, w.key_j0.data(), w.key_j1.data(), M, geo.chunk, g0, N, scale};
+            fused_scores({nh, M, N, HD, HD, HD, M * HD, Tp * HD}, w.qb.data() + r0 * HD,
+                         w.kg.data() + (g0 * Tp + c0) * HD, w.dob.data() + r0 * HD, w.vg.data() + (g0 * Tp + c0) * HD,
+                         &ScoresEpilogue<E>::run, &ep);
+            fused = true;
           }
-          const float* srow = w.s.data() + geo.chunk_row(gr, N);
-          const float* dprow = w.dp.data() + geo.chunk_row(gr, N);
-          const float lr = lse_row[gr], D = d_row[gr];
+        }
+        if (!fused) {
+          const MatmulKey by_keys{nh, M, N, HD, HD, HD, N, M * HD, Tp * HD, SC, true, false};
+          matmul(Product::QK, by_keys, w.qb.data() + r0 * HD, w.kg.data() + (g0 * Tp + c0) * HD,
+                 w.s.data() + g0 * SC);
+          matmul(Product::dOV, by_keys, w.dob.data() + r0 * HD, w.vg.data() + (g0 * Tp + c0) * HD,
+                 w.dp.data() + g0 * SC);
+          // P = exp(scale S - lse) and dS = scale P (dP - D), masked, as operands
+#pragma omp parallel for schedule(static) if (par)
+          for (int64_t gr = r0; gr < r1; ++gr) {
+            const int64_t t = t0 + gr % M % R;
+            E* p = w.pb.data() + geo.chunk_row(gr, N);
+            E* ds = w.dsb.data() + geo.chunk_row(gr, N);
+            const int64_t j0 = t < tv ? L.lo(b, t) - c0 : 0, j1 = t < tv ? std::min(t + 1 - c0, N) : 0;
+            if (j0 >= j1) {
+              std::fill_n(p, N, E(0));
+              std::fill_n(ds, N, E(0));
+              continue;
+            }
+            const float* srow = w.s.data() + geo.chunk_row(gr, N);
+            const float* dprow = w.dp.data() + geo.chunk_row(gr, N);
+            const float lr = lse_row[gr], D = d_row[gr];
 #pragma omp simd
-          for (int64_t j = 0; j < N; ++j) {
-            const float pj = cpu::select(j >= j0 && j < j1, cpu::exp_fast(srow[j] * scale - lr), 0.0f);
-            put(p[j], pj);
-            put(ds[j], scale * pj * (dprow[j] - D));
+            for (int64_t j = 0; j < N; ++j) {
+              const float pj = cpu::select(j >= j0 && j < j1, cpu::exp_fast(srow[j] * scale - lr), 0.0f);
+              put(p[j], pj);
+              put(ds[j], scale * pj * (dprow[j] - D));
+            }
           }
         }
         matmul(Product::dSK, MatmulKey{nh, M, HD, N, N, HD, HD, SC, Tp * HD, M * HD, false, c0 > ks},

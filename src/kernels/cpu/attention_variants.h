@@ -78,5 +78,9 @@ int64_t attention_blocked_key_chunk(int64_t keys);
 // Wall seconds spent inside the blocked kernels' products so far (the rest of their time is the softmax
 // passes and packing).
 double attention_blocked_product_seconds();
+// Tests and benchmarks: whether the bf16 backward on zerolora's AMX products forms P and dS straight from each
+// 32 x 32 block of S = Q K^T and dP = dO V^T (cpu::amx_gemm_bf16_pair; the default, true) instead of writing S and
+// dP out and making a pass over them. The results are the same bits either way. Returns the previous value.
+bool attention_blocked_fused_scores(bool on);
 
 }  // namespace zerolora::kernels
