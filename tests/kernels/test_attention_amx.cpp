@@ -157,6 +157,47 @@ TEST(AmxGemmBf16, PairEqualsTwoProductsBitForBit) {
                core::Error);
 }
 
+// The rows kernel hands each 32-row block of the product, all N columns, to the epilogue once, with the sums
+// amx_gemm_bf16 forms (trans_b, overwriting), bit for bit; several batch elements, so threads meet new B's.
+namespace {
+struct RowsCapture {
+  int64_t M, N;
+  std::vector<float>* c;
+  std::vector<int>* seen;
+  static void run(void* ctx, int64_t i, int64_t m0, const float* a) {
+    auto& e = *static_cast<RowsCapture*>(ctx);
+    for (int64_t r = 0; r < 32; ++r)
+      for (int64_t n = 0; n < e.N; ++n) (*e.c)[size_t((i * e.M + m0 + r) * e.N + n)] = a[r * e.N + n];
+#pragma omp atomic
+    (*e.seen)[size_t((i * e.M + m0) / 32)] += 1;
+  }
+};
+}  // namespace
+
+TEST(AmxGemmBf16, RowsEqualOneProductBitForBit) {
+  SKIP_WITHOUT_AMX();
+  const std::array<int64_t, 4> shapes[] = {{1, 32, 32, 32}, {5, 96, 64, 64}, {4, 512, 256, 64}, {2, 64, 96, 128}};
+  for (auto [batch, M, N, K] : shapes) {
+    SCOPED_TRACE("batch " + std::to_string(batch) + " M " + std::to_string(M) + " N " + std::to_string(N) + " K " +
+                 std::to_string(K));
+    const int64_t lda = K + 32, ldb = K + 16, sa = M * lda + 64, sb = N * ldb + 32;
+    const uint64_t seed = uint64_t(batch * 11 + M + N + K);
+    const auto A = random_bf16(size_t(batch * sa), seed), B = random_bf16(size_t(batch * sb), seed + 1);
+    std::vector<float> ref(size_t(batch * M * N)), got(ref.size(), -1.0f);
+    cpu::amx_gemm_bf16({batch, M, N, K, lda, ldb, N, sa, sb, M * N, true, false}, A.data(), B.data(), ref.data());
+    std::vector<int> seen(size_t(batch * (M / 32)), 0);
+    RowsCapture cap{M, N, &got, &seen};
+    const int before = core::num_threads();
+    core::set_num_threads(std::min(2, core::default_num_threads()));
+    cpu::amx_gemm_bf16_rows({batch, M, N, K, lda, ldb, sa, sb}, A.data(), B.data(), &RowsCapture::run, &cap);
+    core::set_num_threads(before);
+    EXPECT_TRUE(got == ref);
+    EXPECT_EQ(seen, std::vector<int>(seen.size(), 1)) << "every block exactly once";
+  }
+  EXPECT_THROW(cpu::amx_gemm_bf16_rows({1, 32, 40, 32, 32, 32, 0, 0}, nullptr, nullptr, &RowsCapture::run, nullptr),
+               core::Error);
+}
+
 TEST(AmxGemmBf16, EmptyReductionZeroesOrKeeps) {
   SKIP_WITHOUT_AMX();
   std::vector<float> C(6, 5.0f);
@@ -297,8 +338,9 @@ TEST(AttentionAmx, Bf16ShapeTakesTheAmxProducts) {
   EXPECT_EQ(dv, blocked.dv);
 }
 
-// The backward's S and dP turned into P and dS per 32 x 32 block as the pair kernel computes them (the default)
-// against the path that writes S and dP out and makes a pass over them: the same values, bit for bit, on shapes
+// The scores taken straight from the tile unit (the default: the forward's softmax per 32 rows of S, the backward's
+// P and dS per 32 x 32 block of S and dP) against the path that writes S (and dP) out and makes a pass over them:
+// the same values (out, lse, dq, dk, dv), bit for bit, on shapes
 // with padding, packing, a sliding window, GQA groups of 8 and 2, head sizes 64 and 128 (and 40: not a multiple of
 // 32, where the fused path does not apply and both runs take the unfused one), two key chunks, 1 and 2 threads.
 TEST(AttentionAmx, FusedScoresEqualTheUnfusedPassBitForBit) {
@@ -320,6 +362,7 @@ TEST(AttentionAmx, FusedScoresEqualTheUnfusedPassBitForBit) {
         const Result unfused = run_bf16(p);
         attention_blocked_fused_scores(was);
         EXPECT_TRUE(fused.o == unfused.o) << "out";
+        EXPECT_TRUE(fused.lse == unfused.lse) << "lse";
         EXPECT_TRUE(fused.dq == unfused.dq) << "dq";
         EXPECT_TRUE(fused.dk == unfused.dk) << "dk";
         EXPECT_TRUE(fused.dv == unfused.dv) << "dv";
@@ -328,11 +371,14 @@ TEST(AttentionAmx, FusedScoresEqualTheUnfusedPassBitForBit) {
     }
   }
   core::set_num_threads(before);
-  // the fused path did run (its line in the record of kernels)
-  bool recorded = false;
-  for (const std::string& line : attention_blocked_native_kernels())
-    recorded |= line.find("P and dS formed per 32 x 32 block") != std::string::npos;
-  EXPECT_TRUE(recorded);
+  // the fused paths did run (their lines in the record of kernels)
+  bool forward = false, backward = false;
+  for (const std::string& line : attention_blocked_native_kernels()) {
+    forward |= line.find("the softmax per 32 rows (forward)") != std::string::npos;
+    backward |= line.find("P and dS formed per 32 x 32 block") != std::string::npos;
+  }
+  EXPECT_TRUE(forward);
+  EXPECT_TRUE(backward);
 }
 
 // With the AMX products and kv heads that divide evenly over the threads, each thread runs whole kv heads alone (one

@@ -573,7 +573,7 @@ ZL_AMX_TARGET void gemm_bf16_thread(const AmxGemmShape& g, const uint16_t* A, co
 // One thread's part of amx_gemm_bf16_pair: items (batch element, 32-column block) as gemm_bf16_thread's, each
 // packing both products' 32 columns of B, then every 32-row block: the 2x2 tiles of product 1, stored into c1, the
 // same for product 2 into c2, and the epilogue.
-ZL_AMX_TARGET void gemm_pair_thread(const AmxPairShape& p, const uint16_t* A1, const uint16_t* B1, const uint16_t* A2,
+ZL_AMX_TARGET void gemm_pair_thread(const AmxBlockShape& p, const uint16_t* A1, const uint16_t* B1, const uint16_t* A2,
                                     const uint16_t* B2, AmxPairEpilogue epilogue, void* ctx) {
   const int64_t mblocks = p.M / 32, nblocks = p.N / 32, ksteps = p.K / 32, Kp = p.K;
   const AmxGemmShape packing{p.batch, p.M, p.N, p.K, p.lda, p.ldb, 0, p.sa, p.sb, 0, true, false};
@@ -614,10 +614,58 @@ ZL_AMX_TARGET void gemm_pair_thread(const AmxPairShape& p, const uint16_t* A1, c
   if (configured) _tile_release();
 }
 
-ZL_AMX_TARGET void gemm_pair(const AmxPairShape& p, const uint16_t* A1, const uint16_t* B1, const uint16_t* A2,
+ZL_AMX_TARGET void gemm_pair(const AmxBlockShape& p, const uint16_t* A1, const uint16_t* B1, const uint16_t* A2,
                              const uint16_t* B2, AmxPairEpilogue epilogue, void* ctx) {
 #pragma omp parallel if (!omp_in_parallel())  // inside a parallel region (attention's head per thread): alone
   gemm_pair_thread(p, A1, B1, A2, B2, epilogue, ctx);
+}
+
+// One thread's part of amx_gemm_bf16_rows: items (batch element, 32-row block); B_i packed whole (all N columns,
+// 32 at a time as gemm_bf16_thread packs them) when the thread meets a new batch element.
+ZL_AMX_TARGET void gemm_rows_thread(const AmxBlockShape& p, const uint16_t* A, const uint16_t* B,
+                                    AmxRowsEpilogue epilogue, void* ctx) {
+  const int64_t mblocks = p.M / 32, nblocks = p.N / 32, ksteps = p.K / 32, Kp = p.K;
+  const AmxGemmShape packing{p.batch, p.M, p.N, p.K, p.lda, p.ldb, 0, p.sa, p.sb, 0, true, false};
+  static thread_local Scratch bs, cs;
+  uint32_t* bp = static_cast<uint32_t*>(bs.get(size_t(nblocks * Kp) * 64));  // 32-column panel nb at nb Kp 16 dwords
+  float* c = static_cast<float*>(cs.get(size_t(32 * p.N) * 4));
+  int64_t b_batch = -1;  // the batch element in bp
+  bool configured = false;
+#pragma omp for schedule(dynamic, 1) nowait
+  for (int64_t item = 0; item < p.batch * mblocks; ++item) {
+    const int64_t i = item / mblocks, mb = item % mblocks;
+    if (!configured) {
+      configure_tiles();
+      configured = true;
+    }
+    if (b_batch != i) {
+      for (int64_t nb = 0; nb < nblocks; ++nb) pack_b_pairs(bp + nb * Kp * 16, packing, B + i * p.sb, 2 * nb, Kp);
+      b_batch = i;
+    }
+    const std::byte* a0 = reinterpret_cast<const std::byte*>(A + i * p.sa + mb * 32 * p.lda);
+    for (int64_t nb = 0; nb < nblocks; ++nb) {
+      const std::byte* b0 = reinterpret_cast<const std::byte*>(bp + nb * Kp * 16);
+      _tile_zero(0);
+      _tile_zero(1);
+      _tile_zero(2);
+      _tile_zero(3);
+      kernel_2x2(a0, a0 + 16 * p.lda * 2, p.lda * 2, b0, b0 + (Kp / 2) * 64, ksteps);
+      // tile t = 2 (m tile) + (n tile) into columns 32 nb.. of the 32 x N block
+      float* cb = c + nb * 32;
+      _tile_stored(0, cb, p.N * 4);
+      _tile_stored(1, cb + 16, p.N * 4);
+      _tile_stored(2, cb + 16 * p.N, p.N * 4);
+      _tile_stored(3, cb + 16 * p.N + 16, p.N * 4);
+    }
+    epilogue(ctx, i, mb * 32, c);
+  }
+  if (configured) _tile_release();
+}
+
+ZL_AMX_TARGET void gemm_rows(const AmxBlockShape& p, const uint16_t* A, const uint16_t* B, AmxRowsEpilogue epilogue,
+                             void* ctx) {
+#pragma omp parallel if (!omp_in_parallel())  // inside a parallel region (attention's head per thread): alone
+  gemm_rows_thread(p, A, B, epilogue, ctx);
 }
 
 ZL_AMX_TARGET void gemm_bf16(const AmxGemmShape& g, const uint16_t* A, const uint16_t* B, float* C) {
@@ -627,13 +675,22 @@ ZL_AMX_TARGET void gemm_bf16(const AmxGemmShape& g, const uint16_t* A, const uin
 
 }  // namespace
 
-void amx_gemm_bf16_pair(const AmxPairShape& g, const uint16_t* A1, const uint16_t* B1, const uint16_t* A2,
+void amx_gemm_bf16_pair(const AmxBlockShape& g, const uint16_t* A1, const uint16_t* B1, const uint16_t* A2,
                         const uint16_t* B2, AmxPairEpilogue epilogue, void* ctx) {
   if (g.batch <= 0 || g.M <= 0 || g.N <= 0) return;
   core::check(g.M % 32 == 0 && g.N % 32 == 0 && g.K % 32 == 0 && g.K > 0, "amx_gemm_bf16_pair",
               "M, N and K must be positive multiples of 32 (got " + std::to_string(g.M) + ", " + std::to_string(g.N) +
                   ", " + std::to_string(g.K) + ")");
   gemm_pair(g, A1, B1, A2, B2, epilogue, ctx);
+}
+
+void amx_gemm_bf16_rows(const AmxBlockShape& g, const uint16_t* A, const uint16_t* B, AmxRowsEpilogue epilogue,
+                        void* ctx) {
+  if (g.batch <= 0 || g.M <= 0 || g.N <= 0) return;
+  core::check(g.M % 32 == 0 && g.N % 32 == 0 && g.K % 32 == 0 && g.K > 0, "amx_gemm_bf16_rows",
+              "M, N and K must be positive multiples of 32 (got " + std::to_string(g.M) + ", " + std::to_string(g.N) +
+                  ", " + std::to_string(g.K) + ")");
+  gemm_rows(g, A, B, epilogue, ctx);
 }
 
 void amx_gemm_bf16(const AmxGemmShape& g, const uint16_t* A, const uint16_t* B, float* C) {

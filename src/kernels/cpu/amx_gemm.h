@@ -63,12 +63,21 @@ void amx_gemm_bf16(const AmxGemmShape& g, const uint16_t* A, const uint16_t* B, 
 // (trans_b, not accumulating), bit for bit. M, N and K multiples of 32. Threads as amx_gemm_bf16's (items
 // (i, 32-column block) taken dynamically; inside a parallel region the calling thread runs it alone); the
 // epilogue runs on the thread that computed the block. Needs amx_supported().
-struct AmxPairShape {
+struct AmxBlockShape {
   int64_t batch, M, N, K, lda, ldb, sa, sb;
 };
 using AmxPairEpilogue = void (*)(void* ctx, int64_t i, int64_t m0, int64_t n0, const float* c1, const float* c2);
-void amx_gemm_bf16_pair(const AmxPairShape& g, const uint16_t* A1, const uint16_t* B1, const uint16_t* A2,
+void amx_gemm_bf16_pair(const AmxBlockShape& g, const uint16_t* A1, const uint16_t* B1, const uint16_t* A2,
                         const uint16_t* B2, AmxPairEpilogue epilogue, void* ctx);
+
+// One product a block of 32 rows at a time with all N columns (attention's forward: S = Q K^T, whose softmax needs
+// a row's scores over the whole key chunk): for i < batch and every 32-row block m0, C = A_i[m0:m0+32, :] B_i^T
+// (shapes as amx_gemm_bf16_pair's) goes to epilogue(ctx, i, m0, c) as a 32 x N fp32 block (row-major, rows N apart)
+// in the calling thread's scratch, never written out. The same sums as amx_gemm_bf16's (trans_b, overwriting), bit
+// for bit. Items (i, 32-row block) are taken dynamically; a thread packs B_i once per batch element it meets.
+using AmxRowsEpilogue = void (*)(void* ctx, int64_t i, int64_t m0, const float* c);
+void amx_gemm_bf16_rows(const AmxBlockShape& g, const uint16_t* A, const uint16_t* B, AmxRowsEpilogue epilogue,
+                        void* ctx);
 
 // Blocking of both kernels (bench_cpu_matrix_units --amx-blocking P,KC tunes it). Of 4,256 / 4,512 / 8,512 /
 // 8,1024 / 16,512 / 2,1024 on the TinyLlama products (1 thread, M 512, Sapphire Rapids VM, loaded), 8,512 beat

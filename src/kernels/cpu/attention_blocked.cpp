@@ -222,14 +222,23 @@ void matmul(Product p, const MatmulKey& k, const E* A, const E* B, float* C) {
   record_seconds(p, std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
 }
 
-// The backward's S = Q K^T and dP = dO V^T as one cpu::amx_gemm_bf16_pair with the caller's P / dS epilogue, where
-// it applies: bf16 operands on zerolora's AMX products, head size and rows multiples of 32 (the key chunk is a
-// multiple of kKeyAlign), not switched off. Its wall time (products and epilogue) counts as S = Q K^T's.
+// Whether the scores go through the fused kernels (the forward's S = Q K^T with its softmax through
+// cpu::amx_gemm_bf16_rows, the backward's S and dP with P and dS through cpu::amx_gemm_bf16_pair): bf16 operands on
+// zerolora's AMX products, head size and rows multiples of 32 (the key chunk is a multiple of kKeyAlign), not
+// switched off. Their wall time (products and epilogues) counts as S = Q K^T's.
 bool fused_scores_apply(int64_t HD, int64_t M) {
   return g_fused_scores && HD % 32 == 0 && M % 32 == 0 && cpu::bf16_use_native() && cpu::amx_gemm_in_use();
 }
 
-void fused_scores(const cpu::AmxPairShape& g, const uint16_t* Q, const uint16_t* K, const uint16_t* dO,
+void fused_qk_softmax(const cpu::AmxBlockShape& g, const uint16_t* Q, const uint16_t* K, cpu::AmxRowsEpilogue epilogue,
+                      void* ctx) {
+  const auto start = std::chrono::steady_clock::now();
+  note_kernel(Product::QK, "zerolora AMX tiles, the softmax per 32 rows (forward)");
+  cpu::amx_gemm_bf16_rows(g, Q, K, epilogue, ctx);
+  record_seconds(Product::QK, std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
+}
+
+void fused_scores(const cpu::AmxBlockShape& g, const uint16_t* Q, const uint16_t* K, const uint16_t* dO,
                   const uint16_t* V, cpu::AmxPairEpilogue epilogue, void* ctx) {
   const auto start = std::chrono::steady_clock::now();
   note_kernel(Product::QK, "zerolora AMX tiles, P and dS formed per 32 x 32 block (backward)");
@@ -298,7 +307,7 @@ struct Buffers {
   std::vector<float> s, dp, o;        // [NKV, M, N] scores, dP; [NKV, M, HD] O or dQ
   std::vector<float> dkt, dvt;        // [NKV, HD, Tp] dK^T, dV^T of row b
   std::vector<float> row_a, row_b;    // [NKV, M] running max and sum (forward); lse and D (backward)
-  std::vector<int32_t> key_j0, key_j1;  // [NKV, M] each row's visible keys of the current chunk (fused backward)
+  std::vector<int32_t> key_j0, key_j1;  // [NKV, M] each row's visible keys of the current chunk (fused passes)
   void size(const Geometry& g, bool backward) {
     const auto HD = size_t(g.L.HD), M = size_t(g.M), T = size_t(g.Tp), C = size_t(g.chunk), H = size_t(g.L.NKV);
     auto fit = [](size_t n, auto&... v) { (v.resize(n), ...); };
@@ -306,12 +315,12 @@ struct Buffers {
     fit(H * M * HD, qb, o);
     fit(H * M * C, pb, s);
     fit(H * M, row_a, row_b);
+    fit(H * M, key_j0, key_j1);
     if (backward) {
       fit(H * M * HD, dob);
       fit(H * HD * M, qbt, dobt);
       fit(H * M * C, dsb, dp);
       fit(H * HD * T, dkt, dvt);
-      fit(H * M, key_j0, key_j1);
     }
   }
 };

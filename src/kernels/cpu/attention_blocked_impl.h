@@ -30,6 +30,67 @@ void pack_kv(Buffers<E>& w, const float* k, const float* v, const Geometry& geo,
   }
 }
 
+// Rows [r0, r1)'s visible keys [j0, j1) of the key chunk from c0 (N keys) of block t0 (j0 >= j1: none) into the
+// buffers' table, as the unfused passes below work them out per row; the fused epilogues read it.
+template <typename E>
+void fill_key_table(Buffers<E>& w, const Geometry& geo, int64_t b, int64_t t0, int64_t tv, int64_t c0, int64_t N,
+                    int64_t r0, int64_t r1) {
+  for (int64_t gr = r0; gr < r1; ++gr) {
+    const int64_t t = t0 + gr % geo.M % geo.R;
+    w.key_j0[size_t(gr)] = t < tv ? int32_t(geo.L.lo(b, t) - c0) : 0;
+    w.key_j1[size_t(gr)] = t < tv ? int32_t(std::min(t + 1 - c0, N)) : 0;
+  }
+}
+
+// One row of the forward's online softmax over a chunk's scores srow[0, n), keys [j0, j1) visible (j0 < j1): P
+// (unnormalised, against the running max) into p, the running max m and sum l updated, the row's O rescaled. The
+// unfused pass and the fused epilogue both run it, so both form the same values.
+template <typename E>
+inline void softmax_row(const float* srow, E* p, int64_t n, int64_t j0, int64_t j1, float scale, float& m, float& l,
+                        float* o, int64_t HD) {
+  constexpr float kNegInf = -std::numeric_limits<float>::infinity();
+  float mx = kNegInf;
+#pragma omp simd reduction(max : mx)
+  for (int64_t j = 0; j < n; ++j) mx = std::max(mx, cpu::select(j >= j0 && j < j1, srow[j] * scale, kNegInf));
+  const float mnew = std::max(m, mx), corr = cpu::exp_fast(m - mnew);
+  float sum = 0;
+#pragma omp simd reduction(+ : sum)
+  for (int64_t j = 0; j < n; ++j) {
+    const float e = cpu::select(j >= j0 && j < j1, cpu::exp_fast(srow[j] * scale - mnew), 0.0f);
+    put(p[j], e);
+    sum += e;
+  }
+  l = l * corr + sum;
+  m = mnew;
+  if (corr != 1.0f) {
+#pragma omp simd
+    for (int64_t d = 0; d < HD; ++d) o[d] *= corr;
+  }
+}
+
+// The fused forward's epilogue (cpu::amx_gemm_bf16_rows): 32 rows of S over the whole key chunk (batch element
+// i = kv head g0 + i, rows m0..) -> each row's softmax_row, straight from L1.
+template <typename E>
+struct SoftmaxEpilogue {
+  Buffers<E>* w;
+  float *m, *l;
+  int64_t M, chunk, g0, N, HD;
+  float scale;
+  static void run(void* ctx, int64_t i, int64_t m0, const float* c) {
+    const SoftmaxEpilogue& e = *static_cast<const SoftmaxEpilogue*>(ctx);
+    const int64_t gr0 = (e.g0 + i) * e.M + m0;
+    E* p = e.w->pb.data() + (e.g0 + i) * e.M * e.chunk + m0 * e.N;  // Geometry::chunk_row(gr0, N)
+    for (int64_t r = 0; r < 32; ++r, p += e.N) {
+      const int64_t gr = gr0 + r, a = e.w->key_j0[size_t(gr)], z = e.w->key_j1[size_t(gr)];
+      if (a >= z) {  // padding, or no key of this chunk visible
+        std::fill_n(p, e.N, E(0));
+        continue;
+      }
+      softmax_row(c + r * e.N, p, e.N, a, z, e.scale, e.m[gr], e.l[gr], e.w->o.data() + gr * e.HD, e.HD);
+    }
+  }
+};
+
 // Batch row b, kv heads [g0, g1): every pass and product covers rows [g0 M, g1 M) of the buffers (the products
 // batch the g1 - g0 heads). par: the passes split their rows over the thread team (false inside a parallel region,
 // where one thread runs a head alone).
@@ -68,36 +129,30 @@ void forward_heads(float* out, float* lse, const float* q, const float* k, const
       }
       for (int64_t c0 = ks; c0 < ke; c0 += geo.chunk) {
         const int64_t N = std::min(geo.chunk, ke - c0);
-        matmul(Product::QK, MatmulKey{nh, M, N, HD, HD, HD, N, M * HD, Tp * HD, SC, true, false},
-               w.qb.data() + r0 * HD, w.kg.data() + (g0 * Tp + c0) * HD, w.s.data() + g0 * SC);
-        // online softmax over this chunk: unnormalised P as an operand, O rescaled
+        bool fused = false;
+        if constexpr (std::is_same_v<E, uint16_t>) {
+          if (fused_scores_apply(HD, M)) {  // the softmax straight from 32 rows of S at a time, in L1
+            fill_key_table(w, geo, b, t0, tv, c0, N, r0, r1);
+            SoftmaxEpilogue<E> ep{&w, m, l, M, geo.chunk, g0, N, HD, scale};
+            fused_qk_softmax({nh, M, N, HD, HD, HD, M * HD, Tp * HD}, w.qb.data() + r0 * HD,
+                             w.kg.data() + (g0 * Tp + c0) * HD, &SoftmaxEpilogue<E>::run, &ep);
+            fused = true;
+          }
+        }
+        if (!fused) {
+          matmul(Product::QK, MatmulKey{nh, M, N, HD, HD, HD, N, M * HD, Tp * HD, SC, true, false},
+                 w.qb.data() + r0 * HD, w.kg.data() + (g0 * Tp + c0) * HD, w.s.data() + g0 * SC);
+          // online softmax over this chunk: unnormalised P as an operand, O rescaled
 #pragma omp parallel for schedule(static) if (par)
-        for (int64_t gr = r0; gr < r1; ++gr) {
-          const int64_t t = t0 + gr % M % R;
-          E* p = w.pb.data() + geo.chunk_row(gr, N);
-          const int64_t j0 = t < tv ? L.lo(b, t) - c0 : 0, j1 = t < tv ? std::min(t + 1 - c0, N) : 0;
-          if (j0 >= j1) {  // padding, or no key of this chunk visible
-            std::fill_n(p, N, E(0));
-            continue;
-          }
-          const float* srow = w.s.data() + geo.chunk_row(gr, N);
-          float mx = kNegInf;
-#pragma omp simd reduction(max : mx)
-          for (int64_t j = 0; j < N; ++j) mx = std::max(mx, cpu::select(j >= j0 && j < j1, srow[j] * scale, kNegInf));
-          const float mnew = std::max(m[gr], mx), corr = cpu::exp_fast(m[gr] - mnew);
-          float sum = 0;
-#pragma omp simd reduction(+ : sum)
-          for (int64_t j = 0; j < N; ++j) {
-            const float e = cpu::select(j >= j0 && j < j1, cpu::exp_fast(srow[j] * scale - mnew), 0.0f);
-            put(p[j], e);
-            sum += e;
-          }
-          l[gr] = l[gr] * corr + sum;
-          m[gr] = mnew;
-          if (corr != 1.0f) {
-            float* o = w.o.data() + gr * HD;
-#pragma omp simd
-            for (int64_t d = 0; d < HD; ++d) o[d] *= corr;
+          for (int64_t gr = r0; gr < r1; ++gr) {
+            const int64_t t = t0 + gr % M % R;
+            E* p = w.pb.data() + geo.chunk_row(gr, N);
+            const int64_t j0 = t < tv ? L.lo(b, t) - c0 : 0, j1 = t < tv ? std::min(t + 1 - c0, N) : 0;
+            if (j0 >= j1) {  // padding, or no key of this chunk visible
+              std::fill_n(p, N, E(0));
+              continue;
+            }
+            softmax_row(w.s.data() + geo.chunk_row(gr, N), p, N, j0, j1, scale, m[gr], l[gr], w.o.data() + gr * HD, HD);
           }
         }
         matmul(Product::PV, MatmulKey{nh, M, HD, N, N, HD, HD, SC, Tp * HD, M * HD, false, true},
@@ -142,6 +197,19 @@ void attention_forward_impl(float* out, float* lse, const float* q, const float*
   }
 }
 
+// The backward's P = exp(scale S - lse) and dS = scale P (dP - D) over scores srow[0, n) and dP dprow[0, n), keys
+// [j0, j1) visible (others 0). The unfused pass and the fused epilogue both run it.
+template <typename E>
+inline void scores_to_operands(const float* srow, const float* dprow, E* p, E* ds, int64_t n, int64_t j0, int64_t j1,
+                               float scale, float lr, float D) {
+#pragma omp simd
+  for (int64_t j = 0; j < n; ++j) {
+    const float pj = cpu::select(j >= j0 && j < j1, cpu::exp_fast(srow[j] * scale - lr), 0.0f);
+    put(p[j], pj);
+    put(ds[j], scale * pj * (dprow[j] - D));
+  }
+}
+
 // The fused backward's epilogue (cpu::amx_gemm_bf16_pair): one 32 x 32 block of S and dP (batch element i = kv
 // head g0 + i, rows m0.., keys n0.. of the chunk) -> P = exp(scale S - lse) and dS = scale P (dP - D), masked, into
 // the operand buffers, as the unfused pass below forms them, value for value. The rows' visible keys [j0, j1) of
@@ -166,16 +234,7 @@ struct ScoresEpilogue {
         std::fill_n(ds, 32, E(0));
         continue;
       }
-      const int64_t j0 = a - n0, j1 = z - n0;
-      const float* srow = s32 + r * 32;
-      const float* dprow = dp32 + r * 32;
-      const float lr = e.lse_row[gr], D = e.d_row[gr];
-#pragma omp simd
-      for (int64_t j = 0; j < 32; ++j) {
-        const float pj = cpu::select(j >= j0 && j < j1, cpu::exp_fast(srow[j] * scale - lr), 0.0f);
-        put(p[j], pj);
-        put(ds[j], scale * pj * (dprow[j] - D));
-      }
+      scores_to_operands(s32 + r * 32, dp32 + r * 32, p, ds, 32, a - n0, z - n0, scale, e.lse_row[gr], e.d_row[gr]);
     }
   }
 };
@@ -251,11 +310,7 @@ void backward_heads(float* dq, float* dk, float* dv, const float* dout, const fl
         bool fused = false;
         if constexpr (std::is_same_v<E, uint16_t>) {
           if (fused_scores_apply(HD, M)) {  // P and dS straight from S and dP's 32 x 32 blocks, in L1
-            for (int64_t gr = r0; gr < r1; ++gr) {  // each row's visible keys of this chunk, as the pass below
-              const int64_t t = t0 + gr % M % R;
-              w.key_j0[size_t(gr)] = t < tv ? int32_t(L.lo(b, t) - c0) : 0;
-              w.key_j1[size_t(gr)] = t < tv ? int32_t(std::min(t + 1 - c0, N)) : 0;
-            }
+            fill_key_table(w, geo, b, t0, tv, c0, N, r0, r1);
             ScoresEpilogue<E> ep{&w, lse_row, d_row, w.key_j0.data(), w.key_j1.data(), M, geo.chunk, g0, N, scale};
             fused_scores({nh, M, N, HD, HD, HD, M * HD, Tp * HD}, w.qb.data() + r0 * HD,
                          w.kg.data() + (g0 * Tp + c0) * HD, w.dob.data() + r0 * HD, w.vg.data() + (g0 * Tp + c0) * HD,
@@ -281,15 +336,8 @@ void backward_heads(float* dq, float* dk, float* dv, const float* dout, const fl
               std::fill_n(ds, N, E(0));
               continue;
             }
-            const float* srow = w.s.data() + geo.chunk_row(gr, N);
-            const float* dprow = w.dp.data() + geo.chunk_row(gr, N);
-            const float lr = lse_row[gr], D = d_row[gr];
-#pragma omp simd
-            for (int64_t j = 0; j < N; ++j) {
-              const float pj = cpu::select(j >= j0 && j < j1, cpu::exp_fast(srow[j] * scale - lr), 0.0f);
-              put(p[j], pj);
-              put(ds[j], scale * pj * (dprow[j] - D));
-            }
+            scores_to_operands(w.s.data() + geo.chunk_row(gr, N), w.dp.data() + geo.chunk_row(gr, N), p, ds, N, j0, j1,
+                               scale, lse_row[gr], d_row[gr]);
           }
         }
         matmul(Product::dSK, MatmulKey{nh, M, HD, N, N, HD, HD, SC, Tp * HD, M * HD, false, c0 > ks},

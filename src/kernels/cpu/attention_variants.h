@@ -78,9 +78,10 @@ int64_t attention_blocked_key_chunk(int64_t keys);
 // Wall seconds spent inside the blocked kernels' products so far (the rest of their time is the softmax
 // passes and packing).
 double attention_blocked_product_seconds();
-// Tests and benchmarks: whether the bf16 backward on zerolora's AMX products forms P and dS straight from each
-// 32 x 32 block of S = Q K^T and dP = dO V^T (cpu::amx_gemm_bf16_pair; the default, true) instead of writing S and
-// dP out and making a pass over them. The results are the same bits either way. Returns the previous value.
+// Tests and benchmarks: whether the bf16 kernels on zerolora's AMX products take the scores straight from the tile
+// unit (the default, true): the forward's softmax per 32 rows of S = Q K^T (cpu::amx_gemm_bf16_rows), the
+// backward's P and dS per 32 x 32 block of S and dP = dO V^T (cpu::amx_gemm_bf16_pair), instead of writing S (and
+// dP) out and making a pass over them. The results are the same bits either way. Returns the previous value.
 bool attention_blocked_fused_scores(bool on);
 
 }  // namespace zerolora::kernels
