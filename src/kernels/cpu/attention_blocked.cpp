@@ -11,6 +11,11 @@
 //             O += P V;  then O /= l, lse = m + log l
 //   backward  per chunk: S = Q K^T, dP = dO V^T, P = exp(scale S - lse), dS = scale P (dP - D)
 //             (D = dO.O), dQ += dS K, dV^T += dO^T P, dK^T += Q^T dS
+// With bf16 operands on zerolora's AMX products (and head size and rows multiples of 32), the scores never leave
+// the cache: the forward's S comes 32 rows at a time with all of the chunk's keys and goes through the online
+// softmax at once (cpu::amx_gemm_bf16_rows), the backward's S and dP come as 32 x 32 blocks side by side and turn
+// into P and dS at once (cpu::amx_gemm_bf16_pair): the same values as the passes over written-out S and dP, which
+// every other case runs (attention_blocked_fused_scores switches between them for tests and benchmarks).
 // dK and dV are accumulated transposed ([HD, T] per (b, g)), so that every GEMM reads its left operand
 // plainly and no M x N matrix is ever transposed. Scratch: [NKV, M, chunk] and [NKV, HD, T] buffers, linear
 // in T; no T x T matrix. Threads: with the AMX products and kv heads that divide evenly over the threads,
