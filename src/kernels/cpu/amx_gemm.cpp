@@ -196,6 +196,26 @@ ZL_AMX_TARGET inline void store_c(float* c) {
   _tile_stored(3, c + 768, 64);
 }
 
+// Tiles 0-3 = one 32 x 32 block: 32 rows of A from a (lda elements apart) times one 32-column panel of B in the
+// tile unit's layout (pack_b_pairs'), over the whole reduction Kp; zeroed first. Tile t = 2 (m tile) + (n tile).
+ZL_AMX_TARGET inline void block_product(const uint16_t* a, int64_t lda, const uint32_t* panel, int64_t Kp) {
+  _tile_zero(0);
+  _tile_zero(1);
+  _tile_zero(2);
+  _tile_zero(3);
+  const std::byte* a0 = reinterpret_cast<const std::byte*>(a);
+  const std::byte* b0 = reinterpret_cast<const std::byte*>(panel);
+  kernel_2x2(a0, a0 + 16 * lda * 2, lda * 2, b0, b0 + (Kp / 2) * 64, Kp / 32);
+}
+
+// block_product's tiles into a row-major fp32 32 x 32 block whose rows are ld floats apart.
+ZL_AMX_TARGET inline void store_block(float* c, int64_t ld) {
+  _tile_stored(0, c, ld * 4);
+  _tile_stored(1, c + 16, ld * 4);
+  _tile_stored(2, c + 16 * ld, ld * 4);
+  _tile_stored(3, c + 16 * ld + 16, ld * 4);
+}
+
 // Split `panels` into contiguous groups per thread: [begin, end) of thread t of nt.
 void thread_range(int64_t panels, int t, int nt, int64_t& begin, int64_t& end) {
   const int64_t per = panels / nt, extra = panels % nt;
@@ -575,7 +595,7 @@ ZL_AMX_TARGET void gemm_bf16_thread(const AmxGemmShape& g, const uint16_t* A, co
 // same for product 2 into c2, and the epilogue.
 ZL_AMX_TARGET void gemm_pair_thread(const AmxBlockShape& p, const uint16_t* A1, const uint16_t* B1, const uint16_t* A2,
                                     const uint16_t* B2, AmxPairEpilogue epilogue, void* ctx) {
-  const int64_t mblocks = p.M / 32, nblocks = p.N / 32, ksteps = p.K / 32, Kp = p.K;
+  const int64_t mblocks = p.M / 32, nblocks = p.N / 32, Kp = p.K;
   const AmxGemmShape packing{p.batch, p.M, p.N, p.K, p.lda, p.ldb, 0, p.sa, p.sb, 0, true, false};
   static thread_local Scratch bs;
   uint32_t* bp1 = static_cast<uint32_t*>(bs.get(size_t(Kp) * 128));  // each product: Kp / 2 pairs x 2 tiles x 64 B
@@ -592,22 +612,10 @@ ZL_AMX_TARGET void gemm_pair_thread(const AmxBlockShape& p, const uint16_t* A1, 
     pack_b_pairs(bp1, packing, B1 + i * p.sb, 2 * nb, Kp);
     pack_b_pairs(bp2, packing, B2 + i * p.sb, 2 * nb, Kp);
     for (int64_t mb = 0; mb < mblocks; ++mb) {
-      for (int which = 0; which < 2; ++which) {
-        const uint16_t* A = which == 0 ? A1 : A2;
-        const std::byte* a0 = reinterpret_cast<const std::byte*>(A + i * p.sa + mb * 32 * p.lda);
-        const std::byte* b0 = reinterpret_cast<const std::byte*>(which == 0 ? bp1 : bp2);
-        float* c = which == 0 ? c1 : c2;
-        _tile_zero(0);
-        _tile_zero(1);
-        _tile_zero(2);
-        _tile_zero(3);
-        kernel_2x2(a0, a0 + 16 * p.lda * 2, p.lda * 2, b0, b0 + (Kp / 2) * 64, ksteps);
-        // tile t = 2 (m tile) + (n tile), as kernel_2x2 accumulates them, into the 32 x 32 block
-        _tile_stored(0, c, 128);
-        _tile_stored(1, c + 16, 128);
-        _tile_stored(2, c + 512, 128);
-        _tile_stored(3, c + 528, 128);
-      }
+      block_product(A1 + i * p.sa + mb * 32 * p.lda, p.lda, bp1, Kp);
+      store_block(c1, 32);
+      block_product(A2 + i * p.sa + mb * 32 * p.lda, p.lda, bp2, Kp);
+      store_block(c2, 32);
       epilogue(ctx, i, mb * 32, nb * 32, c1, c2);
     }
   }
@@ -624,7 +632,7 @@ ZL_AMX_TARGET void gemm_pair(const AmxBlockShape& p, const uint16_t* A1, const u
 // 32 at a time as gemm_bf16_thread packs them) when the thread meets a new batch element.
 ZL_AMX_TARGET void gemm_rows_thread(const AmxBlockShape& p, const uint16_t* A, const uint16_t* B,
                                     AmxRowsEpilogue epilogue, void* ctx) {
-  const int64_t mblocks = p.M / 32, nblocks = p.N / 32, ksteps = p.K / 32, Kp = p.K;
+  const int64_t mblocks = p.M / 32, nblocks = p.N / 32, Kp = p.K;
   const AmxGemmShape packing{p.batch, p.M, p.N, p.K, p.lda, p.ldb, 0, p.sa, p.sb, 0, true, false};
   static thread_local Scratch bs, cs;
   uint32_t* bp = static_cast<uint32_t*>(bs.get(size_t(nblocks * Kp) * 64));  // 32-column panel nb at nb Kp 16 dwords
@@ -642,20 +650,9 @@ ZL_AMX_TARGET void gemm_rows_thread(const AmxBlockShape& p, const uint16_t* A, c
       for (int64_t nb = 0; nb < nblocks; ++nb) pack_b_pairs(bp + nb * Kp * 16, packing, B + i * p.sb, 2 * nb, Kp);
       b_batch = i;
     }
-    const std::byte* a0 = reinterpret_cast<const std::byte*>(A + i * p.sa + mb * 32 * p.lda);
-    for (int64_t nb = 0; nb < nblocks; ++nb) {
-      const std::byte* b0 = reinterpret_cast<const std::byte*>(bp + nb * Kp * 16);
-      _tile_zero(0);
-      _tile_zero(1);
-      _tile_zero(2);
-      _tile_zero(3);
-      kernel_2x2(a0, a0 + 16 * p.lda * 2, p.lda * 2, b0, b0 + (Kp / 2) * 64, ksteps);
-      // tile t = 2 (m tile) + (n tile) into columns 32 nb.. of the 32 x N block
-      float* cb = c + nb * 32;
-      _tile_stored(0, cb, p.N * 4);
-      _tile_stored(1, cb + 16, p.N * 4);
-      _tile_stored(2, cb + 16 * p.N, p.N * 4);
-      _tile_stored(3, cb + 16 * p.N + 16, p.N * 4);
+    for (int64_t nb = 0; nb < nblocks; ++nb) {  // into columns 32 nb.. of the 32 x N block
+      block_product(A + i * p.sa + mb * 32 * p.lda, p.lda, bp + nb * Kp * 16, Kp);
+      store_block(c + nb * 32, p.N);
     }
     epilogue(ctx, i, mb * 32, c);
   }
