@@ -49,7 +49,8 @@ void BM_Attention(benchmark::State& state, Kernel kernel) {
   }
   const double flops = 7.0 * 2.0 * double(s.T) * double(s.T) / 2.0 * double(s.HD) * double(s.NH) * double(s.B);
   state.counters["GFLOP/s"] = benchmark::Counter(1e-9 * flops, benchmark::Counter::kIsIterationInvariantRate);
-  if (kernel != kFlash)  // seconds per iteration inside the GEMMs (the rest: softmax passes, packing)
+  if (kernel != kFlash)  // seconds per iteration inside the GEMMs (the rest: softmax passes, packing; on AMX the
+                         // scores' softmax runs inside S = Q K^T's fused kernel and counts here)
     state.counters["gemm_s"] = (attention_blocked_product_seconds() - product_seconds_before) / double(state.iterations());
   if (kernel != kFlash) attention_blocked_key_chunk(chunk_before);
 }
