@@ -49,14 +49,16 @@ template <typename E>
 inline void softmax_row(const float* srow, E* p, int64_t n, int64_t j0, int64_t j1, float scale, float& m, float& l,
                         float* o, int64_t HD) {
   constexpr float kNegInf = -std::numeric_limits<float>::infinity();
+  // 32-bit indices: the visibility mask is then one 16-lane compare per vector, not two 8-lane 64-bit ones
+  const int32_t n32 = int32_t(n), a = int32_t(j0), z = int32_t(j1);
   float mx = kNegInf;
 #pragma omp simd reduction(max : mx)
-  for (int64_t j = 0; j < n; ++j) mx = std::max(mx, cpu::select(j >= j0 && j < j1, srow[j] * scale, kNegInf));
+  for (int32_t j = 0; j < n32; ++j) mx = std::max(mx, cpu::select(j >= a && j < z, srow[j] * scale, kNegInf));
   const float mnew = std::max(m, mx), corr = cpu::exp_fast(m - mnew);
   float sum = 0;
 #pragma omp simd reduction(+ : sum)
-  for (int64_t j = 0; j < n; ++j) {
-    const float e = cpu::select(j >= j0 && j < j1, cpu::exp_fast(srow[j] * scale - mnew), 0.0f);
+  for (int32_t j = 0; j < n32; ++j) {
+    const float e = cpu::select(j >= a && j < z, cpu::exp_fast(srow[j] * scale - mnew), 0.0f);
     put(p[j], e);
     sum += e;
   }
@@ -202,9 +204,10 @@ void attention_forward_impl(float* out, float* lse, const float* q, const float*
 template <typename E>
 inline void scores_to_operands(const float* srow, const float* dprow, E* p, E* ds, int64_t n, int64_t j0, int64_t j1,
                                float scale, float lr, float D) {
+  const int32_t n32 = int32_t(n), a = int32_t(j0), z = int32_t(j1);  // 32-bit: see softmax_row
 #pragma omp simd
-  for (int64_t j = 0; j < n; ++j) {
-    const float pj = cpu::select(j >= j0 && j < j1, cpu::exp_fast(srow[j] * scale - lr), 0.0f);
+  for (int32_t j = 0; j < n32; ++j) {
+    const float pj = cpu::select(j >= a && j < z, cpu::exp_fast(srow[j] * scale - lr), 0.0f);
     put(p[j], pj);
     put(ds[j], scale * pj * (dprow[j] - D));
   }
