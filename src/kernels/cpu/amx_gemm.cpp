@@ -672,21 +672,27 @@ ZL_AMX_TARGET void gemm_bf16(const AmxGemmShape& g, const uint16_t* A, const uin
 
 }  // namespace
 
-void amx_gemm_bf16_pair(const AmxBlockShape& g, const uint16_t* A1, const uint16_t* B1, const uint16_t* A2,
-                        const uint16_t* B2, AmxPairEpilogue epilogue, void* ctx) {
-  if (g.batch <= 0 || g.M <= 0 || g.N <= 0) return;
-  core::check(g.M % 32 == 0 && g.N % 32 == 0 && g.K % 32 == 0 && g.K > 0, "amx_gemm_bf16_pair",
+namespace {
+// The block kernels' shape: false when there is nothing to compute; core::Error unless M, N and K are positive
+// multiples of 32.
+bool block_shape_ok(const AmxBlockShape& g, const char* who) {
+  if (g.batch <= 0 || g.M <= 0 || g.N <= 0) return false;
+  core::check(g.M % 32 == 0 && g.N % 32 == 0 && g.K % 32 == 0 && g.K > 0, who,
               "M, N and K must be positive multiples of 32 (got " + std::to_string(g.M) + ", " + std::to_string(g.N) +
                   ", " + std::to_string(g.K) + ")");
+  return true;
+}
+}  // namespace
+
+void amx_gemm_bf16_pair(const AmxBlockShape& g, const uint16_t* A1, const uint16_t* B1, const uint16_t* A2,
+                        const uint16_t* B2, AmxPairEpilogue epilogue, void* ctx) {
+  if (!block_shape_ok(g, "amx_gemm_bf16_pair")) return;
   gemm_pair(g, A1, B1, A2, B2, epilogue, ctx);
 }
 
 void amx_gemm_bf16_rows(const AmxBlockShape& g, const uint16_t* A, const uint16_t* B, AmxRowsEpilogue epilogue,
                         void* ctx) {
-  if (g.batch <= 0 || g.M <= 0 || g.N <= 0) return;
-  core::check(g.M % 32 == 0 && g.N % 32 == 0 && g.K % 32 == 0 && g.K > 0, "amx_gemm_bf16_rows",
-              "M, N and K must be positive multiples of 32 (got " + std::to_string(g.M) + ", " + std::to_string(g.N) +
-                  ", " + std::to_string(g.K) + ")");
+  if (!block_shape_ok(g, "amx_gemm_bf16_rows")) return;
   gemm_rows(g, A, B, epilogue, ctx);
 }
 

@@ -312,7 +312,7 @@ struct Buffers {
   std::vector<float> s, dp, o;        // [NKV, M, N] scores, dP; [NKV, M, HD] O or dQ
   std::vector<float> dkt, dvt;        // [NKV, HD, Tp] dK^T, dV^T of row b
   std::vector<float> row_a, row_b;    // [NKV, M] running max and sum (forward); lse and D (backward)
-  std::vector<int32_t> key_j0, key_j1;  // [NKV, M] each row's visible keys of the current chunk (fused passes)
+  std::vector<int32_t> key_j0, key_j1;  // [NKV, M] each row's visible keys of the current chunk
   void size(const Geometry& g, bool backward) {
     const auto HD = size_t(g.L.HD), M = size_t(g.M), T = size_t(g.Tp), C = size_t(g.chunk), H = size_t(g.L.NKV);
     auto fit = [](size_t n, auto&... v) { (v.resize(n), ...); };

@@ -31,7 +31,7 @@ void pack_kv(Buffers<E>& w, const float* k, const float* v, const Geometry& geo,
 }
 
 // Rows [r0, r1)'s visible keys [j0, j1) of the key chunk from c0 (N keys) of block t0 (j0 >= j1: none) into the
-// buffers' table, as the unfused passes below work them out per row; the fused epilogues read it.
+// buffers' table, once per chunk; every softmax / P, dS pass, fused or not, reads it.
 template <typename E>
 void fill_key_table(Buffers<E>& w, const Geometry& geo, int64_t b, int64_t t0, int64_t tv, int64_t c0, int64_t N,
                     int64_t r0, int64_t r1) {
@@ -131,10 +131,10 @@ void forward_heads(float* out, float* lse, const float* q, const float* k, const
       }
       for (int64_t c0 = ks; c0 < ke; c0 += geo.chunk) {
         const int64_t N = std::min(geo.chunk, ke - c0);
+        fill_key_table(w, geo, b, t0, tv, c0, N, r0, r1);
         bool fused = false;
         if constexpr (std::is_same_v<E, uint16_t>) {
           if (fused_scores_apply(HD, M)) {  // the softmax straight from 32 rows of S at a time, in L1
-            fill_key_table(w, geo, b, t0, tv, c0, N, r0, r1);
             SoftmaxEpilogue<E> ep{&w, m, l, M, geo.chunk, g0, N, HD, scale};
             fused_qk_softmax({nh, M, N, HD, HD, HD, M * HD, Tp * HD}, w.qb.data() + r0 * HD,
                              w.kg.data() + (g0 * Tp + c0) * HD, &SoftmaxEpilogue<E>::run, &ep);
@@ -147,9 +147,8 @@ void forward_heads(float* out, float* lse, const float* q, const float* k, const
           // online softmax over this chunk: unnormalised P as an operand, O rescaled
 #pragma omp parallel for schedule(static) if (par)
           for (int64_t gr = r0; gr < r1; ++gr) {
-            const int64_t t = t0 + gr % M % R;
             E* p = w.pb.data() + geo.chunk_row(gr, N);
-            const int64_t j0 = t < tv ? L.lo(b, t) - c0 : 0, j1 = t < tv ? std::min(t + 1 - c0, N) : 0;
+            const int64_t j0 = w.key_j0[size_t(gr)], j1 = w.key_j1[size_t(gr)];
             if (j0 >= j1) {  // padding, or no key of this chunk visible
               std::fill_n(p, N, E(0));
               continue;
@@ -221,7 +220,6 @@ template <typename E>
 struct ScoresEpilogue {
   Buffers<E>* w;
   const float *lse_row, *d_row;
-  const int32_t *j0, *j1;  // per row gr of the heads, as lse_row
   int64_t M, chunk, g0, N;
   float scale;
   static void run(void* ctx, int64_t i, int64_t m0, int64_t n0, const float* s32, const float* dp32) {
@@ -231,7 +229,7 @@ struct ScoresEpilogue {
     E* ds = e.w->dsb.data() + g * e.M * e.chunk + m0 * e.N + n0;
     const float scale = e.scale;
     for (int64_t r = 0; r < 32; ++r, p += e.N, ds += e.N) {
-      const int64_t gr = gr0 + r, a = e.j0[gr], z = e.j1[gr];
+      const int64_t gr = gr0 + r, a = e.w->key_j0[size_t(gr)], z = e.w->key_j1[size_t(gr)];
       if (a >= z) {  // padding, or no key of this chunk visible
         std::fill_n(p, 32, E(0));
         std::fill_n(ds, 32, E(0));
@@ -310,11 +308,11 @@ void backward_heads(float* dq, float* dk, float* dv, const float* dout, const fl
         }
       for (int64_t c0 = ks; c0 < ke; c0 += geo.chunk) {
         const int64_t N = std::min(geo.chunk, ke - c0);
+        fill_key_table(w, geo, b, t0, tv, c0, N, r0, r1);
         bool fused = false;
         if constexpr (std::is_same_v<E, uint16_t>) {
           if (fused_scores_apply(HD, M)) {  // P and dS straight from S and dP's 32 x 32 blocks, in L1
-            fill_key_table(w, geo, b, t0, tv, c0, N, r0, r1);
-            ScoresEpilogue<E> ep{&w, lse_row, d_row, w.key_j0.data(), w.key_j1.data(), M, geo.chunk, g0, N, scale};
+            ScoresEpilogue<E> ep{&w, lse_row, d_row, M, geo.chunk, g0, N, scale};
             fused_scores({nh, M, N, HD, HD, HD, M * HD, Tp * HD}, w.qb.data() + r0 * HD,
                          w.kg.data() + (g0 * Tp + c0) * HD, w.dob.data() + r0 * HD, w.vg.data() + (g0 * Tp + c0) * HD,
                          &ScoresEpilogue<E>::run, &ep);
@@ -330,10 +328,9 @@ void backward_heads(float* dq, float* dk, float* dv, const float* dout, const fl
           // P = exp(scale S - lse) and dS = scale P (dP - D), masked, as operands
 #pragma omp parallel for schedule(static) if (par)
           for (int64_t gr = r0; gr < r1; ++gr) {
-            const int64_t t = t0 + gr % M % R;
             E* p = w.pb.data() + geo.chunk_row(gr, N);
             E* ds = w.dsb.data() + geo.chunk_row(gr, N);
-            const int64_t j0 = t < tv ? L.lo(b, t) - c0 : 0, j1 = t < tv ? std::min(t + 1 - c0, N) : 0;
+            const int64_t j0 = w.key_j0[size_t(gr)], j1 = w.key_j1[size_t(gr)];
             if (j0 >= j1) {
               std::fill_n(p, N, E(0));
               std::fill_n(ds, N, E(0));
