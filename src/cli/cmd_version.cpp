@@ -39,13 +39,14 @@ int cmd_version(int argc, char** argv) {
   std::printf("GEMM library: oneDNN %s, effective ISA %s\n", cpu.onednn_version.c_str(), cpu.onednn_isa.c_str());
   std::printf("CPU kernels:  f32 matmul %s\n", cpu.f32_matmul.c_str());
   std::printf("              bf16 matmul %s\n", cpu.bf16_matmul.c_str());
-  std::printf("              flash attention %s copy (avx2%s built)\n", cpu.attention.c_str(),
+  std::printf("              attention %s copy (avx2%s built)%s\n", cpu.attention.c_str(),
 #if defined(__GNUC__) && !defined(__clang__)
               ", avx512"
 #else
               ""
 #endif
-  );
+              ,
+              cpu.attention_bf16_native ? ", bf16 operands rounded by avx512_bf16" : "");
   std::printf("              LoRA dropout %s\n",
               kernels::lora_fused_enabled()
                   ? "fused into its products (float; on the CPU from 2^19 elements of [M, in] operand)"

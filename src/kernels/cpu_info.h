@@ -17,7 +17,8 @@ struct CpuBackendInfo {
   std::string cpu_extensions;   // what the CPU has, e.g. "avx2 fma avx512f avx512bw avx512vl avx512_bf16 amx_bf16"
   std::string onednn_version;   // e.g. "2.6.3 (Debian libdnnl)"
   std::string onednn_isa;       // oneDNN's effective ISA, e.g. "avx512_core_amx", and the cap when one is set
-  std::string attention;        // the flash-attention copy used: "avx512" or "avx2"
+  std::string attention;        // the attention copy used: "avx512" or "avx2"
+  bool attention_bf16_native = false;  // its bf16 operands rounded by AVX512-BF16's vcvtneps2bf16
   std::string bf16_matmul;      // "native (zerolora AMX tiles ...; oneDNN <impl> otherwise)", "native (oneDNN <impl>)"
                                 // or "portable (bf16-rounded inputs through sgemm)"
   std::string f32_matmul;       // the oneDNN implementation an f32 matmul gets

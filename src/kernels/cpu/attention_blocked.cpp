@@ -49,6 +49,7 @@
 #include "kernels/cpu/attention_variants.h"
 #include "kernels/cpu/common.h"
 #include "kernels/cpu/onednn.h"
+#include "kernels/cpu/vec512.h"
 
 namespace zerolora::kernels {
 
@@ -348,7 +349,21 @@ Buffers<E>& buffers() {
 #pragma GCC push_options
 #pragma GCC target("avx512f,avx512vl,avx512bw,avx512dq")
 #define ZL_BLOCKED_NS blocked_avx512
+#define ZL_BLOCKED_VEC512 1  // the row passes in AVX-512 intrinsics (kernels/cpu/vec512.h)
 #include "kernels/cpu/attention_blocked_impl.h"
+#undef ZL_BLOCKED_VEC512
+#undef ZL_BLOCKED_NS
+#pragma GCC pop_options
+// and one with AVX512-BF16 for the bf16 operands: each 16 values rounded by one vcvtneps2bf16 (~12 % of the bf16
+// attention's time on a Sapphire Rapids core, bench/results/2026-12-08-attention-vec512.log)
+#pragma GCC push_options
+#pragma GCC target("avx512f,avx512vl,avx512bw,avx512dq,avx512bf16")
+#define ZL_BLOCKED_NS blocked_avx512bf16
+#define ZL_BLOCKED_VEC512 1
+#define ZL_BLOCKED_BF16CVT 1
+#include "kernels/cpu/attention_blocked_impl.h"
+#undef ZL_BLOCKED_BF16CVT
+#undef ZL_BLOCKED_VEC512
 #undef ZL_BLOCKED_NS
 #pragma GCC pop_options
 #define ZL_HAVE_AVX512_BLOCKED 1
@@ -378,9 +393,12 @@ void attention_forward_blocked(AttentionIsa isa, AttentionOperands ops, float* o
                                const int32_t* kv_begin) {
   const bool bf16 = ops == AttentionOperands::Bf16;
 #ifdef ZL_HAVE_AVX512_BLOCKED
-  if (use_avx512(isa))
+  if (use_avx512(isa)) {
+    if (bf16 && attention_avx512_bf16_available())
+      return blocked_avx512bf16::attention_forward_impl<uint16_t>(out, lse, q, k, v, shape, lengths, kv_begin);
     return bf16 ? blocked_avx512::attention_forward_impl<uint16_t>(out, lse, q, k, v, shape, lengths, kv_begin)
                 : blocked_avx512::attention_forward_impl<float>(out, lse, q, k, v, shape, lengths, kv_begin);
+  }
 #else
   use_avx512(isa);
 #endif
@@ -394,11 +412,15 @@ void attention_backward_blocked(AttentionIsa isa, AttentionOperands ops, float* 
                                 const int32_t* kv_begin) {
   const bool bf16 = ops == AttentionOperands::Bf16;
 #ifdef ZL_HAVE_AVX512_BLOCKED
-  if (use_avx512(isa))
+  if (use_avx512(isa)) {
+    if (bf16 && attention_avx512_bf16_available())
+      return blocked_avx512bf16::attention_backward_impl<uint16_t>(dq, dk, dv, dout, q, k, v, out, lse, shape,
+                                                                   lengths, kv_begin);
     return bf16 ? blocked_avx512::attention_backward_impl<uint16_t>(dq, dk, dv, dout, q, k, v, out, lse, shape,
                                                                      lengths, kv_begin)
                 : blocked_avx512::attention_backward_impl<float>(dq, dk, dv, dout, q, k, v, out, lse, shape,
                                                                   lengths, kv_begin);
+  }
 #else
   use_avx512(isa);
 #endif

@@ -45,6 +45,55 @@ void fill_key_table(Buffers<E>& w, const Geometry& geo, int64_t b, int64_t t0, i
 // One row of the forward's online softmax over a chunk's scores srow[0, n), keys [j0, j1) visible (j0 < j1): P
 // (unnormalised, against the running max) into p, the running max m and sum l updated, the row's O rescaled. The
 // unfused pass and the fused epilogue both run it, so both form the same values.
+#ifdef ZL_BLOCKED_VEC512
+// 16 values of a row into an operand buffer: bf16 by vcvtneps2bf16 in the AVX512-BF16 copy, else as round_bf16.
+template <typename E>
+inline void store_row16(E* d, __m512 v, __mmask16 k) {
+#ifdef ZL_BLOCKED_BF16CVT
+  cpu::store16_native(d, v, k);
+#else
+  cpu::store16(d, v, k);
+#endif
+}
+#endif
+
+#ifdef ZL_BLOCKED_VEC512
+// The AVX-512 copy, 16 keys a step: only the vectors that hold visible keys are computed (the others' P are
+// stored as zeros), both sums are a register of 16 lanes reduced once, and the rescale factor is exp'ed only
+// when the running max moved (exp(0) is 1 exactly).
+template <typename E>
+inline void softmax_row(const float* srow, E* p, int64_t n, int64_t j0, int64_t j1, float scale, float& m, float& l,
+                        float* o, int64_t HD) {
+  // the keys [j0, j1) of the table may reach before 0 (a sample that began in an earlier chunk): clamped
+  const int32_t n32 = int32_t(n), a = int32_t(std::clamp<int64_t>(j0, 0, n)), z = int32_t(std::clamp<int64_t>(j1, 0, n));
+  const int32_t va = a < z ? a & ~15 : 0, vz = a < z ? std::min(n32, (z + 15) & ~15) : 0;  // the vectors with keys
+  const __m512 vs = _mm512_set1_ps(scale);
+  __m512 vmax = _mm512_set1_ps(-std::numeric_limits<float>::infinity());
+  for (int32_t j = va; j < vz; j += 16) {
+    const __mmask16 k = cpu::lanes_in16(j, a, z);
+    const __m512 x = _mm512_mul_ps(_mm512_maskz_loadu_ps(k, srow + j), vs);
+    vmax = _mm512_mask_max_ps(vmax, k, x, vmax);  // x > max ? x : max (a NaN score is not a max, as std::max)
+  }
+  const float mnew = std::max(m, _mm512_reduce_max_ps(vmax));
+  const float corr = m == mnew ? 1.0f : cpu::exp_fast(m - mnew);
+  std::fill_n(p, va, E(0));
+  std::fill_n(p + vz, n32 - vz, E(0));
+  const __m512 vm = _mm512_set1_ps(mnew);
+  __m512 vsum = _mm512_setzero_ps();
+  for (int32_t j = va; j < vz; j += 16) {
+    const __mmask16 k = cpu::lanes_in16(j, a, z), kt = cpu::lanes_in16(j, 0, n32);
+    const __m512 e = _mm512_maskz_mov_ps(k, cpu::exp16(_mm512_fmsub_ps(_mm512_maskz_loadu_ps(k, srow + j), vs, vm)));
+    store_row16(p + j, e, kt);
+    vsum = _mm512_add_ps(vsum, e);
+  }
+  l = l * corr + _mm512_reduce_add_ps(vsum);
+  m = mnew;
+  if (corr != 1.0f) {
+#pragma omp simd
+    for (int64_t d = 0; d < HD; ++d) o[d] *= corr;
+  }
+}
+#else
 template <typename E>
 inline void softmax_row(const float* srow, E* p, int64_t n, int64_t j0, int64_t j1, float scale, float& m, float& l,
                         float* o, int64_t HD) {
@@ -69,6 +118,7 @@ inline void softmax_row(const float* srow, E* p, int64_t n, int64_t j0, int64_t 
     for (int64_t d = 0; d < HD; ++d) o[d] *= corr;
   }
 }
+#endif
 
 // The fused forward's epilogue (cpu::amx_gemm_bf16_rows): 32 rows of S over the whole key chunk (batch element
 // i = kv head g0 + i, rows m0..) -> each row's softmax_row, straight from L1.
@@ -200,6 +250,28 @@ void attention_forward_impl(float* out, float* lse, const float* q, const float*
 
 // The backward's P = exp(scale S - lse) and dS = scale P (dP - D) over scores srow[0, n) and dP dprow[0, n), keys
 // [j0, j1) visible (others 0). The unfused pass and the fused epilogue both run it.
+#ifdef ZL_BLOCKED_VEC512
+// The AVX-512 copy, 16 keys a step; vectors without a visible key store zeros without computing.
+template <typename E>
+inline void scores_to_operands(const float* srow, const float* dprow, E* p, E* ds, int64_t n, int64_t j0, int64_t j1,
+                               float scale, float lr, float D) {
+  // the keys [j0, j1) may reach past [0, n) (the fused backward's 32-key blocks): clamped; none: zeros
+  const int32_t n32 = int32_t(n), a = int32_t(std::clamp<int64_t>(j0, 0, n)), z = int32_t(std::clamp<int64_t>(j1, 0, n));
+  const int32_t va = a < z ? a & ~15 : 0, vz = a < z ? std::min(n32, (z + 15) & ~15) : 0;
+  std::fill_n(p, va, E(0));
+  std::fill_n(ds, va, E(0));
+  std::fill_n(p + vz, n32 - vz, E(0));
+  std::fill_n(ds + vz, n32 - vz, E(0));
+  const __m512 vs = _mm512_set1_ps(scale), vl = _mm512_set1_ps(lr), vd = _mm512_set1_ps(D);
+  for (int32_t j = va; j < vz; j += 16) {
+    const __mmask16 k = cpu::lanes_in16(j, a, z), kt = cpu::lanes_in16(j, 0, n32);
+    const __m512 pj = _mm512_maskz_mov_ps(k, cpu::exp16(_mm512_fmsub_ps(_mm512_maskz_loadu_ps(k, srow + j), vs, vl)));
+    store_row16(p + j, pj, kt);
+    store_row16(ds + j, _mm512_mul_ps(_mm512_mul_ps(vs, pj), _mm512_sub_ps(_mm512_maskz_loadu_ps(k, dprow + j), vd)),
+                 kt);
+  }
+}
+#else
 template <typename E>
 inline void scores_to_operands(const float* srow, const float* dprow, E* p, E* ds, int64_t n, int64_t j0, int64_t j1,
                                float scale, float lr, float D) {
@@ -211,6 +283,7 @@ inline void scores_to_operands(const float* srow, const float* dprow, E* p, E* d
     put(ds[j], scale * pj * (dprow[j] - D));
   }
 }
+#endif
 
 // The fused backward's epilogue (cpu::amx_gemm_bf16_pair): one 32 x 32 block of S and dP (batch element i = kv
 // head g0 + i, rows m0.., keys n0.. of the chunk) -> P = exp(scale S - lse) and dS = scale P (dP - D), masked, into

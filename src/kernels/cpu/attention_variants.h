@@ -44,6 +44,9 @@ enum class AttentionIsa { Avx2, Avx512 };
 bool attention_avx512_available();
 // oneDNN's effective ISA includes avx512_core (kernels/cpu/cpu_info.cpp).
 bool onednn_isa_has_avx512();
+// attention_avx512_available(), the CPU has AVX512-BF16 and oneDNN's effective ISA includes avx512_core_bf16: the
+// blocked kernels' AVX-512 copy then rounds bf16 operands with vcvtneps2bf16 (subnormals to zero, see vec512.h).
+bool attention_avx512_bf16_available();
 
 template <typename S>
 void attention_forward_variant(AttentionIsa isa, S* out, S* lse, const S* q, const S* k, const S* v,

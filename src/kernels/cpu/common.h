@@ -23,30 +23,33 @@ inline double select(bool c, double a, double b) {
 // inverse: clamping keys instead of floats keeps loops vectorisable (see select).
 inline int32_t float_key(int32_t bits) { return bits ^ ((bits >> 31) & 0x7fffffff); }
 
+// The constants of exp_fast below, shared with its 16-lane form (vec512.h).
+inline constexpr float kExpHi = 88.3762626647949f, kExpLo = -87.3365447504f, kExpLog2e = 1.44269504088896341f;
+inline constexpr float kExpMagic = 12582912.0f;  // 1.5 * 2^23
+inline constexpr float kExpLn2Hi = 0.693359375f, kExpLn2Lo = 2.12194440e-4f;  // ln 2 = hi - lo
+inline constexpr float kExpP[6] = {1.9875691500e-4f, 1.3981999507e-3f, 8.3334519073e-3f,
+                                   4.1665795894e-2f, 1.6666665459e-1f, 5.0000001201e-1f};
+
 // exp(x) for float in plain arithmetic, so that `#pragma omp simd` loops calling it vectorise
 // (std::exp does not without -ffast-math). Cephes expf: x = n ln2 + r, |r| <= ln2/2, degree-6
 // polynomial; max relative error ~2 ulp. Returns 0 below -87.3 (incl. -inf), exp(88.37) above
 // (incl. +inf), and keeps NaN.
+// Every multiply-add is an explicit std::fma (one rounding), so the bits do not depend on the compiler's
+// contraction choices and the 16-lane form gives the same.
 inline float exp_fast(float x) {
-  constexpr float hi = 88.3762626647949f, lo = -87.3365447504f;
   const int32_t kx = float_key(std::bit_cast<int32_t>(x));
-  const int32_t khi = float_key(std::bit_cast<int32_t>(hi)), klo = float_key(std::bit_cast<int32_t>(lo));
+  const int32_t khi = float_key(std::bit_cast<int32_t>(kExpHi)), klo = float_key(std::bit_cast<int32_t>(kExpLo));
   int32_t kc = kx > khi ? khi : kx;
   kc = kc < klo ? klo : kc;
   const float xc = std::bit_cast<float>(float_key(kc));
   // round to nearest by adding and removing 1.5 * 2^23 (std::floor would be a libm call here);
   // |xc log2 e| < 128 so the trick is exact
-  constexpr float magic = 12582912.0f;
-  const float n = (xc * 1.44269504088896341f + magic) - magic;
-  float r = xc - n * 0.693359375f;
-  r = r - n * -2.12194440e-4f;
-  float p = 1.9875691500e-4f;
-  p = p * r + 1.3981999507e-3f;
-  p = p * r + 8.3334519073e-3f;
-  p = p * r + 4.1665795894e-2f;
-  p = p * r + 1.6666665459e-1f;
-  p = p * r + 5.0000001201e-1f;
-  p = p * r * r + r + 1.0f;
+  const float n = std::fma(xc, kExpLog2e, kExpMagic) - kExpMagic;
+  float r = std::fma(-n, kExpLn2Hi, xc);
+  r = std::fma(n, kExpLn2Lo, r);
+  float p = kExpP[0];
+  for (int i = 1; i < 6; ++i) p = std::fma(p, r, kExpP[i]);
+  p = std::fma(p * r, r, r) + 1.0f;
   const float y = p * std::bit_cast<float>((int32_t(n) + 127) << 23);
   const bool is_nan = (std::bit_cast<int32_t>(x) & 0x7fffffff) > 0x7f800000;
   return select(is_nan, x, select(kx < klo, 0.0f, y));

@@ -72,6 +72,7 @@ CpuBackendInfo cpu_backend_info() {
   if (const char* cap = std::getenv("ONEDNN_MAX_CPU_ISA")) r.onednn_isa += std::string(" (ONEDNN_MAX_CPU_ISA=") + cap + ")";
   else if (const char* cap2 = std::getenv("DNNL_MAX_CPU_ISA")) r.onednn_isa += std::string(" (DNNL_MAX_CPU_ISA=") + cap2 + ")";
   r.attention = attention_best_isa() == AttentionIsa::Avx512 ? "avx512" : "avx2";
+  r.attention_bf16_native = attention_avx512_bf16_available();
   r.bf16_matmul = !cpu::bf16_native_available()
                       ? std::string("portable (inputs rounded to bf16, weights widened, fp32 sums through sgemm)")
                   : cpu::amx_gemm_in_use()
@@ -92,5 +93,11 @@ CpuBackendInfo cpu_backend_info() {
 }
 
 bool onednn_isa_has_avx512() { return isa_includes(dnnl::get_effective_cpu_isa(), dnnl::cpu_isa::avx512_core); }
+
+bool attention_avx512_bf16_available() {
+  static const bool yes = attention_avx512_available() && __builtin_cpu_supports("avx512bf16") &&
+                          isa_includes(dnnl::get_effective_cpu_isa(), dnnl::cpu_isa::avx512_core_bf16);
+  return yes;
+}
 
 }  // namespace zerolora::kernels
