@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "check.h"
+#include "kernels/cpu/dropout_rows.h"
 #include "kernels/kernels.h"
 
 using namespace zerolora::kernels;
@@ -124,4 +125,33 @@ TEST(LoraDropoutCpu, DoubleAndSmallOperandsKeepTheUnfusedPath) {
   EXPECT_EQ(out, std::vector<float>(size_t(M * r), -1.0f));
   EXPECT_EQ(f, std::vector<float>(size_t(M * in), 1.0f));
   EXPECT_TRUE(lora_dropout_forward<float>(out.data(), f.data(), f.data(), M, in, r, mask));
+}
+
+// The mask the CPU applies (cpu::dropout_run, in whichever instruction set's copy this CPU and ONEDNN_MAX_CPU_ISA
+// pick: scripts/test-variants.sh runs each) is kernels/dropout.h's definition, bit for bit: kept values are
+// (1 / (1 - p)) x, dropped ones 0, for runs anywhere in the element counter, one that wraps its low 32 bits
+// included, written or added (into zeros, so the add is exact whatever the compiler fuses).
+TEST(DropoutCpu, AppliesTheMaskDefinitionBitForBit) {
+  const DropoutMask mask(2024, 5, 0.3);
+  const int64_t n = 1000;
+  std::vector<float> x(n);
+  for (int64_t i = 0; i < n; ++i) x[size_t(i)] = std::sin(float(i)) * 3.0f;
+  int64_t kept = 0;
+  for (uint64_t n0 : {uint64_t(0), uint64_t(12345), (uint64_t(1) << 32) - 400, (uint64_t(7) << 32) + 99}) {
+    for (bool accumulate : {false, true}) {
+      std::vector<float> out(n, accumulate ? 0.0f : NAN);
+      zerolora::kernels::cpu::dropout_run<float>(out.data(), x.data(), n0, n, mask, accumulate);
+      for (int64_t i = 0; i < n; ++i) {
+        const bool keep = mask.keep(n0 + uint64_t(i));
+        const float want = keep ? mask.keep_scale * x[size_t(i)] : 0.0f;
+        kept += keep;
+        // a dropped value is a zero of either sign (x times 0, as torch's dropout)
+        ASSERT_TRUE(keep ? std::memcmp(&out[size_t(i)], &want, 4) == 0 : out[size_t(i)] == 0.0f)
+            << "n0 " << n0 << " element " << i << (accumulate ? " (added)" : "") << ": " << out[size_t(i)] << " vs "
+            << want;
+      }
+    }
+  }
+  // p = 0.3 over 8000 decisions: about 5600 kept (the binomial's sd is 41)
+  EXPECT_NEAR(double(kept), 5600.0, 300.0);
 }

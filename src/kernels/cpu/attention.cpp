@@ -26,6 +26,7 @@
 
 #include "core/error.h"
 #include "kernels/cpu/common.h"
+#include "kernels/cpu/vec512.h"
 #include "kernels/cpu/onednn.h"
 #include "kernels/kernels.h"
 
@@ -85,10 +86,7 @@ bool attention_avx512_available() {
 #ifdef ZL_HAVE_AVX512_ATTENTION
   // the CPU has it, and oneDNN's effective ISA includes it: ONEDNN_MAX_CPU_ISA=AVX2 runs the whole CPU backend
   // as an AVX2-only machine would (kernels/cpu_info.h)
-  static const bool yes = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
-                          __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512dq") &&
-                          onednn_isa_has_avx512();
-  return yes;
+  return cpu::avx512_enabled();
 #else
   return false;
 #endif

@@ -10,6 +10,7 @@
 #include "kernels/cpu/amx_gemm.h"
 #include "kernels/cpu/attention_variants.h"
 #include "kernels/cpu/onednn.h"
+#include "kernels/cpu/vec512.h"
 
 namespace zerolora::kernels {
 
@@ -93,6 +94,15 @@ CpuBackendInfo cpu_backend_info() {
 }
 
 bool onednn_isa_has_avx512() { return isa_includes(dnnl::get_effective_cpu_isa(), dnnl::cpu_isa::avx512_core); }
+
+namespace cpu {
+bool avx512_enabled() {
+  static const bool yes = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
+                          __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512dq") &&
+                          onednn_isa_has_avx512();
+  return yes;
+}
+}  // namespace cpu
 
 bool attention_avx512_bf16_available() {
   static const bool yes = attention_avx512_available() && __builtin_cpu_supports("avx512bf16") &&

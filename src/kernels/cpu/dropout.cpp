@@ -2,6 +2,7 @@
 #include <algorithm>
 
 #include "kernels/cpu/dropout_rows.h"
+#include "kernels/cpu/vec512.h"
 #include "kernels/dropout.h"
 #include "kernels/kernels.h"
 
@@ -25,18 +26,13 @@ DropoutMask::DropoutMask(uint64_t seed, int slot_index, double p) {
 
 namespace cpu {
 
+namespace {
+
+// The loops of dropout_run, inlined into each instruction set's copy below.
 template <typename S>
-void dropout_run(S* o, const S* xr, uint64_t n0, int64_t n, const DropoutMask& mask, bool accumulate) {
+[[gnu::always_inline]] inline void dropout_loops(S* o, const S* xr, uint32_t lo0, uint32_t hi, int64_t n,
+                                                 const DropoutMask& mask, bool accumulate) {
   const S scale = S(mask.keep_scale);
-  // the element counter in two 32-bit halves (the vector loops need the low half not to wrap within the run)
-  const uint32_t lo0 = uint32_t(n0), hi = mask.key_hi ^ uint32_t(n0 >> 32);
-  if (uint64_t(lo0) + uint64_t(n) > (uint64_t(1) << 32)) {  // this run wraps the low half: rare, scalar
-    for (int64_t i = 0; i < n; ++i) {
-      const S v = mask.keep(n0 + uint64_t(i)) ? xr[i] * scale : S(0);
-      o[i] = accumulate ? o[i] + v : v;
-    }
-    return;
-  }
   if (accumulate) {
 #pragma omp simd
     for (int64_t i = 0; i < n; ++i) {
@@ -54,6 +50,42 @@ void dropout_run(S* o, const S* xr, uint64_t n0, int64_t n, const DropoutMask& m
       o[i] = S(keep) * scale * xr[i];
     }
   }
+}
+
+template <typename S>
+void dropout_loops_avx2(S* o, const S* xr, uint32_t lo0, uint32_t hi, int64_t n, const DropoutMask& mask,
+                        bool accumulate) {
+  dropout_loops(o, xr, lo0, hi, n, mask, accumulate);
+}
+
+#ifdef ZL_VEC512
+// The same loops on 16 lanes: the hash's 32-bit multiplies are most of the work, 1.5x faster per element than
+// on 8 (0.62 -> 0.40 ns per element on a Sapphire Rapids core); the same bits (integer hash, the same float ops).
+template <typename S>
+ZL_AVX512_FN void dropout_loops_avx512(S* o, const S* xr, uint32_t lo0, uint32_t hi, int64_t n,
+                                       const DropoutMask& mask, bool accumulate) {
+  dropout_loops(o, xr, lo0, hi, n, mask, accumulate);
+}
+#endif
+
+}  // namespace
+
+template <typename S>
+void dropout_run(S* o, const S* xr, uint64_t n0, int64_t n, const DropoutMask& mask, bool accumulate) {
+  // the element counter in two 32-bit halves (the vector loops need the low half not to wrap within the run)
+  const uint32_t lo0 = uint32_t(n0), hi = mask.key_hi ^ uint32_t(n0 >> 32);
+  if (uint64_t(lo0) + uint64_t(n) > (uint64_t(1) << 32)) {  // this run wraps the low half: rare, scalar
+    const S scale = S(mask.keep_scale);
+    for (int64_t i = 0; i < n; ++i) {
+      const S v = mask.keep(n0 + uint64_t(i)) ? xr[i] * scale : S(0);
+      o[i] = accumulate ? o[i] + v : v;
+    }
+    return;
+  }
+#ifdef ZL_VEC512
+  if (avx512_enabled()) return dropout_loops_avx512(o, xr, lo0, hi, n, mask, accumulate);
+#endif
+  dropout_loops_avx2(o, xr, lo0, hi, n, mask, accumulate);
 }
 
 template void dropout_run<float>(float*, const float*, uint64_t, int64_t, const DropoutMask&, bool);

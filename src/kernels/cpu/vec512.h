@@ -28,6 +28,10 @@
 
 namespace zerolora::kernels::cpu {
 
+// Whether the kernels' AVX-512 copies may run: the CPU has AVX-512 F, BW, VL and DQ, and oneDNN's effective ISA
+// (ONEDNN_MAX_CPU_ISA caps it, kernels/cpu_info.h) includes avx512_core. Read once (kernels/cpu/cpu_info.cpp).
+bool avx512_enabled();
+
 // cpu::exp_fast on 16 lanes: the same operations in the same order, so the same bits (tests compare them over
 // every float of the range that matters and the special values).
 ZL_AVX512_INLINE inline __m512 exp16(__m512 x) {
