@@ -99,7 +99,8 @@ void add_flags(FlagSet& fs, TrainArgs& a, const std::set<std::string>* only) {
   add(int_flag("gradient_accumulation_steps", a.gradient_accumulation_steps, "micro-batches per optimizer step"),
       kTraining);
   add(float_flag("learning_rate", a.learning_rate, "peak AdamW learning rate"), kTraining);
-  add(float_flag("weight_decay", a.weight_decay, "AdamW decoupled weight decay"), kTraining);
+  add(float_flag("weight_decay", a.weight_decay, "AdamW decoupled weight decay (not on trained biases, as HF Trainer)"),
+      kTraining);
   add(float_flag("adam_beta1", a.adam_beta1, "AdamW beta1"), kTraining);
   add(float_flag("adam_beta2", a.adam_beta2, "AdamW beta2"), kTraining);
   add(float_flag("adam_epsilon", a.adam_epsilon, "AdamW epsilon"), kTraining);

@@ -11,11 +11,19 @@
 
 namespace zerolora::train {
 
+namespace {
+// The trained biases (after the LoRA run of the flat buffer) take no weight decay, as in HF Trainer's groups.
+AdamWConfig adamw_for(AdamWConfig c, const model::LoraLayout& layout) {
+  c.decay_end = layout.lora_numel();
+  return c;
+}
+}  // namespace
+
 ZeroEngine::ZeroEngine(dist::Comm& comm, const model::LoraLayout& layout, const ZeroEngineOptions& o)
     : comm_(comm), stage_(o.stage), numel_(layout.numel()), part_(numel_, comm.size()),
       padded_(part_.padded_numel()),
       shard_(stage_ == 0 ? dist::Range{0, padded_} : part_.rank_range(comm.rank())),
-      params_(size_t(padded_), 0.f), grads_(size_t(padded_), 0.f), opt_(shard_.size(), o.adamw),
+      params_(size_t(padded_), 0.f), grads_(size_t(padded_), 0.f), opt_(shard_.size(), adamw_for(o.adamw, layout)),
       sync_(comm, stage_, layout, part_, o.reduce_bucket_elements, o.overlap_comm) {}
 
 void ZeroEngine::use_device(const kernels::Context& device, bool optimizer_on_device) {
@@ -99,14 +107,20 @@ void ZeroEngine::optimizer_step(double lr, double clip_coef) {
     if (clip_coef != 1.0) kernels::scale(grads_dev_.data(), padded_, clip_coef, *device_);
     const AdamWConfig& c = opt_.config();
     opt_.set_steps(opt_.steps() + 1);
-    kernels::adamw_step(params_dev_.data(), grads_dev_.data(), exp_avg_dev_.data(), exp_avg_sq_dev_.data(), padded_,
-                        lr, c.beta1, c.beta2, c.eps, c.weight_decay, opt_.steps(), *device_);
+    const int64_t d = decayed_count(c, 0, padded_);  // then the biases, without decay
+    if (d > 0)
+      kernels::adamw_step(params_dev_.data(), grads_dev_.data(), exp_avg_dev_.data(), exp_avg_sq_dev_.data(), d, lr,
+                          c.beta1, c.beta2, c.eps, c.weight_decay, opt_.steps(), *device_);
+    if (d < padded_)
+      kernels::adamw_step(params_dev_.data() + d, grads_dev_.data() + d, exp_avg_dev_.data() + d,
+                          exp_avg_sq_dev_.data() + d, padded_ - d, lr, c.beta1, c.beta2, c.eps, 0.0, opt_.steps(),
+                          *device_);
     return;
   }
   {
     core::OpTimer t(core::Op::Optimizer);
     scale_in_place(grads_.data() + shard_.begin, shard_.size(), clip_coef);
-    opt_.step(params_.data() + shard_.begin, grads_.data() + shard_.begin, lr);
+    opt_.step(params_.data() + shard_.begin, grads_.data() + shard_.begin, lr, shard_.begin);
   }
   if (stage_ > 0 && comm_.size() > 1) {
     std::vector<float> mine(params_.begin() + shard_.begin, params_.begin() + shard_.end);

@@ -160,6 +160,57 @@ void expect_device_optimizer_matches_host(const kernels::Context& ctx, double to
   for (int64_t i = 0; i < n; ++i) ASSERT_EQ(resumed.host_params()[i], d.params[size_t(i)]) << i;
 }
 
+// --lora_bias all on a model with projection biases: the biases (laid out after the LoRA weights) take no weight
+// decay, as HF Trainer's no-decay group; the LoRA weights do. Each range equals AdamW with its own decay bit for bit,
+// at every ZeRO stage, and for shards that start inside either range (AdamW::step's offset).
+TEST(ZeroEngineBiases, BiasesTakeNoWeightDecayAsHfTrainer) {
+  io::HfConfig c = tiny_config();
+  c.attention_bias = true;
+  model::LoraConfig lc = tiny_lora();
+  lc.bias = "all";
+  const model::LoraLayout layout(c, lc);
+  const int64_t lora = layout.lora_numel(), n = layout.numel();
+  ASSERT_GT(lora, 0);
+  ASSERT_GT(n, lora);  // q, k, v, o biases after the LoRA run
+  for (int stage : {0, 2}) {
+    dist::SoloComm comm;
+    ZeroEngineOptions o;
+    o.stage = stage;
+    o.adamw = {0.9, 0.999, 1e-8, 0.1};
+    ZeroEngine engine(comm, layout, o);
+    fill(engine.host_params(), n, 0.5f);
+    std::vector<float> with_decay(engine.host_params(), engine.host_params() + engine.padded_numel());
+    std::vector<float> without = with_decay;
+    AdamW ref_decay(engine.padded_numel(), o.adamw), ref_plain(engine.padded_numel(), {0.9, 0.999, 1e-8, 0.0});
+    for (int step = 0; step < 2; ++step) {
+      engine.begin_step();
+      engine.before_micro_batch(true);
+      fill(engine.model_grads(), n, 1.0f + float(step));
+      std::vector<float> g(engine.model_grads(), engine.model_grads() + engine.padded_numel());
+      engine.reduce_gradients();
+      engine.optimizer_step(1e-2, 1.0);
+      ref_decay.step(with_decay.data(), g.data(), 1e-2);
+      ref_plain.step(without.data(), g.data(), 1e-2);
+    }
+    for (int64_t i = 0; i < n; ++i)
+      ASSERT_EQ(engine.host_params()[i], i < lora ? with_decay[size_t(i)] : without[size_t(i)])
+          << "stage " << stage << ", element " << i << (i < lora ? " (LoRA)" : " (bias)");
+  }
+  // a shard from inside the LoRA run over the boundary, and one inside the biases
+  AdamWConfig cfg{0.9, 0.999, 1e-8, 0.1};
+  cfg.decay_end = 10;
+  EXPECT_EQ(decayed_count(cfg, 4, 20), 6);
+  EXPECT_EQ(decayed_count(cfg, 12, 5), 0);
+  EXPECT_EQ(decayed_count(cfg, 0, 8), 8);
+  std::vector<float> p(20, 1.0f), q(20, 1.0f), gr(20, 0.5f);
+  AdamW shard(20, cfg), whole(30, cfg);
+  shard.step(p.data(), gr.data(), 1e-2, 4);  // elements 4..23: 4..9 decayed, 10..23 not
+  std::vector<float> pw(30, 1.0f), gw(30, 0.5f);
+  whole.step(pw.data(), gw.data(), 1e-2, 0);
+  for (int i = 0; i < 20; ++i) ASSERT_EQ(p[size_t(i)], pw[size_t(i + 4)]) << i;
+  EXPECT_NE(pw[9], pw[10]);  // decayed and not: the decay moved the first
+}
+
 TEST(ZeroEngineDevice, OptimizerOnTheHostContextIsTheHostStepBitForBit) {
   expect_device_optimizer_matches_host(kernels::host(), 0.0);
 }
