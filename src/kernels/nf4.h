@@ -92,8 +92,8 @@ void nf4_dequantize_rows_bf16(const Nf4Weight& w, int64_t row0, int64_t rows, ui
 
 // out[M, N] = inp[M, K] W^T (+ bias) with W dequantised to w.compute_dtype (a bf16 compute dtype also rounds inp to
 // bf16). Equals linear_forward on a FrozenWeight holding the dequantised weight in that dtype, up to the
-// order of the fp32 sums.
-void nf4_linear_forward(float* out, const float* inp, const Nf4Weight& w, int64_t M);
+// order of the fp32 sums. bias [N], when given, is added instead of w.bias (--lora_bias trains it).
+void nf4_linear_forward(float* out, const float* inp, const Nf4Weight& w, int64_t M, const float* bias = nullptr);
 
 // dinp[M, K] += dout[M, N] W   (+=; the activation gradient through the frozen weight, no weight grad)
 void nf4_linear_backward_input(float* dinp, const float* dout, const Nf4Weight& w, int64_t M);

@@ -50,8 +50,6 @@ LlamaModel<S>::LlamaModel(const LlamaWeights& weights, const LoraLayout* lora, T
               "a CUDA model needs the weights' device copy", "pass model::to_device(weights, ctx)");
   core::check(core::dtype_of<S>() == weights.compute, "model",
               "weights were prepared for another compute dtype");
-  core::check(!lora || lora->bias_slots().empty() || !weights.nf4, "--lora_bias",
-              "training biases of NF4 (--q_lora) projections is not implemented", "use --lora_bias none with --q_lora");
 }
 
 template <typename S>

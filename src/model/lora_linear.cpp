@@ -19,13 +19,12 @@ kernels::DropoutMask mask_of(const LoraBranch& lora) {
 // The frozen weight with its bias taken from the flat buffer (a shallow copy: the matrix is shared).
 template <typename S>
 kernels::FrozenWeight with_trainable_bias(const kernels::FrozenWeight& w, const LoraBranch& lora, const S* params) {
-  core::check(!w.nf4 && !w.nf4_device, "--lora_bias", "training biases of NF4 (--q_lora) projections is not "
-              "implemented", "use --lora_bias none with --q_lora");
   core::check(lora.bias->n == w.N, "--lora_bias", "bias slot size " + std::to_string(lora.bias->n) +
               " does not match the projection's " + std::to_string(w.N), "internal error");
   kernels::FrozenWeight b = w;
+  // NF4 weights (--q_lora) too: the linear functions add this bias instead of the one kept with the codes
   b.bias = core::Tensor::borrow(core::dtype_of<S>(), {w.N}, const_cast<S*>(params + lora.bias->offset), nullptr,
-                                w.weight.device());
+                                w.device());
   return b;
 }
 }  // namespace

@@ -203,16 +203,6 @@ void check_something_trains(const data::MaskingReport& report, const TrainArgs& 
                         "each conversation needs a human message followed by a gpt answer");
 }
 
-// --lora_bias all/lora_only train projection biases (model/lora.h); LLaMA/Mistral have none, so the three modes
-// are the same there (as in PEFT). Where there are biases, they take no weight decay (HF Trainer's no-decay group:
-// ZeroEngine), and NF4 projections keep their bias inside.
-void refuse_bias_training(const TrainArgs& a, const io::HfConfig& c) {
-  if (a.lora_bias == LoraBias::None || !(c.qkv_bias || c.attention_bias)) return;
-  if (a.q_lora)
-    throw core::Error("--lora_bias", to_string(a.lora_bias) + " with --q_lora: training the biases of NF4 "
-                      "projections is not implemented", "use --lora_bias none with --q_lora");
-}
-
 struct Loaded {
   io::HfConfig config;
   std::unique_ptr<tokenizer::Tokenizer> tok;
@@ -627,7 +617,6 @@ void TrainingRun::configure() {
   clip_ = ds_ ? ds_->gradient_clipping : a_.max_grad_norm;
   base_lr_ = ds_ ? ds_->learning_rate : a_.learning_rate;
   adam_ = ds_ ? ds_->adamw : AdamWConfig{a_.adam_beta1, a_.adam_beta2, a_.adam_epsilon, a_.weight_decay};
-  refuse_bias_training(a_, peek_);
 
   // Every rank must run the same configuration, or collectives would mismatch later.
   dist::check_same_on_all_ranks(comm_, "training arguments", args_json(a_, world_, "", "").dump());

@@ -152,6 +152,35 @@ TEST(LoraBiasE2E, WeightDecaySkipsTheBiasesAsHfTrainer) {
   EXPECT_EQ(groups[1].at("weight_decay", "g1").as_number("g1"), 0.0);
 }
 
+// --lora_bias all with --q_lora: the NF4 projections add the trained biases instead of their own (the kernel test:
+// Nf4Linear.FrozenWeightBiasReplacesTheNf4Bias), so they train, are saved as PEFT saves them and resume exactly.
+// Before: refused ("training the biases of NF4 projections is not implemented").
+TEST(LoraBiasE2E, QloraTrainsTheBiases) {
+  BiasRun run;
+  const std::string flags = kFlags + "--lora_bias all --q_lora True --bf16 True ";
+  const std::string out = (run.dir / "qlora").string();
+  std::string log;
+  ASSERT_EQ(run_command(run.train_cmd(out, flags), &log), 0) << log;
+  const io::HfConfig c = io::load_hf_config(run.model + "/config.json");
+  EXPECT_EQ(int64_t(bias_keys(out).size()), 4 * c.num_hidden_layers);
+  const io::TensorStore adapter = io::TensorStore::open_file(out + "/adapter_model.safetensors");
+  const io::TensorStore base = io::TensorStore::open_model_dir(run.model);
+  const core::Tensor got = adapter.load("base_model.model.model.layers.0.self_attn.q_proj.base_layer.bias",
+                                        core::DType::F32);
+  const core::Tensor was = base.load("model.layers.0.self_attn.q_proj.bias", core::DType::F32);
+  double moved = 0;
+  for (int64_t i = 0; i < got.numel(); ++i)
+    moved = std::max(moved, double(std::abs(got.data<float>()[i] - was.data<float>()[i])));
+  EXPECT_GT(moved, 1e-5) << "the q_proj bias did not train under --q_lora";
+  // exact resume from checkpoint-3
+  const std::string resumed = (run.dir / "qlora_resumed").string();
+  fs::create_directories(resumed);
+  fs::copy(fs::path(out) / "checkpoint-3", fs::path(resumed) / "checkpoint-3", fs::copy_options::recursive);
+  ASSERT_EQ(run_command(run.train_cmd(resumed, flags), &log), 0) << log;
+  EXPECT_EQ(read_file(fs::path(resumed) / "adapter_model.safetensors"),
+            read_file(fs::path(out) / "adapter_model.safetensors"));
+}
+
 namespace {
 std::string mpirun2() {
   return "OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_rmaps_base_oversubscribe=1 "

@@ -326,6 +326,27 @@ TEST(Nf4Linear, ForwardAndBackwardMatchDenseOnTheDequantisedWeight) {
   }
 }
 
+// --lora_bias with --q_lora: a bias on the FrozenWeight (the trained one, borrowed from the flat buffer) is added
+// instead of the NF4 weight's own, the same bits as an NF4 weight that holds that bias itself.
+TEST(Nf4Linear, FrozenWeightBiasReplacesTheNf4Bias) {
+  const int64_t M = 9, N = 70, K = 128;
+  std::vector<float> w = random_weight(N, K, 4242);
+  Nf4Weight own = nf4_quantize(w.data(), N, K);
+  own.bias = to_float(randn(size_t(N), 5, 0.5));
+  Nf4Weight trained = own;
+  trained.bias = to_float(randn(size_t(N), 6, 0.5));
+  std::vector<float> b = trained.bias;
+  FrozenWeight fw = FrozenWeight::make_nf4(std::make_shared<const Nf4Weight>(own));
+  fw.bias = core::Tensor::borrow(DType::F32, {N}, b.data(), nullptr, core::Device::Cpu);
+  const auto x = to_float(randn(size_t(M * K), 7));
+  std::vector<float> y(size_t(M * N), NAN), want(size_t(M * N), NAN), own_y(size_t(M * N), NAN);
+  linear_forward<float>(y.data(), x.data(), fw, M);
+  nf4_linear_forward(want.data(), x.data(), trained, M);
+  nf4_linear_forward(own_y.data(), x.data(), own, M);
+  EXPECT_EQ(std::memcmp(y.data(), want.data(), y.size() * sizeof(float)), 0);
+  EXPECT_NE(std::memcmp(y.data(), own_y.data(), y.size() * sizeof(float)), 0);
+}
+
 TEST(Nf4Linear, Bf16ComputeRoundsInputAndWeightAndPortableEqualsNative) {
   TilingGuard guard;
   const int64_t M = 9, N = 70, K = 130;

@@ -383,7 +383,7 @@ static const float* rounded_to_fp16(const float* x, int64_t n) {
 template <typename S>
 void linear_forward(S* out, const S* inp, const FrozenWeight& w, int64_t M) {
   if constexpr (std::is_same_v<S, float>) {
-    if (w.nf4) return nf4_linear_forward(out, inp, *w.nf4, M);
+    if (w.nf4) return nf4_linear_forward(out, inp, *w.nf4, M, w.has_bias() ? w.bias.data<float>() : nullptr);
     if (w.fp16_inputs) inp = rounded_to_fp16(inp, M * w.K);
   }
   core::check(!w.nf4, "linear_forward", "an NF4 weight needs float activations");

@@ -394,7 +394,7 @@ void check_linear(const Nf4Weight& w, const char* fn) {
 
 }  // namespace
 
-void nf4_linear_forward(float* out, const float* inp, const Nf4Weight& w, int64_t M) {
+void nf4_linear_forward(float* out, const float* inp, const Nf4Weight& w, int64_t M, const float* bias_override) {
   check_linear(w, "nf4_linear_forward");
   if (M <= 0 || w.N == 0) return;
   const int64_t N = w.N, K = w.K, tile_rows = rows_per_tile(w);
@@ -412,8 +412,8 @@ void nf4_linear_forward(float* out, const float* inp, const Nf4Weight& w, int64_
       gemm<float>(false, true, M, nt, K, 1.0f, x, K, f32_tile(w, n0, nt, portable_bf16), K, 0.0f, out + n0, N);
     }
   }
-  if (!w.bias.empty()) {
-    const float* bias = w.bias.data();
+  if (bias_override || !w.bias.empty()) {
+    const float* bias = bias_override ? bias_override : w.bias.data();
 #pragma omp parallel for schedule(static) if (M * N > 65536)
     for (int64_t m = 0; m < M; ++m)
 #pragma omp simd

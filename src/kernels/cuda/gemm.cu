@@ -290,7 +290,9 @@ WeightView weight_view(const FrozenWeight& w, CudaState& s, const char* fn) {
     const bool bf16 = q.compute_dtype == core::DType::BF16;
     void* buf = scratch(s, Scratch::Weight, size_t(q.N * q.K) * (bf16 ? 2 : 4));
     nf4_dequantize(buf, bf16, q, s);
-    return {bf16 ? CUDA_R_16BF : CUDA_R_32F, buf, q.bias.numel() ? q.bias.data<float>() : nullptr};
+    // a bias on the FrozenWeight (--lora_bias trains it) replaces the NF4 weight's own
+    const float* bias = w.has_bias() ? w.bias.data<float>() : q.bias.numel() ? q.bias.data<float>() : nullptr;
+    return {bf16 ? CUDA_R_16BF : CUDA_R_32F, buf, bias};
   }
   if (w.weight.device() != Device::Cuda)
     throw core::Error(fn, "the weight is in host memory", "make its device copy with kernels::to_device");
