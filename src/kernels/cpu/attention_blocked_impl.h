@@ -59,32 +59,45 @@ inline void store_row16(E* d, __m512 v, __mmask16 k) {
 
 #ifdef ZL_BLOCKED_VEC512
 // The AVX-512 copy, 16 keys a step: only the vectors that hold visible keys are computed (the others' P are
-// stored as zeros), both sums are a register of 16 lanes reduced once, and the rescale factor is exp'ed only
-// when the running max moved (exp(0) is 1 exactly).
+// stored as zeros), without lane masks where every key is visible (the same values), both sums are a register of
+// 16 lanes reduced once, and the rescale factor is exp'ed only when the running max moved (exp(0) is 1 exactly).
 template <typename E>
 inline void softmax_row(const float* srow, E* p, int64_t n, int64_t j0, int64_t j1, float scale, float& m, float& l,
                         float* o, int64_t HD) {
   // the keys [j0, j1) of the table may reach before 0 (a sample that began in an earlier chunk): clamped
   const int32_t n32 = int32_t(n), a = int32_t(std::clamp<int64_t>(j0, 0, n)), z = int32_t(std::clamp<int64_t>(j1, 0, n));
   const int32_t va = a < z ? a & ~15 : 0, vz = a < z ? std::min(n32, (z + 15) & ~15) : 0;  // the vectors with keys
+  const bool all = a == 0 && z == n32 && (n32 & 15) == 0;  // every key visible (most rows): no lane masks
   const __m512 vs = _mm512_set1_ps(scale);
   __m512 vmax = _mm512_set1_ps(-std::numeric_limits<float>::infinity());
-  for (int32_t j = va; j < vz; j += 16) {
-    const __mmask16 k = cpu::lanes_in16(j, a, z);
-    const __m512 x = _mm512_mul_ps(_mm512_maskz_loadu_ps(k, srow + j), vs);
-    vmax = _mm512_mask_max_ps(vmax, k, x, vmax);  // x > max ? x : max (a NaN score is not a max, as std::max)
+  if (all) {
+    for (int32_t j = 0; j < n32; j += 16) vmax = _mm512_max_ps(_mm512_mul_ps(_mm512_loadu_ps(srow + j), vs), vmax);
+  } else {
+    for (int32_t j = va; j < vz; j += 16) {
+      const __mmask16 k = cpu::lanes_in16(j, a, z);
+      const __m512 x = _mm512_mul_ps(_mm512_maskz_loadu_ps(k, srow + j), vs);
+      vmax = _mm512_mask_max_ps(vmax, k, x, vmax);  // x > max ? x : max (a NaN score is not a max, as std::max)
+    }
   }
   const float mnew = std::max(m, _mm512_reduce_max_ps(vmax));
   const float corr = m == mnew ? 1.0f : cpu::exp_fast(m - mnew);
-  std::fill_n(p, va, E(0));
-  std::fill_n(p + vz, n32 - vz, E(0));
   const __m512 vm = _mm512_set1_ps(mnew);
   __m512 vsum = _mm512_setzero_ps();
-  for (int32_t j = va; j < vz; j += 16) {
-    const __mmask16 k = cpu::lanes_in16(j, a, z), kt = cpu::lanes_in16(j, 0, n32);
-    const __m512 e = _mm512_maskz_mov_ps(k, cpu::exp16(_mm512_fmsub_ps(_mm512_maskz_loadu_ps(k, srow + j), vs, vm)));
-    store_row16(p + j, e, kt);
-    vsum = _mm512_add_ps(vsum, e);
+  if (all) {
+    for (int32_t j = 0; j < n32; j += 16) {
+      const __m512 e = cpu::exp16(_mm512_fmsub_ps(_mm512_loadu_ps(srow + j), vs, vm));
+      store_row16(p + j, e, __mmask16(0xffff));
+      vsum = _mm512_add_ps(vsum, e);
+    }
+  } else {
+    std::fill_n(p, va, E(0));
+    std::fill_n(p + vz, n32 - vz, E(0));
+    for (int32_t j = va; j < vz; j += 16) {
+      const __mmask16 k = cpu::lanes_in16(j, a, z), kt = cpu::lanes_in16(j, 0, n32);
+      const __m512 e = _mm512_maskz_mov_ps(k, cpu::exp16(_mm512_fmsub_ps(_mm512_maskz_loadu_ps(k, srow + j), vs, vm)));
+      store_row16(p + j, e, kt);
+      vsum = _mm512_add_ps(vsum, e);
+    }
   }
   l = l * corr + _mm512_reduce_add_ps(vsum);
   m = mnew;
@@ -263,6 +276,15 @@ inline void scores_to_operands(const float* srow, const float* dprow, E* p, E* d
   std::fill_n(p + vz, n32 - vz, E(0));
   std::fill_n(ds + vz, n32 - vz, E(0));
   const __m512 vs = _mm512_set1_ps(scale), vl = _mm512_set1_ps(lr), vd = _mm512_set1_ps(D);
+  if (a == 0 && z == n32 && (n32 & 15) == 0) {  // every key visible (most blocks): no lane masks
+    for (int32_t j = 0; j < n32; j += 16) {
+      const __m512 pj = cpu::exp16(_mm512_fmsub_ps(_mm512_loadu_ps(srow + j), vs, vl));
+      store_row16(p + j, pj, __mmask16(0xffff));
+      store_row16(ds + j, _mm512_mul_ps(_mm512_mul_ps(vs, pj), _mm512_sub_ps(_mm512_loadu_ps(dprow + j), vd)),
+                  __mmask16(0xffff));
+    }
+    return;
+  }
   for (int32_t j = va; j < vz; j += 16) {
     const __mmask16 k = cpu::lanes_in16(j, a, z), kt = cpu::lanes_in16(j, 0, n32);
     const __m512 pj = _mm512_maskz_mov_ps(k, cpu::exp16(_mm512_fmsub_ps(_mm512_maskz_loadu_ps(k, srow + j), vs, vl)));
