@@ -58,46 +58,52 @@ inline void store_row16(E* d, __m512 v, __mmask16 k) {
 #endif
 
 #ifdef ZL_BLOCKED_VEC512
-// The AVX-512 copy, 16 keys a step: only the vectors that hold visible keys are computed (the others' P are
-// stored as zeros), without lane masks where every key is visible (the same values), both sums are a register of
-// 16 lanes reduced once, and the rescale factor is exp'ed only when the running max moved (exp(0) is 1 exactly).
-template <typename E>
-inline void softmax_row(const float* srow, E* p, int64_t n, int64_t j0, int64_t j1, float scale, float& m, float& l,
-                        float* o, int64_t HD) {
-  // the keys [j0, j1) of the table may reach before 0 (a sample that began in an earlier chunk): clamped
-  const int32_t n32 = int32_t(n), a = int32_t(std::clamp<int64_t>(j0, 0, n)), z = int32_t(std::clamp<int64_t>(j1, 0, n));
-  const int32_t va = a < z ? a & ~15 : 0, vz = a < z ? std::min(n32, (z + 15) & ~15) : 0;  // the vectors with keys
-  const bool all = a == 0 && z == n32 && (n32 & 15) == 0;  // every key visible (most rows): no lane masks
+// A row's visible keys [a, z) of n, clamped to [0, n) (the table's j0 may reach before 0: a sample that began in an
+// earlier chunk; the fused backward's 32-key blocks cut [j0, j1) anywhere), and the 16-key vectors [va, vz) holding
+// them: the AVX-512 passes compute only those and store zeros elsewhere. kAll: every key visible and n a multiple
+// of 16 (most rows), so the lane masks are constants (the same values, without computing them).
+struct VisibleRun {
+  int32_t n, a, z, va, vz;
+  bool all;
+  VisibleRun(int64_t n64, int64_t j0, int64_t j1)
+      : n(int32_t(n64)), a(int32_t(std::clamp<int64_t>(j0, 0, n64))), z(int32_t(std::clamp<int64_t>(j1, 0, n64))) {
+    va = a < z ? a & ~15 : 0;
+    vz = a < z ? std::min(n, (z + 15) & ~15) : 0;
+    all = a == 0 && z == n && (n & 15) == 0;
+  }
+  template <bool kAll>
+  __mmask16 keys(int32_t j) const { return kAll ? __mmask16(0xffff) : cpu::lanes_in16(j, a, z); }  // visible lanes
+  template <bool kAll>
+  __mmask16 lanes(int32_t j) const { return kAll ? __mmask16(0xffff) : cpu::lanes_in16(j, 0, n); }  // lanes < n
+  template <typename E>
+  void zero_outside(E* x) const {
+    std::fill_n(x, va, E(0));
+    std::fill_n(x + vz, n - vz, E(0));
+  }
+};
+
+// The AVX-512 copy, 16 keys a step over VisibleRun's vectors; both sums are a register of 16 lanes reduced once,
+// and the rescale factor is exp'ed only when the running max moved (exp(0) is 1 exactly).
+template <bool kAll, typename E>
+inline void softmax_row_run(const float* srow, E* p, const VisibleRun& v, float scale, float& m, float& l, float* o,
+                            int64_t HD) {
   const __m512 vs = _mm512_set1_ps(scale);
   __m512 vmax = _mm512_set1_ps(-std::numeric_limits<float>::infinity());
-  if (all) {
-    for (int32_t j = 0; j < n32; j += 16) vmax = _mm512_max_ps(_mm512_mul_ps(_mm512_loadu_ps(srow + j), vs), vmax);
-  } else {
-    for (int32_t j = va; j < vz; j += 16) {
-      const __mmask16 k = cpu::lanes_in16(j, a, z);
-      const __m512 x = _mm512_mul_ps(_mm512_maskz_loadu_ps(k, srow + j), vs);
-      vmax = _mm512_mask_max_ps(vmax, k, x, vmax);  // x > max ? x : max (a NaN score is not a max, as std::max)
-    }
+  for (int32_t j = v.va; j < v.vz; j += 16) {
+    const __mmask16 k = v.keys<kAll>(j);
+    const __m512 x = _mm512_mul_ps(_mm512_maskz_loadu_ps(k, srow + j), vs);
+    vmax = _mm512_mask_max_ps(vmax, k, x, vmax);  // x > max ? x : max (a NaN score is not a max, as std::max)
   }
   const float mnew = std::max(m, _mm512_reduce_max_ps(vmax));
   const float corr = m == mnew ? 1.0f : cpu::exp_fast(m - mnew);
+  v.zero_outside(p);
   const __m512 vm = _mm512_set1_ps(mnew);
   __m512 vsum = _mm512_setzero_ps();
-  if (all) {
-    for (int32_t j = 0; j < n32; j += 16) {
-      const __m512 e = cpu::exp16(_mm512_fmsub_ps(_mm512_loadu_ps(srow + j), vs, vm));
-      store_row16(p + j, e, __mmask16(0xffff));
-      vsum = _mm512_add_ps(vsum, e);
-    }
-  } else {
-    std::fill_n(p, va, E(0));
-    std::fill_n(p + vz, n32 - vz, E(0));
-    for (int32_t j = va; j < vz; j += 16) {
-      const __mmask16 k = cpu::lanes_in16(j, a, z), kt = cpu::lanes_in16(j, 0, n32);
-      const __m512 e = _mm512_maskz_mov_ps(k, cpu::exp16(_mm512_fmsub_ps(_mm512_maskz_loadu_ps(k, srow + j), vs, vm)));
-      store_row16(p + j, e, kt);
-      vsum = _mm512_add_ps(vsum, e);
-    }
+  for (int32_t j = v.va; j < v.vz; j += 16) {
+    const __mmask16 k = v.keys<kAll>(j);
+    const __m512 e = _mm512_maskz_mov_ps(k, cpu::exp16(_mm512_fmsub_ps(_mm512_maskz_loadu_ps(k, srow + j), vs, vm)));
+    store_row16(p + j, e, v.lanes<kAll>(j));
+    vsum = _mm512_add_ps(vsum, e);
   }
   l = l * corr + _mm512_reduce_add_ps(vsum);
   m = mnew;
@@ -105,6 +111,12 @@ inline void softmax_row(const float* srow, E* p, int64_t n, int64_t j0, int64_t 
 #pragma omp simd
     for (int64_t d = 0; d < HD; ++d) o[d] *= corr;
   }
+}
+template <typename E>
+inline void softmax_row(const float* srow, E* p, int64_t n, int64_t j0, int64_t j1, float scale, float& m, float& l,
+                        float* o, int64_t HD) {
+  const VisibleRun v(n, j0, j1);
+  v.all ? softmax_row_run<true>(srow, p, v, scale, m, l, o, HD) : softmax_row_run<false>(srow, p, v, scale, m, l, o, HD);
 }
 #else
 template <typename E>
@@ -264,34 +276,27 @@ void attention_forward_impl(float* out, float* lse, const float* q, const float*
 // The backward's P = exp(scale S - lse) and dS = scale P (dP - D) over scores srow[0, n) and dP dprow[0, n), keys
 // [j0, j1) visible (others 0). The unfused pass and the fused epilogue both run it.
 #ifdef ZL_BLOCKED_VEC512
-// The AVX-512 copy, 16 keys a step; vectors without a visible key store zeros without computing.
-template <typename E>
-inline void scores_to_operands(const float* srow, const float* dprow, E* p, E* ds, int64_t n, int64_t j0, int64_t j1,
-                               float scale, float lr, float D) {
-  // the keys [j0, j1) may reach past [0, n) (the fused backward's 32-key blocks): clamped; none: zeros
-  const int32_t n32 = int32_t(n), a = int32_t(std::clamp<int64_t>(j0, 0, n)), z = int32_t(std::clamp<int64_t>(j1, 0, n));
-  const int32_t va = a < z ? a & ~15 : 0, vz = a < z ? std::min(n32, (z + 15) & ~15) : 0;
-  std::fill_n(p, va, E(0));
-  std::fill_n(ds, va, E(0));
-  std::fill_n(p + vz, n32 - vz, E(0));
-  std::fill_n(ds + vz, n32 - vz, E(0));
+// The AVX-512 copy, 16 keys a step over VisibleRun's vectors.
+template <bool kAll, typename E>
+inline void scores_to_operands_run(const float* srow, const float* dprow, E* p, E* ds, const VisibleRun& v,
+                                   float scale, float lr, float D) {
+  v.zero_outside(p);
+  v.zero_outside(ds);
   const __m512 vs = _mm512_set1_ps(scale), vl = _mm512_set1_ps(lr), vd = _mm512_set1_ps(D);
-  if (a == 0 && z == n32 && (n32 & 15) == 0) {  // every key visible (most blocks): no lane masks
-    for (int32_t j = 0; j < n32; j += 16) {
-      const __m512 pj = cpu::exp16(_mm512_fmsub_ps(_mm512_loadu_ps(srow + j), vs, vl));
-      store_row16(p + j, pj, __mmask16(0xffff));
-      store_row16(ds + j, _mm512_mul_ps(_mm512_mul_ps(vs, pj), _mm512_sub_ps(_mm512_loadu_ps(dprow + j), vd)),
-                  __mmask16(0xffff));
-    }
-    return;
-  }
-  for (int32_t j = va; j < vz; j += 16) {
-    const __mmask16 k = cpu::lanes_in16(j, a, z), kt = cpu::lanes_in16(j, 0, n32);
+  for (int32_t j = v.va; j < v.vz; j += 16) {
+    const __mmask16 k = v.keys<kAll>(j), kt = v.lanes<kAll>(j);
     const __m512 pj = _mm512_maskz_mov_ps(k, cpu::exp16(_mm512_fmsub_ps(_mm512_maskz_loadu_ps(k, srow + j), vs, vl)));
     store_row16(p + j, pj, kt);
     store_row16(ds + j, _mm512_mul_ps(_mm512_mul_ps(vs, pj), _mm512_sub_ps(_mm512_maskz_loadu_ps(k, dprow + j), vd)),
                  kt);
   }
+}
+template <typename E>
+inline void scores_to_operands(const float* srow, const float* dprow, E* p, E* ds, int64_t n, int64_t j0, int64_t j1,
+                               float scale, float lr, float D) {
+  const VisibleRun v(n, j0, j1);
+  v.all ? scores_to_operands_run<true>(srow, dprow, p, ds, v, scale, lr, D)
+        : scores_to_operands_run<false>(srow, dprow, p, ds, v, scale, lr, D);
 }
 #else
 template <typename E>
